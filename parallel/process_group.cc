@@ -1,0 +1,173 @@
+#include "parallel/process_group.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+
+#include "parallel/backends.h"
+#include "parallel/chunk.h"
+
+namespace weft {
+namespace {
+
+c10d::ReduceOp ToC10d(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+      return c10d::ReduceOp::SUM;
+    case ReduceOp::kAvg:
+      return c10d::ReduceOp::AVG;
+    case ReduceOp::kMax:
+      return c10d::ReduceOp::MAX;
+    case ReduceOp::kMin:
+      return c10d::ReduceOp::MIN;
+    case ReduceOp::kProduct:
+      return c10d::ReduceOp::PRODUCT;
+  }
+  TORCH_CHECK(false, "unknown ReduceOp");
+}
+
+// Moves `dim` to the front and pads it with zeros to `rows`, contiguous.
+at::Tensor FrontPadded(const at::Tensor& t, int64_t dim, int64_t rows) {
+  at::Tensor front = t.movedim(dim, 0);
+  int64_t have = front.size(0);
+  if (have == rows) return front.contiguous();
+  std::vector<int64_t> shape = front.sizes().vec();
+  shape[0] = rows;
+  at::Tensor out = at::zeros(shape, front.options());
+  out.narrow(0, 0, have).copy_(front);
+  return out;
+}
+
+int64_t NormalizeDim(const at::Tensor& t, int64_t dim) {
+  int64_t rank = t.dim();
+  TORCH_CHECK(rank > 0, "collective along dim ", dim, " of a 0-d tensor");
+  TORCH_CHECK(dim >= -rank && dim < rank, "dim ", dim, " out of range for a ", rank,
+              "-d tensor");
+  return dim < 0 ? dim + rank : dim;
+}
+
+}  // namespace
+
+ProcessGroup::ProcessGroup(std::string name, std::vector<int> ranks, int group_rank,
+                           std::unique_ptr<Backends> backends)
+    : name_(std::move(name)),
+      ranks_(std::move(ranks)),
+      group_rank_(group_rank),
+      backends_(std::move(backends)) {}
+
+ProcessGroup::~ProcessGroup() = default;
+
+c10d::Backend& ProcessGroup::BackendFor(const at::Tensor& tensor) const {
+  if (tensor.is_cuda()) {
+    TORCH_CHECK(backends_->nccl, "group ", name_,
+                " has no NCCL backend for a CUDA tensor (start the runtime with device cuda)");
+    return *backends_->nccl;
+  }
+  TORCH_CHECK(tensor.is_cpu(), "group ", name_, ": unsupported device ", tensor.device());
+  return *backends_->gloo;
+}
+
+void ProcessGroup::CheckPeer(int peer, const char* what) const {
+  TORCH_CHECK(peer >= 0 && peer < size(), what, " peer ", peer, " is not a rank of group ", name_,
+              " (expected 0 <= peer < ", size(), ")");
+}
+
+void ProcessGroup::AllReduce(const at::Tensor& tensor, ReduceOp op) const {
+  c10d::Backend& backend = BackendFor(tensor);
+  bool emulate_avg = op == ReduceOp::kAvg && !tensor.is_cuda();  // Gloo has no AVG.
+  c10d::AllreduceOptions options;
+  options.reduceOp = ToC10d(emulate_avg ? ReduceOp::kSum : op);
+  std::vector<at::Tensor> buffers{tensor.is_contiguous() ? tensor : tensor.contiguous()};
+  backend.allreduce(buffers, options)->wait();
+  if (emulate_avg) {
+    TORCH_CHECK(at::isFloatingType(tensor.scalar_type()), "ReduceOp::kAvg needs a floating ",
+                "tensor, got ", tensor.scalar_type());
+    buffers[0].div_(size());
+  }
+  if (!buffers[0].is_same(tensor)) tensor.copy_(buffers[0]);
+}
+
+at::Tensor ProcessGroup::AllGather(const at::Tensor& local, int64_t dim) const {
+  dim = NormalizeDim(local, dim);
+  if (size() == 1) return local.clone();
+  at::Tensor mine = at::full({1}, local.size(dim), local.options().dtype(at::kLong));
+  at::Tensor all = at::empty({size()}, mine.options());
+  BackendFor(local)._allgather_base(all, mine)->wait();
+  all = all.cpu();
+  std::vector<int64_t> sizes(all.data_ptr<int64_t>(), all.data_ptr<int64_t>() + size());
+  return AllGather(local, dim, sizes);
+}
+
+at::Tensor ProcessGroup::AllGather(const at::Tensor& local, int64_t dim,
+                                   const std::vector<int64_t>& sizes) const {
+  dim = NormalizeDim(local, dim);
+  TORCH_CHECK(static_cast<int>(sizes.size()) == size(), "AllGather on group ", name_, ": ",
+              sizes.size(), " sizes for ", size(), " members");
+  TORCH_CHECK(sizes[rank()] == local.size(dim), "AllGather on group ", name_, ": this member's ",
+              "size along dim ", dim, " is ", local.size(dim), ", sizes[", rank(), "] says ",
+              sizes[rank()]);
+  int64_t rows = *std::max_element(sizes.begin(), sizes.end());
+  at::Tensor input = FrontPadded(local, dim, rows);
+  std::vector<int64_t> shape = input.sizes().vec();
+  shape[0] = rows * size();
+  at::Tensor gathered = at::empty(shape, input.options());
+  if (rows > 0) BackendFor(local)._allgather_base(gathered, input)->wait();
+  bool even = std::all_of(sizes.begin(), sizes.end(), [&](int64_t s) { return s == rows; });
+  if (!even) {
+    std::vector<at::Tensor> parts;
+    for (int i = 0; i < size(); ++i) parts.push_back(gathered.narrow(0, i * rows, sizes[i]));
+    gathered = at::cat(parts, 0);
+  }
+  return dim == 0 ? gathered : gathered.movedim(0, dim).contiguous();
+}
+
+at::Tensor ProcessGroup::ReduceScatter(const at::Tensor& input, int64_t dim, ReduceOp op) const {
+  dim = NormalizeDim(input, dim);
+  int64_t n = input.size(dim);
+  ChunkSpan mine = ChunkOf(n, size(), rank());
+  if (size() == 1) return input.clone();
+  int64_t cap = ChunkCapacity(n, size());
+  at::Tensor padded = FrontPadded(input, dim, cap * size());
+  std::vector<int64_t> shape = padded.sizes().vec();
+  shape[0] = cap;
+  at::Tensor out = at::empty(shape, padded.options());
+  bool emulate_avg = op == ReduceOp::kAvg && !input.is_cuda();
+  c10d::ReduceScatterOptions options;
+  options.reduceOp = ToC10d(emulate_avg ? ReduceOp::kSum : op);
+  if (cap > 0) BackendFor(input)._reduce_scatter_base(out, padded, options)->wait();
+  if (emulate_avg) out.div_(size());
+  out = out.narrow(0, 0, mine.length);
+  return dim == 0 ? out.contiguous() : out.movedim(0, dim).contiguous();
+}
+
+void ProcessGroup::Broadcast(const at::Tensor& tensor, int src) const {
+  CheckPeer(src, "Broadcast");
+  c10d::BroadcastOptions options;
+  options.rootRank = src;
+  std::vector<at::Tensor> buffers{tensor.is_contiguous() ? tensor : tensor.contiguous()};
+  BackendFor(tensor).broadcast(buffers, options)->wait();
+  if (!buffers[0].is_same(tensor)) tensor.copy_(buffers[0]);
+}
+
+void ProcessGroup::Send(const at::Tensor& tensor, int peer, int tag) const {
+  CheckPeer(peer, "Send");
+  TORCH_CHECK(peer != rank(), "Send to self on group ", name_);
+  std::vector<at::Tensor> buffers{tensor.contiguous()};
+  BackendFor(tensor).send(buffers, peer, tag)->wait();
+}
+
+void ProcessGroup::Recv(const at::Tensor& tensor, int peer, int tag) const {
+  CheckPeer(peer, "Recv");
+  TORCH_CHECK(peer != rank(), "Recv from self on group ", name_);
+  std::vector<at::Tensor> buffers{tensor.is_contiguous() ? tensor : tensor.contiguous()};
+  BackendFor(tensor).recv(buffers, peer, tag)->wait();
+  if (!buffers[0].is_same(tensor)) tensor.copy_(buffers[0]);
+}
+
+void ProcessGroup::Barrier() const {
+  if (size() == 1) return;
+  backends_->gloo->barrier(c10d::BarrierOptions())->wait();
+}
+
+}  // namespace weft

@@ -1,0 +1,89 @@
+// ProcessGroup: a set of ranks and the collectives weft runs over them.
+//
+// One group wraps a c10d Gloo backend (CPU tensors) and, when LibTorch has
+// CUDA and the runtime runs on GPUs, a c10d NCCL backend (CUDA tensors); each
+// call picks the backend from the tensor's device. Calls are blocking and
+// collective: every member must make the same calls in the same order.
+// Groups are made by Runtime (runtime.h) and DeviceMesh (device_mesh.h).
+//
+// Shapes follow torch.chunk along the given dim (chunk.h), so shards may be
+// uneven; where Gloo lacks a primitive, it is emulated exactly.
+//
+//   ProcessGroup& tp = mesh["tp"];
+//   at::Tensor full = tp.AllGather(local_shard, /*dim=*/0);
+//   tp.AllReduce(partial_sums);  // in place, like torch.distributed
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace c10d {
+class Backend;
+class Store;
+}  // namespace c10d
+
+namespace weft {
+
+enum class ReduceOp { kSum, kAvg, kMax, kMin, kProduct };
+
+class ProcessGroup {
+ public:
+  struct Backends;  // The c10d backends (defined in process_group.cc).
+
+  /// Built by Runtime; `ranks` are global ranks in group order.
+  ProcessGroup(std::string name, std::vector<int> ranks, int group_rank,
+               std::unique_ptr<Backends> backends);
+  ~ProcessGroup();
+  ProcessGroup(const ProcessGroup&) = delete;
+  ProcessGroup& operator=(const ProcessGroup&) = delete;
+
+  const std::string& name() const { return name_; }
+  /// This process's rank inside the group.
+  int rank() const { return group_rank_; }
+  int size() const { return static_cast<int>(ranks_.size()); }
+  /// Global ranks of the members, in group-rank order.
+  const std::vector<int>& ranks() const { return ranks_; }
+
+  /// In place: every member ends with the reduction of all members' tensors.
+  void AllReduce(const at::Tensor& tensor, ReduceOp op = ReduceOp::kSum) const;
+
+  /// Concatenates every member's `local` along `dim` in group-rank order.
+  /// Sizes along `dim` may differ (torch.chunk shards, empty ones included);
+  /// all other dims must match.
+  at::Tensor AllGather(const at::Tensor& local, int64_t dim = 0) const;
+
+  /// Like AllGather when the caller knows every member's size along `dim`
+  /// (skips the size exchange). `sizes[i]` is member i's size.
+  at::Tensor AllGather(const at::Tensor& local, int64_t dim,
+                       const std::vector<int64_t>& sizes) const;
+
+  /// Reduces `input` (the same shape on every member) and returns this
+  /// member's torch.chunk of the result along `dim`.
+  at::Tensor ReduceScatter(const at::Tensor& input, int64_t dim = 0,
+                           ReduceOp op = ReduceOp::kSum) const;
+
+  /// In place: every member ends with `src`'s tensor (`src` is a group rank).
+  void Broadcast(const at::Tensor& tensor, int src) const;
+
+  /// Point to point; `peer` is a group rank. Recv fills `tensor` in place.
+  void Send(const at::Tensor& tensor, int peer, int tag = 0) const;
+  void Recv(const at::Tensor& tensor, int peer, int tag = 0) const;
+
+  /// Returns when every member has called Barrier.
+  void Barrier() const;
+
+ private:
+  c10d::Backend& BackendFor(const at::Tensor& tensor) const;
+  void CheckPeer(int peer, const char* what) const;
+
+  std::string name_;
+  std::vector<int> ranks_;
+  int group_rank_;
+  std::unique_ptr<Backends> backends_;
+};
+
+}  // namespace weft
