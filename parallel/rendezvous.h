@@ -13,13 +13,11 @@
 
 #include "absl/status/statusor.h"
 #include "parallel/launch_env.h"
+#include "parallel/net.h"
 
 namespace weft {
 
 absl::StatusOr<c10::intrusive_ptr<c10d::Store>> Rendezvous(const LaunchEnv& env,
                                                             std::chrono::milliseconds timeout);
-
-/// A TCP port on this host that was free a moment ago (0 on failure).
-int PickFreePort();
 
 }  // namespace weft

@@ -1,0 +1,370 @@
+#include "launcher/weftrun.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <dirent.h>
+#include <iostream>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "parallel/net.h"
+
+extern char** environ;
+
+namespace weft {
+namespace {
+
+constexpr size_t kTailLines = 20;
+
+volatile sig_atomic_t g_signal = 0;
+volatile pid_t g_worker_group = 0;
+
+void ForwardSignal(int sig) {
+  g_signal = sig;
+  if (g_worker_group > 0) ::killpg(g_worker_group, sig);
+}
+
+int CountGpus() {
+  int count = 0;
+  if (DIR* dir = ::opendir("/dev")) {
+    while (dirent* entry = ::readdir(dir)) {
+      std::string name = entry->d_name;
+      if (name.rfind("nvidia", 0) == 0 && name.size() > 6 &&
+          name.find_first_not_of("0123456789", 6) == std::string::npos) {
+        ++count;
+      }
+    }
+    ::closedir(dir);
+  }
+  return count;
+}
+
+// Finds PROGRAM the way execvp would; empty when it cannot be executed.
+std::string Resolve(const std::string& program, std::string* why) {
+  auto executable = [](const std::string& path) {
+    return ::access(path.c_str(), X_OK) == 0;
+  };
+  if (program.find('/') != std::string::npos) {
+    if (executable(program)) return program;
+    *why = std::strerror(errno);
+    return "";
+  }
+  const char* path = std::getenv("PATH");
+  for (absl::string_view dir : absl::StrSplit(path ? path : "/usr/bin:/bin", ':')) {
+    std::string candidate = absl::StrCat(dir.empty() ? "." : dir, "/", program);
+    if (executable(candidate)) return candidate;
+  }
+  *why = "not found on PATH";
+  return "";
+}
+
+struct Worker {
+  int local_rank = 0;
+  int global_rank = 0;
+  pid_t pid = -1;
+  int out_fd = -1;
+  int err_fd = -1;
+  std::string out_partial, err_partial;
+  std::deque<std::string> err_tail;
+  bool exited = false;
+  int status = 0;
+};
+
+void EmitLines(Worker& w, std::string& partial, const char* data, size_t n, bool is_err,
+               bool flush) {
+  partial.append(data, n);
+  size_t start = 0;
+  while (true) {
+    size_t nl = partial.find('\n', start);
+    if (nl == std::string::npos) break;
+    std::string line = partial.substr(start, nl - start);
+    (is_err ? std::cerr : std::cout) << "[rank" << w.global_rank << "]:" << line << "\n";
+    if (is_err) {
+      w.err_tail.push_back(line);
+      if (w.err_tail.size() > kTailLines) w.err_tail.pop_front();
+    }
+    start = nl + 1;
+  }
+  partial.erase(0, start);
+  if (flush && !partial.empty()) {
+    (is_err ? std::cerr : std::cout) << "[rank" << w.global_rank << "]:" << partial << "\n";
+    if (is_err) w.err_tail.push_back(partial);
+    partial.clear();
+  }
+  (is_err ? std::cerr : std::cout).flush();
+}
+
+std::string DescribeStatus(int status) {
+  if (WIFEXITED(status)) return absl::StrCat("exit code ", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) {
+    return absl::StrCat("signal ", WTERMSIG(status), " (", strsignal(WTERMSIG(status)), ")");
+  }
+  return "unknown status";
+}
+
+bool Failed(const Worker& w) {
+  return !(WIFEXITED(w.status) && WEXITSTATUS(w.status) == 0);
+}
+
+// Starts every worker in one new process group; returns false on fork failure.
+bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt,
+           std::vector<Worker>& workers) {
+  int world = o.nnodes * o.nproc_per_node;
+  pid_t group = 0;
+  workers.assign(o.nproc_per_node, Worker());
+  for (int lr = 0; lr < o.nproc_per_node; ++lr) {
+    Worker& w = workers[lr];
+    w.local_rank = lr;
+    w.global_rank = o.node_rank * o.nproc_per_node + lr;
+    int out[2], err[2];
+    if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) return false;
+    std::vector<std::pair<std::string, std::string>> env = {
+        {"RANK", std::to_string(w.global_rank)},
+        {"LOCAL_RANK", std::to_string(lr)},
+        {"WORLD_SIZE", std::to_string(world)},
+        {"LOCAL_WORLD_SIZE", std::to_string(o.nproc_per_node)},
+        {"GROUP_RANK", std::to_string(o.node_rank)},
+        {"GROUP_WORLD_SIZE", std::to_string(o.nnodes)},
+        {"ROLE_NAME", "default"},
+        {"ROLE_RANK", std::to_string(w.global_rank)},
+        {"ROLE_WORLD_SIZE", std::to_string(world)},
+        {"MASTER_ADDR", o.master_addr},
+        {"MASTER_PORT", std::to_string(o.master_port)},
+        {"TORCHELASTIC_RESTART_COUNT", std::to_string(attempt)},
+        {"TORCHELASTIC_MAX_RESTARTS", std::to_string(o.max_restarts)},
+        {"TORCHELASTIC_RUN_ID", o.run_id},
+    };
+    pid_t pid = ::fork();
+    if (pid < 0) return false;
+    if (pid == 0) {
+      ::setpgid(0, group);  // group 0: become the leader of a new group
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      ::dup2(out[1], 1);
+      ::dup2(err[1], 2);
+      for (auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
+      if (o.nproc_per_node > 1 && !std::getenv("OMP_NUM_THREADS")) ::setenv("OMP_NUM_THREADS", "1", 1);
+      std::vector<char*> argv;
+      for (const std::string& a : o.program) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(exe.c_str(), argv.data());
+      std::fprintf(stderr, "weftrun: cannot execute '%s': %s\n", exe.c_str(), std::strerror(errno));
+      ::_exit(127);
+    }
+    if (group == 0) group = pid;
+    ::setpgid(pid, group);  // also from the parent, to win the race with exec
+    ::close(out[1]);
+    ::close(err[1]);
+    w.pid = pid;
+    w.out_fd = out[0];
+    w.err_fd = err[0];
+  }
+  g_worker_group = group;
+  return true;
+}
+
+// Pumps output until every worker has exited. Returns the index of the first
+// worker that failed, or -1.
+int Supervise(const WeftrunOptions& o, std::vector<Worker>& workers) {
+  int first_failure = -1;
+  bool stopping = false;
+  auto stop_deadline = std::chrono::steady_clock::time_point::max();
+  char buffer[65536];
+  while (true) {
+    std::vector<pollfd> fds;
+    std::vector<std::pair<int, bool>> owners;  // worker index, is_err
+    for (size_t i = 0; i < workers.size(); ++i) {
+      if (workers[i].out_fd >= 0) fds.push_back({workers[i].out_fd, POLLIN, 0}), owners.push_back({i, false});
+      if (workers[i].err_fd >= 0) fds.push_back({workers[i].err_fd, POLLIN, 0}), owners.push_back({i, true});
+    }
+    if (!fds.empty()) ::poll(fds.data(), fds.size(), static_cast<int>(o.monitor_interval * 1000));
+    for (size_t k = 0; k < fds.size(); ++k) {
+      if (!(fds[k].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      Worker& w = workers[owners[k].first];
+      bool is_err = owners[k].second;
+      ssize_t n = ::read(fds[k].fd, buffer, sizeof(buffer));
+      if (n > 0) {
+        EmitLines(w, is_err ? w.err_partial : w.out_partial, buffer, n, is_err, false);
+      } else if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
+        EmitLines(w, is_err ? w.err_partial : w.out_partial, "", 0, is_err, true);
+        ::close(fds[k].fd);
+        (is_err ? w.err_fd : w.out_fd) = -1;
+      }
+    }
+    bool all_done = true;
+    for (size_t i = 0; i < workers.size(); ++i) {
+      Worker& w = workers[i];
+      if (!w.exited) {
+        if (::waitpid(w.pid, &w.status, WNOHANG) == w.pid) {
+          w.exited = true;
+          if (Failed(w) && first_failure < 0 && !stopping) first_failure = static_cast<int>(i);
+        }
+      }
+      if (!w.exited || w.out_fd >= 0 || w.err_fd >= 0) all_done = false;
+    }
+    if (all_done) break;
+    if ((first_failure >= 0 || g_signal != 0) && !stopping) {
+      stopping = true;
+      ::killpg(g_worker_group, SIGTERM);
+      stop_deadline = std::chrono::steady_clock::now() +
+                      std::chrono::milliseconds(static_cast<int>(o.grace_period * 1000));
+    }
+    if (stopping && std::chrono::steady_clock::now() > stop_deadline) {
+      ::killpg(g_worker_group, SIGKILL);
+      stop_deadline = std::chrono::steady_clock::time_point::max();
+    }
+  }
+  g_worker_group = 0;
+  return first_failure;
+}
+
+}  // namespace
+
+absl::StatusOr<WeftrunOptions> ParseWeftrunArgs(int argc, char** argv) {
+  WeftrunOptions o;
+  CLI::App app{
+      "weftrun: start a distributed weft (or any torchrun-style) program.\n"
+      "Each worker gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT\n"
+      "and the rest of torchrun's environment.",
+      "weftrun"};
+  std::string nproc = "1";
+  bool standalone = false;
+  std::string rdzv_endpoint;
+  app.add_option("--nproc-per-node,--nproc_per_node", nproc,
+                 "Workers on this node: a number, or 'auto' (one per GPU, else one per CPU).");
+  app.add_option("--nnodes", o.nnodes, "Number of nodes.");
+  app.add_option("--node-rank,--node_rank", o.node_rank, "Rank of this node (0..nnodes-1).");
+  app.add_option("--master-addr,--master_addr", o.master_addr,
+                 "Address of node 0, where rank 0 hosts the store.");
+  app.add_option("--master-port,--master_port", o.master_port, "Port of the store on node 0.");
+  app.add_option("--rdzv-endpoint,--rdzv_endpoint", rdzv_endpoint,
+                 "host:port of the store (instead of --master-addr/--master-port).");
+  app.add_option("--rdzv-id,--rdzv_id,--run-id", o.run_id, "Job id, set as TORCHELASTIC_RUN_ID.");
+  app.add_flag("--standalone", standalone,
+               "Single-node job: the store on localhost on a free port.");
+  app.add_option("--max-restarts,--max_restarts", o.max_restarts,
+                 "Restart the workers this many times after a failure.");
+  app.add_option("--monitor-interval,--monitor_interval", o.monitor_interval,
+                 "Seconds between checks of the workers.");
+  app.prefix_command();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    return absl::CancelledError(app.help());
+  } catch (const CLI::ParseError& e) {
+    return absl::InvalidArgumentError(absl::StrCat("weftrun: ", e.what()));
+  }
+  o.program = app.remaining();
+  if (o.program.empty()) {
+    return absl::InvalidArgumentError(
+        "weftrun: no program given (expected: weftrun [OPTIONS] PROGRAM [ARGS...])");
+  }
+  if (!o.program[0].empty() && o.program[0][0] == '-') {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weftrun: unknown flag '", o.program[0], "' (see weftrun --help)"));
+  }
+  if (nproc == "auto") {
+    int gpus = CountGpus();
+    o.nproc_per_node = gpus > 0 ? gpus : static_cast<int>(std::thread::hardware_concurrency());
+  } else {
+    char* end = nullptr;
+    long n = std::strtol(nproc.c_str(), &end, 10);
+    if (*end != '\0' || n < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "weftrun: --nproc-per-node=", nproc, " is not a worker count (expected N >= 1 or auto)"));
+    }
+    o.nproc_per_node = static_cast<int>(n);
+  }
+  if (o.nnodes < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weftrun: --nnodes=", o.nnodes, " is not a node count (expected >= 1)"));
+  }
+  if (o.node_rank < 0 || o.node_rank >= o.nnodes) {
+    return absl::InvalidArgumentError(absl::StrCat("weftrun: --node-rank=", o.node_rank,
+                                                   " is out of range for --nnodes=", o.nnodes,
+                                                   " (expected 0..", o.nnodes - 1, ")"));
+  }
+  if (o.nnodes > 1) {
+    return absl::UnimplementedError(absl::StrCat(
+        "weftrun: --nnodes=", o.nnodes, " is not supported yet (expected 1; for several nodes, ",
+        "start one process per rank with srun or mpirun: weft reads their environment)"));
+  }
+  if (!rdzv_endpoint.empty()) {
+    size_t colon = rdzv_endpoint.rfind(':');
+    if (colon == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "weftrun: --rdzv-endpoint=", rdzv_endpoint, " has no port (expected host:port)"));
+    }
+    o.master_addr = rdzv_endpoint.substr(0, colon);
+    o.master_port = std::atoi(rdzv_endpoint.c_str() + colon + 1);
+  }
+  if (standalone) {
+    o.master_addr = "127.0.0.1";
+    o.master_port = PickFreePort();
+    if (o.run_id == "none") o.run_id = absl::StrCat("standalone-", ::getpid());
+  }
+  if (o.master_port < 1 || o.master_port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "weftrun: --master-port=", o.master_port, " is not a port (expected 1..65535)"));
+  }
+  if (o.max_restarts < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "weftrun: --max-restarts=", o.max_restarts, " is negative (expected >= 0)"));
+  }
+  return o;
+}
+
+int RunWeftrun(const WeftrunOptions& o) {
+  std::string why;
+  std::string exe = Resolve(o.program[0], &why);
+  if (exe.empty()) {
+    std::cerr << "weftrun: cannot execute '" << o.program[0] << "': " << why << std::endl;
+    return 127;
+  }
+  struct sigaction action {};
+  action.sa_handler = ForwardSignal;
+  sigemptyset(&action.sa_mask);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2}) ::sigaction(sig, &action, nullptr);
+
+  for (int attempt = 0;; ++attempt) {
+    std::vector<Worker> workers;
+    if (!Spawn(o, exe, attempt, workers)) {
+      std::cerr << "weftrun: cannot start workers: " << std::strerror(errno) << std::endl;
+      if (g_worker_group > 0) ::killpg(g_worker_group, SIGKILL);
+      return 1;
+    }
+    int failed = Supervise(o, workers);
+    if (g_signal != 0) {
+      std::cerr << "weftrun: received signal " << g_signal << " (" << strsignal(g_signal)
+                << "); workers stopped" << std::endl;
+      return 128 + g_signal;
+    }
+    if (failed < 0) return 0;
+    const Worker& w = workers[failed];
+    std::cerr << "weftrun: attempt " << attempt << ": rank " << w.global_rank << " (local rank "
+              << w.local_rank << ", pid " << w.pid << ") failed first with "
+              << DescribeStatus(w.status) << "\n";
+    if (attempt < o.max_restarts) {
+      std::cerr << "weftrun: restarting all workers (" << attempt + 1 << " of " << o.max_restarts
+                << " restarts)" << std::endl;
+      continue;
+    }
+    std::cerr << "weftrun: job failed; last stderr lines of rank " << w.global_rank << ":\n";
+    for (const std::string& line : w.err_tail) std::cerr << "  " << line << "\n";
+    std::cerr.flush();
+    return 1;
+  }
+}
+
+}  // namespace weft

@@ -1,0 +1,46 @@
+// weftrun: start and supervise the workers of one node, torchrun-style.
+//
+//   weftrun --nproc-per-node 4 ./train --config c.yaml
+//
+// Each worker gets torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE,
+// LOCAL_WORLD_SIZE, GROUP_RANK, GROUP_WORLD_SIZE, ROLE_RANK, ROLE_WORLD_SIZE,
+// MASTER_ADDR, MASTER_PORT, TORCHELASTIC_RESTART_COUNT,
+// TORCHELASTIC_MAX_RESTARTS, TORCHELASTIC_RUN_ID, and OMP_NUM_THREADS=1 when
+// several workers share the node and it is unset), so a program written for
+// torchrun runs unchanged. Output lines are prefixed `[rank3]:`. When a worker
+// fails, the others are stopped (SIGTERM, a grace period, SIGKILL) and the
+// whole group restarts up to --max-restarts times; weftrun then exits non-zero
+// with a summary naming the first failing rank, its exit code or signal and
+// the tail of its stderr. Signals sent to weftrun reach the workers; no worker
+// outlives weftrun.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace weft {
+
+struct WeftrunOptions {
+  int nproc_per_node = 1;
+  int nnodes = 1;
+  int node_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+  std::string run_id = "none";
+  int max_restarts = 0;
+  double monitor_interval = 0.1;  // seconds
+  double grace_period = 5.0;      // seconds between SIGTERM and SIGKILL
+  std::vector<std::string> program;  // PROGRAM ARGS...
+};
+
+/// Parses weftrun's command line (argv[0] excluded from semantics). Errors
+/// are one line, e.g. `weftrun: --node-rank=2 is out of range for --nnodes=2`.
+/// `--help` returns a status whose message is the help text (code kCancelled).
+absl::StatusOr<WeftrunOptions> ParseWeftrunArgs(int argc, char** argv);
+
+/// Runs the job; returns weftrun's exit code.
+int RunWeftrun(const WeftrunOptions& options);
+
+}  // namespace weft

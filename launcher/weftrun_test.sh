@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# weftrun end to end: the smoke job on 2 and 4 ranks, under weftrun and plain
+# mpirun; the env contract; failure teardown and summary; restarts; signal
+# forwarding without orphans; and each bad-input error.
+set -uo pipefail
+
+WEFT="$PWD/weft"
+WEFTRUN="$PWD/weftrun"
+tmp="${TEST_TMPDIR:-$(mktemp -d)}"
+failures=0
+fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
+expect_contains() {  # name haystack needle
+  if [[ "$2" != *"$3"* ]]; then fail "$1: expected output to contain '$3', got:"$'\n'"$2"; fi
+}
+
+# 1. The smoke job on 2 and 4 ranks: every rank prints OK.
+for n in 2 4; do
+  out="$("$WEFTRUN" --standalone --nproc-per-node "$n" "$WEFT" smoke --device cpu 2>&1)"
+  rc=$?
+  [[ $rc -eq 0 ]] || fail "smoke on $n ranks exited $rc: $out"
+  for ((r = 0; r < n; r++)); do
+    expect_contains "smoke $n" "$out" "[rank$r]:rank $r/$n (torchrun, cpu):"
+  done
+  [[ "$(grep -c ' OK$' <<<"$out")" -eq $n ]] || fail "smoke $n: not every rank OK: $out"
+done
+
+# 2. Plain mpirun (Open MPI's variables, store address agreed through MPI).
+if command -v mpirun >/dev/null; then
+  out="$(OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
+        mpirun --oversubscribe -np 2 "$WEFT" smoke --device cpu 2>&1)"
+  rc=$?
+  [[ $rc -eq 0 ]] || fail "mpirun smoke exited $rc: $out"
+  expect_contains "mpirun" "$out" "rank 1/2 (mpirun, cpu):"
+  [[ "$(grep -c ' OK$' <<<"$out")" -eq 2 ]] || fail "mpirun: not every rank OK: $out"
+fi
+
+# 3. The torchrun env contract.
+out="$("$WEFTRUN" --nproc-per-node 2 --master-port 29555 --rdzv-id job7 sh -c \
+  'echo "R=$RANK L=$LOCAL_RANK W=$WORLD_SIZE LW=$LOCAL_WORLD_SIZE G=$GROUP_RANK GW=$GROUP_WORLD_SIZE RR=$ROLE_RANK RW=$ROLE_WORLD_SIZE M=$MASTER_ADDR:$MASTER_PORT RC=$TORCHELASTIC_RESTART_COUNT MR=$TORCHELASTIC_MAX_RESTARTS ID=$TORCHELASTIC_RUN_ID OMP=$OMP_NUM_THREADS"' 2>&1)"
+expect_contains "env" "$out" "[rank1]:R=1 L=1 W=2 LW=2 G=0 GW=1 RR=1 RW=2 M=127.0.0.1:29555 RC=0 MR=0 ID=job7 OMP=1"
+expect_contains "env" "$out" "[rank0]:R=0 L=0 W=2"
+
+# 4. A failing worker stops the others at once; the summary names it.
+start=$SECONDS
+out="$("$WEFTRUN" --nproc-per-node 3 sh -c \
+  'if [ "$RANK" = 1 ]; then echo "boom on one" >&2; exit 3; fi; sleep 60' 2>&1)"
+rc=$?
+[[ $rc -ne 0 ]] || fail "failing job exited 0"
+((SECONDS - start < 30)) || fail "failing job took $((SECONDS - start))s: the others were not stopped"
+expect_contains "failure" "$out" "rank 1 (local rank 1, pid"
+expect_contains "failure" "$out" "failed first with exit code 3"
+expect_contains "failure" "$out" "last stderr lines of rank 1:"
+expect_contains "failure" "$out" "  boom on one"
+
+# 5. Restarts: the whole group restarts with TORCHELASTIC_RESTART_COUNT set.
+out="$("$WEFTRUN" --nproc-per-node 2 --max-restarts 2 sh -c \
+  'echo "attempt $TORCHELASTIC_RESTART_COUNT"; [ "$TORCHELASTIC_RESTART_COUNT" = 2 ]' 2>&1)"
+rc=$?
+[[ $rc -eq 0 ]] || fail "restarts: exited $rc: $out"
+expect_contains "restarts" "$out" "[rank0]:attempt 2"
+expect_contains "restarts" "$out" "restarting all workers (2 of 2 restarts)"
+
+# 6. SIGTERM to weftrun reaches the workers; none survives.
+marker="weft_orphan_check_$$"
+"$WEFTRUN" --nproc-per-node 2 bash -c "exec -a $marker sleep 300" >"$tmp/sig.log" 2>&1 &
+pid=$!
+sleep 1
+kill -TERM "$pid"
+wait "$pid"
+rc=$?
+[[ $rc -eq $((128 + 15)) ]] || fail "SIGTERM: weftrun exited $rc (expected 143)"
+sleep 0.5
+if pgrep -f "$marker" >/dev/null; then fail "SIGTERM left workers running"; pkill -9 -f "$marker"; fi
+
+# 7. Bad input: one line, non-zero exit.
+check_error() {  # expected-line args...
+  local expected="$1"; shift
+  local out rc
+  out="$("$WEFTRUN" "$@" 2>&1)"; rc=$?
+  [[ $rc -ne 0 ]] || fail "weftrun $*: exited 0"
+  [[ "$out" == "$expected" ]] || fail "weftrun $*: expected '$expected', got '$out'"
+}
+check_error "weftrun: no program given (expected: weftrun [OPTIONS] PROGRAM [ARGS...])"
+check_error "weftrun: unknown flag '--bogus' (see weftrun --help)" --bogus 1 prog
+check_error "weftrun: cannot execute '/no/such/program': No such file or directory" /no/such/program
+check_error "weftrun: cannot execute 'no-such-program-xyz': not found on PATH" no-such-program-xyz
+check_error "weftrun: --node-rank=2 is out of range for --nnodes=2 (expected 0..1)" --nnodes 2 --node-rank 2 true
+check_error "weftrun: --nproc-per-node=0 is not a worker count (expected N >= 1 or auto)" --nproc-per-node 0 true
+"$WEFTRUN" --help | grep -q -- "--nproc-per-node" || fail "--help does not list --nproc-per-node"
+
+# 8. The runtime's own errors reach the user as one line through weftrun.
+out="$("$WEFTRUN" --nproc-per-node 2 --master-port 29577 env WORLD_SIZE=3 WEFT_RDZV_TIMEOUT=2 "$WEFT" smoke --device cpu 2>&1)"
+rc=$?
+[[ $rc -ne 0 ]] || fail "mismatched world exited 0"
+expect_contains "world mismatch" "$out" "weft smoke: rendezvous at 127.0.0.1:29577 timed out after 2s: 1 of 3 ranks never arrived: 2"
+
+if ((failures)); then
+  echo "$failures check(s) failed" >&2
+  exit 1
+fi
+echo "all weftrun checks passed"

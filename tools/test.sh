@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs weft's whole test suite on this machine, after its own idempotent
+# setup, and ends with the line `N passed, N failed` (test cases).
+#
+#   bash tools/test.sh [extra bazel test flags or targets]
+set -uo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash tools/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
+
+targets=("$@")
+((${#targets[@]})) || targets=(//...)
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+bazel test --keep_going "${targets[@]}" 2>&1 | tee "$log"
+bazel_rc=${PIPESTATUS[0]}
+python3 tools/test_summary.py "$log" "$(bazel info bazel-testlogs 2>/dev/null)"
+summary_rc=$?
+((bazel_rc == 0 && summary_rc == 0)) || exit 1
