@@ -40,7 +40,8 @@ int RunSmoke(const SmokeOptions& options) {
   auto check = [&](const char* what, const at::Tensor& got, const at::Tensor& want) {
     bool same = got.sizes() == want.sizes() && at::allclose(got.cpu(), want.cpu());
     ok = ok && same;
-    report << " " << what << "=" << Values(got) << (same ? "" : " (WRONG, expected " + Values(want) + ")");
+    report << " " << what << "=" << Values(got)
+           << (same ? "" : " (WRONG, expected " + Values(want) + ")");
   };
 
   // all_reduce of rank+1: 1 + 2 + ... + w everywhere.

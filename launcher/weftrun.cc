@@ -7,12 +7,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <dirent.h>
 #include <CLI/CLI.hpp>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <deque>
-#include <dirent.h>
 #include <iostream>
 #include <random>
 #include <thread>
@@ -53,9 +53,7 @@ int CountGpus() {
 
 // Finds PROGRAM the way execvp would; empty when it cannot be executed.
 std::string Resolve(const std::string& program, std::string* why) {
-  auto executable = [](const std::string& path) {
-    return ::access(path.c_str(), X_OK) == 0;
-  };
+  auto executable = [](const std::string& path) { return ::access(path.c_str(), X_OK) == 0; };
   if (program.find('/') != std::string::npos) {
     if (executable(program)) return program;
     *why = std::strerror(errno);
@@ -114,9 +112,7 @@ std::string DescribeStatus(int status) {
   return "unknown status";
 }
 
-bool Failed(const Worker& w) {
-  return !(WIFEXITED(w.status) && WEXITSTATUS(w.status) == 0);
-}
+bool Failed(const Worker& w) { return !(WIFEXITED(w.status) && WEXITSTATUS(w.status) == 0); }
 
 // Starts every worker in one new process group; returns false on fork failure.
 bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt,
@@ -154,7 +150,8 @@ bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt,
       ::dup2(out[1], 1);
       ::dup2(err[1], 2);
       for (auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
-      if (o.nproc_per_node > 1 && !std::getenv("OMP_NUM_THREADS")) ::setenv("OMP_NUM_THREADS", "1", 1);
+      if (o.nproc_per_node > 1 && !std::getenv("OMP_NUM_THREADS"))
+        ::setenv("OMP_NUM_THREADS", "1", 1);
       std::vector<char*> argv;
       for (const std::string& a : o.program) argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);
@@ -185,8 +182,10 @@ int Supervise(const WeftrunOptions& o, std::vector<Worker>& workers) {
     std::vector<pollfd> fds;
     std::vector<std::pair<int, bool>> owners;  // worker index, is_err
     for (size_t i = 0; i < workers.size(); ++i) {
-      if (workers[i].out_fd >= 0) fds.push_back({workers[i].out_fd, POLLIN, 0}), owners.push_back({i, false});
-      if (workers[i].err_fd >= 0) fds.push_back({workers[i].err_fd, POLLIN, 0}), owners.push_back({i, true});
+      if (workers[i].out_fd >= 0)
+        fds.push_back({workers[i].out_fd, POLLIN, 0}), owners.push_back({i, false});
+      if (workers[i].err_fd >= 0)
+        fds.push_back({workers[i].err_fd, POLLIN, 0}), owners.push_back({i, true});
     }
     if (!fds.empty()) ::poll(fds.data(), fds.size(), static_cast<int>(o.monitor_interval * 1000));
     for (size_t k = 0; k < fds.size(); ++k) {
@@ -303,8 +302,8 @@ absl::StatusOr<WeftrunOptions> ParseWeftrunArgs(int argc, char** argv) {
   if (!rdzv_endpoint.empty()) {
     size_t colon = rdzv_endpoint.rfind(':');
     if (colon == std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "weftrun: --rdzv-endpoint=", rdzv_endpoint, " has no port (expected host:port)"));
+      return absl::InvalidArgumentError(absl::StrCat("weftrun: --rdzv-endpoint=", rdzv_endpoint,
+                                                     " has no port (expected host:port)"));
     }
     o.master_addr = rdzv_endpoint.substr(0, colon);
     o.master_port = std::atoi(rdzv_endpoint.c_str() + colon + 1);
@@ -315,12 +314,12 @@ absl::StatusOr<WeftrunOptions> ParseWeftrunArgs(int argc, char** argv) {
     if (o.run_id == "none") o.run_id = absl::StrCat("standalone-", ::getpid());
   }
   if (o.master_port < 1 || o.master_port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "weftrun: --master-port=", o.master_port, " is not a port (expected 1..65535)"));
+    return absl::InvalidArgumentError(absl::StrCat("weftrun: --master-port=", o.master_port,
+                                                   " is not a port (expected 1..65535)"));
   }
   if (o.max_restarts < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "weftrun: --max-restarts=", o.max_restarts, " is negative (expected >= 0)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("weftrun: --max-restarts=", o.max_restarts, " is negative (expected >= 0)"));
   }
   return o;
 }

@@ -30,8 +30,8 @@ struct WeftrunOptions {
   int master_port = 29500;
   std::string run_id = "none";
   int max_restarts = 0;
-  double monitor_interval = 0.1;  // seconds
-  double grace_period = 5.0;      // seconds between SIGTERM and SIGKILL
+  double monitor_interval = 0.1;     // seconds
+  double grace_period = 5.0;         // seconds between SIGTERM and SIGKILL
   std::vector<std::string> program;  // PROGRAM ARGS...
 };
 

@@ -43,8 +43,7 @@ struct ReduceFromGroupFn : torch::autograd::Function<ReduceFromGroupFn> {
 };
 
 struct GatherFromGroupFn : torch::autograd::Function<GatherFromGroupFn> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t group,
-                            int64_t dim) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t group, int64_t dim) {
     ctx->saved_data["group"] = group;
     ctx->saved_data["dim"] = dim;
     return reinterpret_cast<const ProcessGroup*>(group)->AllGather(x, dim);
@@ -56,8 +55,7 @@ struct GatherFromGroupFn : torch::autograd::Function<GatherFromGroupFn> {
 };
 
 struct ScatterToGroupFn : torch::autograd::Function<ScatterToGroupFn> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t group,
-                            int64_t dim) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t group, int64_t dim) {
     ctx->saved_data["group"] = group;
     ctx->saved_data["dim"] = dim;
     return LocalChunk(x, *reinterpret_cast<const ProcessGroup*>(group), dim).clone();
@@ -69,8 +67,7 @@ struct ScatterToGroupFn : torch::autograd::Function<ScatterToGroupFn> {
 };
 
 struct ReduceScatterToGroupFn : torch::autograd::Function<ReduceScatterToGroupFn> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t group,
-                            int64_t dim) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t group, int64_t dim) {
     ctx->saved_data["group"] = group;
     ctx->saved_data["dim"] = dim;
     return reinterpret_cast<const ProcessGroup*>(group)->ReduceScatter(x, dim);

@@ -44,8 +44,9 @@ at::Tensor Chunk(const at::Tensor& t, int64_t dim, int parts, int index) {
 
 void ExpectClose(const at::Tensor& actual, const at::Tensor& expected, const std::string& what) {
   ASSERT_EQ(actual.sizes(), expected.sizes()) << what;
-  EXPECT_TRUE(at::allclose(actual, expected, 1e-12, 1e-12))
-      << what << "\nactual:\n" << actual << "\nexpected:\n" << expected;
+  EXPECT_TRUE(at::allclose(actual, expected, 1e-12, 1e-12)) << what << "\nactual:\n"
+                                                            << actual << "\nexpected:\n"
+                                                            << expected;
 }
 
 void PlainCollectives() {
@@ -146,7 +147,9 @@ void AutogradCollectives() {
   const int r = g.rank();
   auto leaf = [](const at::Tensor& t) { return t.clone().requires_grad_(true); };
   // Per-rank upstream gradient weights, so the sums are not trivial.
-  auto weight = [](const at::Tensor& like, int rank) { return Global(like.sizes().vec(), 5 + rank); };
+  auto weight = [](const at::Tensor& like, int rank) {
+    return Global(like.sizes().vec(), 5 + rank);
+  };
 
   // CopyToGroup: identity forward; backward sums the ranks' gradients.
   {
@@ -178,8 +181,8 @@ void AutogradCollectives() {
     ExpectClose(x.grad(), Chunk(W, dim, w, r), "GatherFromGroup backward");
   }
   // ScatterToGroup: split forward; backward all-gathers the chunks' gradients.
-  for (auto [shape, dim] : std::vector<std::pair<std::vector<int64_t>, int64_t>>{
-           {{7, 3}, 0}, {{2, 3}, 1}}) {
+  for (auto [shape, dim] :
+       std::vector<std::pair<std::vector<int64_t>, int64_t>>{{{7, 3}, 0}, {{2, 3}, 1}}) {
     at::Tensor global = Global(shape, 3);
     at::Tensor W = weight(global, 0);
     at::Tensor x = leaf(global);
@@ -189,8 +192,8 @@ void AutogradCollectives() {
     ExpectClose(x.grad(), W, "ScatterToGroup backward");
   }
   // ReduceScatterToGroup: reduce-scatter forward; backward all-gathers.
-  for (auto [shape, dim] : std::vector<std::pair<std::vector<int64_t>, int64_t>>{
-           {{7, 3}, 0}, {{2, 6}, 1}}) {
+  for (auto [shape, dim] :
+       std::vector<std::pair<std::vector<int64_t>, int64_t>>{{{7, 3}, 0}, {{2, 6}, 1}}) {
     at::Tensor global = Global(shape, 4);
     at::Tensor W = weight(global, 0);
     at::Tensor x = leaf(global * (r + 1));

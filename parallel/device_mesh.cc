@@ -65,8 +65,8 @@ absl::StatusOr<DeviceMesh> DeviceMesh::Create(Runtime& runtime, std::vector<Mesh
       if ((rank / strides[i]) % axes[i].size != 0) continue;  // Rows start at coordinate 0.
       std::vector<int> row = mesh.AxisRanks(axes[i].name, rank);
       ASSIGN_OR_RETURN(std::shared_ptr<ProcessGroup> group,
-                       runtime.NewGroup(row, absl::StrCat("mesh[", shape, "].", axes[i].name,
-                                                          "[", absl::StrJoin(row, ","), "]")));
+                       runtime.NewGroup(row, absl::StrCat("mesh[", shape, "].", axes[i].name, "[",
+                                                          absl::StrJoin(row, ","), "]")));
       if (group) mesh.groups_[i] = std::move(group);
     }
   }
@@ -88,9 +88,7 @@ int DeviceMesh::AxisIndex(const std::string& name) const {
 
 int DeviceMesh::size(const std::string& name) const { return axes_[AxisIndex(name)].size; }
 
-int DeviceMesh::coordinate(const std::string& name) const {
-  return coordinates_[AxisIndex(name)];
-}
+int DeviceMesh::coordinate(const std::string& name) const { return coordinates_[AxisIndex(name)]; }
 
 int DeviceMesh::RankAt(const std::vector<int>& coords) const {
   TORCH_CHECK(coords.size() == axes_.size(), "RankAt: ", coords.size(), " coordinates for a ",

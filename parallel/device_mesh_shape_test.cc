@@ -17,8 +17,7 @@ TEST(MeshShape, RejectsBadAxes) {
   EXPECT_EQ(ValidateMeshShape({}, 1).message(), "mesh has no axes (expected at least one)");
   EXPECT_EQ(ValidateMeshShape({{"tp", 2}, {"tp", 2}}, 4).message(),
             "mesh axis 'tp' appears twice (expected distinct names)");
-  EXPECT_EQ(ValidateMeshShape({{"tp", 0}}, 1).message(),
-            "mesh axis tp has size 0 (expected >= 1)");
+  EXPECT_EQ(ValidateMeshShape({{"tp", 0}}, 1).message(), "mesh axis tp has size 0 (expected >= 1)");
 }
 
 TEST(Chunk, FollowsTorchChunk) {

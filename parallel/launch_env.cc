@@ -64,8 +64,8 @@ absl::Status CheckRange(const std::string& name, int value, const std::string& b
                         int bound) {
   if (value < 0 || value >= bound) {
     return absl::InvalidArgumentError(absl::StrCat(name, "=", value, " is out of range for ",
-                                                   bound_name, "=", bound, " (expected 0 <= ",
-                                                   name, " < ", bound, ")"));
+                                                   bound_name, "=", bound, " (expected 0 <= ", name,
+                                                   " < ", bound, ")"));
   }
   return absl::OkStatus();
 }
@@ -100,10 +100,9 @@ absl::Status Validate(LaunchEnv& e, const std::string& rank_name, const std::str
   }
   RETURN_IF_ERROR(CheckRange(rank_name, e.rank, world_name, e.world_size));
   if (e.local_world_size < 1 || e.local_world_size > e.world_size) {
-    return absl::InvalidArgumentError(absl::StrCat(local_world_name, "=", e.local_world_size,
-                                                   " is inconsistent with ", world_name, "=",
-                                                   e.world_size, " (expected 1..",
-                                                   e.world_size, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(local_world_name, "=", e.local_world_size, " is inconsistent with ",
+                     world_name, "=", e.world_size, " (expected 1..", e.world_size, ")"));
   }
   RETURN_IF_ERROR(CheckRange(local_rank_name, e.local_rank, local_world_name, e.local_world_size));
   if (e.node_rank < 0) {
@@ -200,7 +199,8 @@ absl::StatusOr<LaunchEnv> DetectLaunchEnv(const EnvLookup& env) {
     ASSIGN_OR_RETURN(e.world_size, IntVar(env, "WORLD_SIZE", std::nullopt));
     ASSIGN_OR_RETURN(e.local_rank, IntVar(env, "LOCAL_RANK", e.rank));
     ASSIGN_OR_RETURN(e.local_world_size, IntVar(env, "LOCAL_WORLD_SIZE", e.world_size));
-    ASSIGN_OR_RETURN(e.node_rank, IntVar(env, "GROUP_RANK", e.rank / std::max(1, e.local_world_size)));
+    ASSIGN_OR_RETURN(e.node_rank,
+                     IntVar(env, "GROUP_RANK", e.rank / std::max(1, e.local_world_size)));
     RETURN_IF_ERROR(Validate(e, "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"));
     RETURN_IF_ERROR(ReadMaster(env, e, /*required=*/true));
     return e;
@@ -211,7 +211,8 @@ absl::StatusOr<LaunchEnv> DetectLaunchEnv(const EnvLookup& env) {
     ASSIGN_OR_RETURN(e.world_size, IntVar(env, "OMPI_COMM_WORLD_SIZE", std::nullopt));
     ASSIGN_OR_RETURN(e.local_rank, IntVar(env, "OMPI_COMM_WORLD_LOCAL_RANK", e.rank));
     ASSIGN_OR_RETURN(e.local_world_size, IntVar(env, "OMPI_COMM_WORLD_LOCAL_SIZE", e.world_size));
-    ASSIGN_OR_RETURN(e.node_rank, IntVar(env, "OMPI_COMM_WORLD_NODE_RANK", e.rank / e.local_world_size));
+    ASSIGN_OR_RETURN(e.node_rank,
+                     IntVar(env, "OMPI_COMM_WORLD_NODE_RANK", e.rank / e.local_world_size));
     RETURN_IF_ERROR(Validate(e, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
                              "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"));
     RETURN_IF_ERROR(ReadMaster(env, e, /*required=*/false));
@@ -226,14 +227,14 @@ absl::StatusOr<LaunchEnv> DetectLaunchEnv(const EnvLookup& env) {
     if (auto per_node = env("SLURM_NTASKS_PER_NODE")) {
       ASSIGN_OR_RETURN(e.local_world_size, ParseIntStrict("SLURM_NTASKS_PER_NODE", *per_node));
     } else if (auto tasks = env("SLURM_STEP_TASKS_PER_NODE") ? env("SLURM_STEP_TASKS_PER_NODE")
-                                                            : env("SLURM_TASKS_PER_NODE")) {
+                                                             : env("SLURM_TASKS_PER_NODE")) {
       ASSIGN_OR_RETURN(e.local_world_size, FirstTasksPerNode(*tasks));
     } else {
       e.local_world_size = e.world_size;
     }
     ASSIGN_OR_RETURN(e.node_rank, IntVar(env, "SLURM_NODEID", 0));
-    RETURN_IF_ERROR(Validate(e, "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
-                             "SLURM_NTASKS_PER_NODE"));
+    RETURN_IF_ERROR(
+        Validate(e, "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"));
     std::optional<std::string> nodelist = env("SLURM_STEP_NODELIST");
     if (!nodelist) nodelist = env("SLURM_JOB_NODELIST");
     if (nodelist) {

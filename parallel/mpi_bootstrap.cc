@@ -34,9 +34,9 @@ absl::Status AgreeOnStoreThroughMpi(LaunchEnv& env) {
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   if (size != env.world_size || rank != env.rank) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "MPI says rank ", rank, " of ", size, " but OMPI_COMM_WORLD_RANK/SIZE say ", env.rank,
-        " of ", env.world_size, " (expected them to agree)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("MPI says rank ", rank, " of ", size, " but OMPI_COMM_WORLD_RANK/SIZE say ",
+                     env.rank, " of ", env.world_size, " (expected them to agree)"));
   }
   char host[256] = {};
   int port = 0;

@@ -42,8 +42,7 @@ at::Tensor FrontPadded(const at::Tensor& t, int64_t dim, int64_t rows) {
 int64_t NormalizeDim(const at::Tensor& t, int64_t dim) {
   int64_t rank = t.dim();
   TORCH_CHECK(rank > 0, "collective along dim ", dim, " of a 0-d tensor");
-  TORCH_CHECK(dim >= -rank && dim < rank, "dim ", dim, " out of range for a ", rank,
-              "-d tensor");
+  TORCH_CHECK(dim >= -rank && dim < rank, "dim ", dim, " out of range for a ", rank, "-d tensor");
   return dim < 0 ? dim + rank : dim;
 }
 

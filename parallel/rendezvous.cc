@@ -110,7 +110,7 @@ absl::Status Fail(c10d::Store& store, const LaunchEnv& env, absl::Status status)
 }  // namespace
 
 absl::StatusOr<c10::intrusive_ptr<c10d::Store>> Rendezvous(const LaunchEnv& env,
-                                                            std::chrono::milliseconds timeout) {
+                                                           std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   const std::string where = absl::StrCat(env.master_addr, ":", env.master_port);
   if (env.rank == 0) {
@@ -141,9 +141,10 @@ absl::StatusOr<c10::intrusive_ptr<c10d::Store>> Rendezvous(const LaunchEnv& env,
       store->set(kWorldKey, std::vector<uint8_t>(world.begin(), world.end()));
     }
     if (store->add(ClaimKey(env.rank), 1) > 1) {
-      return Fail(*store, env, absl::AlreadyExistsError(absl::StrCat(
-                              "rank ", env.rank, " was claimed by two processes (expected each ",
-                              "RANK in 0..", env.world_size - 1, " exactly once)")));
+      return Fail(*store, env,
+                  absl::AlreadyExistsError(absl::StrCat(
+                      "rank ", env.rank, " was claimed by two processes (expected each ",
+                      "RANK in 0..", env.world_size - 1, " exactly once)")));
     }
     if (env.rank != 0) {
       store->wait({kWorldKey}, std::max(std::chrono::milliseconds(1),
@@ -152,18 +153,20 @@ absl::StatusOr<c10::intrusive_ptr<c10d::Store>> Rendezvous(const LaunchEnv& env,
       std::vector<uint8_t> value = store->get(kWorldKey);
       std::string theirs(value.begin(), value.end());
       if (theirs != std::to_string(env.world_size)) {
-        return Fail(*store, env, absl::InvalidArgumentError(absl::StrCat(
-                                "rank ", env.rank, " has WORLD_SIZE=", env.world_size,
-                                " but rank 0 has WORLD_SIZE=", theirs,
-                                " (expected every rank to agree)")));
+        return Fail(*store, env,
+                    absl::InvalidArgumentError(absl::StrCat(
+                        "rank ", env.rank, " has WORLD_SIZE=", env.world_size,
+                        " but rank 0 has WORLD_SIZE=", theirs, " (expected every rank to agree)")));
       }
     }
     store->set(ArrivedKey(env.rank), std::vector<uint8_t>{'1'});
     ASSIGN_OR_RETURN(std::vector<int> missing, WaitForClaims(*store, env.world_size, deadline));
     if (!missing.empty()) {
-      return Fail(*store, env, absl::DeadlineExceededError(absl::StrCat(
-          "rendezvous at ", where, " timed out after ", Seconds(timeout), ": ", missing.size(),
-          " of ", env.world_size, " ranks never arrived: ", absl::StrJoin(missing, ", "))));
+      return Fail(
+          *store, env,
+          absl::DeadlineExceededError(absl::StrCat(
+              "rendezvous at ", where, " timed out after ", Seconds(timeout), ": ", missing.size(),
+              " of ", env.world_size, " ranks never arrived: ", absl::StrJoin(missing, ", "))));
     }
   } catch (const std::exception& e) {
     return absl::UnavailableError(absl::StrCat("rank ", env.rank, " lost the store at ", where,

@@ -18,6 +18,6 @@
 namespace weft {
 
 absl::StatusOr<c10::intrusive_ptr<c10d::Store>> Rendezvous(const LaunchEnv& env,
-                                                            std::chrono::milliseconds timeout);
+                                                           std::chrono::milliseconds timeout);
 
 }  // namespace weft

@@ -1,8 +1,8 @@
 #include "parallel/runtime.h"
 
 #include <ATen/Context.h>
-#include <c10/util/Logging.h>
 #include <ATen/detail/CUDAHooksInterface.h>
+#include <c10/util/Logging.h>
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -52,7 +52,8 @@ absl::StatusOr<c10::Device> ResolveDevice(const std::string& device, const Launc
   if (!use_cuda) return c10::Device(c10::kCPU);
   if (!WEFT_WITH_NCCL) {
     return absl::FailedPreconditionError(
-        "device cuda needs NCCL, which this build of weft does not have (expected a CUDA LibTorch)");
+        "device cuda needs NCCL, which this build of weft does not have (expected a CUDA "
+        "LibTorch)");
   }
   if (env.local_rank >= gpus) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -73,8 +74,8 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(const RuntimeOptions& opt
   if (auto timeout = lookup("WEFT_RDZV_TIMEOUT")) {
     ASSIGN_OR_RETURN(int seconds, ParseIntStrict("WEFT_RDZV_TIMEOUT", *timeout));
     if (seconds <= 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "WEFT_RDZV_TIMEOUT=", seconds, " is not a timeout (expected seconds > 0)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("WEFT_RDZV_TIMEOUT=", seconds, " is not a timeout (expected seconds > 0)"));
     }
     options.timeout = std::chrono::seconds(seconds);
   }
@@ -129,7 +130,8 @@ Runtime::~Runtime() {
 absl::StatusOr<std::shared_ptr<ProcessGroup>> Runtime::NewGroup(const std::vector<int>& ranks,
                                                                 const std::string& name) {
   if (ranks.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("group ", name, " has no ranks (expected >= 1)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("group ", name, " has no ranks (expected >= 1)"));
   }
   std::set<int> seen;
   for (int r : ranks) {

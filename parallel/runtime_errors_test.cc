@@ -139,12 +139,14 @@ TEST(RuntimeErrors, StoreNeverComesUp) {
 TEST(RuntimeErrors, BadTimeoutAndDevice) {
   auto rt = Runtime::Init(Cpu(2), Env({{"WEFT_RDZV_TIMEOUT", "soon"}}));
   ASSERT_FALSE(rt.ok());
-  EXPECT_EQ(rt.status().message(), "WEFT_RDZV_TIMEOUT=soon is not an integer (expected a decimal number)");
+  EXPECT_EQ(rt.status().message(),
+            "WEFT_RDZV_TIMEOUT=soon is not an integer (expected a decimal number)");
   RuntimeOptions options = Cpu(2);
   options.device = "tpu";
   rt = Runtime::Init(options, Env({}));
   ASSERT_FALSE(rt.ok());
-  EXPECT_EQ(rt.status().message(), "device 'tpu' is not a runtime device (expected cpu, cuda or auto)");
+  EXPECT_EQ(rt.status().message(),
+            "device 'tpu' is not a runtime device (expected cpu, cuda or auto)");
 }
 
 TEST(RuntimeErrors, MeshProductIsNotTheWorld) {

@@ -24,10 +24,10 @@
 #define WEFT_STATUS_CONCAT(a, b) WEFT_STATUS_CONCAT_INNER(a, b)
 
 /// Returns from the enclosing function if `expr` (an absl::Status) is not OK.
-#define RETURN_IF_ERROR(expr)                        \
-  do {                                               \
-    ::absl::Status weft_status_ = (expr);            \
-    if (!weft_status_.ok()) return weft_status_;     \
+#define RETURN_IF_ERROR(expr)                    \
+  do {                                           \
+    ::absl::Status weft_status_ = (expr);        \
+    if (!weft_status_.ok()) return weft_status_; \
   } while (0)
 
 #define WEFT_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \

@@ -144,8 +144,7 @@ RankResults RunRanks(int world, const std::function<void()>& body, const RunOpti
       if (waitpid(pids[i], &status, WNOHANG) == pids[i]) {
         done[i] = true;
         --remaining;
-        results.exit_codes[i] =
-            WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+        results.exit_codes[i] = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
       }
     }
     if (remaining == 0) break;
