@@ -20,8 +20,7 @@ TEST(Inspect, PrintsTheTableAndTotals) {
       << text;
   EXPECT_NE(text.find("21 tensors, 427264 bytes (417.2 KiB) in 2 files"), std::string::npos)
       << text;
-  EXPECT_NE(text.find("metadata of model-00001-of-00002.safetensors: format=pt"),
-            std::string::npos)
+  EXPECT_NE(text.find("metadata of model-00001-of-00002.safetensors: format=pt"), std::string::npos)
       << text;
   EXPECT_TRUE(err.str().empty());
 }

@@ -28,6 +28,8 @@ class MappedFile {
   const std::string& path() const { return path_; }
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
+  /// The open descriptor (for pread), valid while this object lives.
+  int fd() const { return fd_; }
 
   /// Drops this process's pages of [offset, offset + length) (they stay in
   /// the page cache and are read again on the next touch). Bounds the RSS of

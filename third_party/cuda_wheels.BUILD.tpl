@@ -27,6 +27,12 @@ cc_library(
     deps = [":cudart"],
 )
 
+# WEFT_WITH_CUDA is 1 when CUDA code (the CUDA runtime API) can be compiled in.
+cc_library(
+    name = "cuda_config",
+    defines = ["WEFT_WITH_CUDA=%{FOUND}"],
+)
+
 # WEFT_WITH_NCCL is 1 when the NCCL backend can be compiled in.
 cc_library(
     name = "nccl_config",

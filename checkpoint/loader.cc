@@ -1,0 +1,323 @@
+#include "checkpoint/loader.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <set>
+
+#if WEFT_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
+#endif
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace weft {
+namespace {
+
+constexpr uint64_t kAlign = 64;
+constexpr uint64_t kPreadChunk = 8 << 20;
+
+struct Planned {
+  const LoadRequest* request;
+  const SafetensorsFile* file;
+  const TensorEntry* entry;
+  size_t file_index;
+  at::ScalarType dtype;
+  std::vector<std::vector<Range>> ranges;  // one list per dim, full dims filled in
+  std::vector<int64_t> out_shape;
+  uint64_t out_bytes;
+};
+
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+absl::StatusOr<Planned> Plan(const Checkpoint& ckpt, const LoadRequest& r,
+                             const std::map<const SafetensorsFile*, size_t>& file_index) {
+  const Checkpoint::Located* at = ckpt.Find(r.name);
+  if (at == nullptr) {
+    return absl::NotFoundError(absl::StrCat("checkpoint has no tensor '", r.name, "'"));
+  }
+  const TensorEntry& e = *at->entry;
+  Planned p{&r, at->file, &e, file_index.at(at->file), r.dtype.value_or(e.dtype), {}, {}, 0};
+  if (!r.slice.empty() && r.slice.size() != e.shape.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("slice of '", r.name, "' has ", r.slice.size(),
+                                                   " dims but the tensor has ", e.shape.size(),
+                                                   " (shape ", ShapeText(e.shape), ")"));
+  }
+  for (size_t d = 0; d < e.shape.size(); ++d) {
+    std::vector<Range> ranges =
+        r.slice.empty() || r.slice[d].empty() ? std::vector<Range>{{0, e.shape[d]}} : r.slice[d];
+    int64_t length = 0;
+    for (const Range& range : ranges) {
+      if (range.start < 0 || range.start > range.end || range.end > e.shape[d]) {
+        return absl::OutOfRangeError(absl::StrCat(
+            "slice of '", r.name, "' dim ", d, ": range [", range.start, ", ", range.end,
+            ") is not inside [0, ", e.shape[d], ") (shape ", ShapeText(e.shape), ")"));
+      }
+      length += range.end - range.start;
+    }
+    p.ranges.push_back(std::move(ranges));
+    p.out_shape.push_back(length);
+  }
+  uint64_t numel = 1;
+  for (int64_t s : p.out_shape) numel *= static_cast<uint64_t>(s);
+  p.out_bytes = numel * c10::elementSize(p.dtype);
+  if (r.device.is_cuda() && !WEFT_WITH_CUDA) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "'", r.name, "' requested on ", r.device.str(), ", but this build has no CUDA"));
+  }
+  if (!r.device.is_cpu() && !r.device.is_cuda()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", r.name, "' requested on ", r.device.str(), " (expected cpu or cuda)"));
+  }
+  return p;
+}
+
+uint64_t RoundUp(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// c10::Device has no ordering; maps key on (type, index).
+using DeviceKey = std::pair<int, int>;
+DeviceKey Key(c10::Device d) { return {static_cast<int>(d.type()), d.index()}; }
+
+// Reads `length` bytes at `offset` of `fd` into `dst`, in parallel chunks.
+void ParallelPread(int fd, uint8_t* dst, uint64_t length, uint64_t offset,
+                   const std::string& path) {
+  int64_t chunks = static_cast<int64_t>((length + kPreadChunk - 1) / kPreadChunk);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      uint64_t done = c * kPreadChunk;
+      uint64_t todo = std::min(kPreadChunk, length - done);
+      while (todo > 0) {
+        ssize_t n = ::pread(fd, dst + done, todo, static_cast<off_t>(offset + done));
+        if (n < 0 && errno == EINTR) continue;
+        TORCH_CHECK(n > 0, "pread(", path, ") at offset ", offset + done, ": ",
+                    n == 0 ? "unexpected end of file" : std::strerror(errno));
+        done += static_cast<uint64_t>(n);
+        todo -= static_cast<uint64_t>(n);
+      }
+    }
+  });
+}
+
+// Visits every block of the cartesian product of per-dim ranges, with the
+// block's offset in the destination along every dim.
+template <typename Fn>
+void ForEachBlock(const std::vector<std::vector<Range>>& ranges, Fn&& fn) {
+  size_t dims = ranges.size();
+  if (dims == 0) return;  // 0-d tensors are copied by the caller
+  std::vector<size_t> index(dims, 0);
+  std::vector<Range> block(dims);
+  std::vector<int64_t> dst_offset(dims, 0);
+  while (true) {
+    for (size_t d = 0; d < dims; ++d) {
+      block[d] = ranges[d][index[d]];
+      int64_t off = 0;
+      for (size_t k = 0; k < index[d]; ++k) off += ranges[d][k].end - ranges[d][k].start;
+      dst_offset[d] = off;
+    }
+    fn(block, dst_offset);
+    size_t d = dims;
+    while (d > 0) {
+      --d;
+      if (++index[d] < ranges[d].size()) break;
+      index[d] = 0;
+      if (d == 0) return;
+    }
+  }
+}
+
+// True when `block` of a row-major tensor of `shape` is one contiguous run:
+// every dim after the first partial one is whole, every dim before it has
+// length 1.
+bool ContiguousBlock(const std::vector<Range>& block, const std::vector<int64_t>& shape) {
+  size_t first_partial = block.size();
+  for (size_t d = 0; d < block.size(); ++d) {
+    if (block[d].start != 0 || block[d].end != shape[d]) {
+      first_partial = d;
+      break;
+    }
+  }
+  for (size_t d = first_partial + 1; d < block.size(); ++d) {
+    if (block[d].start != 0 || block[d].end != shape[d]) return false;
+  }
+  for (size_t d = 0; d < first_partial && d < block.size(); ++d) {
+    if (block[d].end - block[d].start != 1 && shape[d] != 1) {
+      // A full dim of size > 1 before the partial one interleaves runs.
+      return false;
+    }
+  }
+  return true;
+}
+
+uint64_t FlatOffset(const std::vector<Range>& block, const std::vector<int64_t>& shape) {
+  uint64_t offset = 0;
+  for (size_t d = 0; d < block.size(); ++d) offset = offset * shape[d] + block[d].start;
+  return offset;
+}
+
+}  // namespace
+
+int64_t PeakRssBytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return -1;
+}
+
+absl::StatusOr<LoadResult> LoadCheckpoint(const Checkpoint& checkpoint,
+                                          const std::vector<LoadRequest>& requests,
+                                          const LoadOptions& options) {
+  std::map<const SafetensorsFile*, size_t> file_index;
+  for (size_t i = 0; i < checkpoint.files().size(); ++i)
+    file_index[checkpoint.files()[i].get()] = i;
+
+  // 1. Validate everything before allocating anything.
+  std::vector<Planned> plan;
+  std::set<std::string> names;
+  for (const LoadRequest& r : requests) {
+    if (!names.insert(r.name).second) {
+      return absl::InvalidArgumentError(absl::StrCat("'", r.name, "' is requested twice"));
+    }
+    auto p = Plan(checkpoint, r, file_index);
+    if (!p.ok()) return p.status();
+    plan.push_back(std::move(p).value());
+  }
+  std::sort(plan.begin(), plan.end(), [](const Planned& a, const Planned& b) {
+    return a.file_index != b.file_index ? a.file_index < b.file_index
+                                        : a.entry->begin < b.entry->begin;
+  });
+
+  LoadResult result;
+  auto start = std::chrono::steady_clock::now();
+  int previous_threads = at::get_num_threads();
+  if (options.threads > 0) at::set_num_threads(options.threads);
+
+  // 2. Reserve each device's total at once.
+  std::map<DeviceKey, std::pair<c10::Device, uint64_t>> totals;
+  for (const Planned& p : plan) {
+    auto it = totals.try_emplace(Key(p.request->device), p.request->device, 0).first;
+    it->second.second += RoundUp(p.out_bytes);
+  }
+  std::map<DeviceKey, at::Tensor> arenas;
+  for (const auto& [key, device_total] : totals) {
+    const c10::Device device = device_total.first;
+    const uint64_t total = device_total.second;
+    if (device.is_cpu()) {
+      arenas[key] = at::empty({static_cast<int64_t>(total)}, at::TensorOptions().dtype(at::kByte));
+      result.stats.bytes_reserved += total;
+    }
+#if WEFT_WITH_CUDA
+    if (device.is_cuda()) {
+      // Warm LibTorch's caching allocator: one block for every parameter,
+      // freed at once and then carved up by the allocations below. Only what
+      // fits: free memory plus memory the allocator holds but does not use.
+      c10::cuda::CUDAGuard guard(device);
+      size_t free_bytes = 0, total_bytes = 0;
+      C10_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+      auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+      constexpr size_t kAggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+      int64_t unused =
+          stats.reserved_bytes[kAggregate].current - stats.allocated_bytes[kAggregate].current;
+      uint64_t reserve = std::min<uint64_t>(total, free_bytes + std::max<int64_t>(unused, 0));
+      if (reserve > 0) {
+        at::empty({static_cast<int64_t>(reserve)},
+                  at::TensorOptions().dtype(at::kByte).device(device));
+      }
+      result.stats.bytes_reserved += reserve;
+    }
+#endif
+  }
+  std::map<DeviceKey, uint64_t> cursor;
+  for (const Planned& p : plan) {
+    const c10::Device device = p.request->device;
+    at::Tensor t;
+    if (device.is_cpu()) {
+      uint64_t& off = cursor[Key(device)];
+      t = arenas[Key(device)]
+              .narrow(0, static_cast<int64_t>(off), static_cast<int64_t>(p.out_bytes))
+              .view(p.dtype)
+              .view(p.out_shape);
+      off += RoundUp(p.out_bytes);
+    } else {
+      t = at::empty(p.out_shape, at::TensorOptions().dtype(p.dtype).device(device));
+    }
+    result.tensors.emplace(p.request->name, t);
+    result.stats.bytes_loaded += p.out_bytes;
+  }
+
+  // 3. Copy, file by file, in file order.
+  try {
+    for (const Planned& p : plan) {
+      const TensorEntry& e = *p.entry;
+      const MappedFile& mapping = *p.file->mapping();
+      at::Tensor dst = result.tensors.at(p.request->name);
+      const uint64_t src_element = c10::elementSize(e.dtype);
+      const uint64_t file_base = p.file->header().data_offset + e.begin;
+      at::Tensor src_view;  // the mapping, made only when needed
+      bool touched_mapping = false;
+      ForEachBlock(
+          p.ranges, [&](const std::vector<Range>& block, const std::vector<int64_t>& dst_offset) {
+            uint64_t numel = 1;
+            for (const Range& r : block) numel *= static_cast<uint64_t>(r.end - r.start);
+            if (numel == 0) return;
+            result.stats.bytes_read += numel * src_element;
+            at::Tensor dst_block = dst;
+            for (size_t d = 0; d < block.size(); ++d) {
+              dst_block = dst_block.narrow(d, dst_offset[d], block[d].end - block[d].start);
+            }
+            if (p.dtype == e.dtype && dst.is_cpu() && ContiguousBlock(block, e.shape) &&
+                dst_block.is_contiguous()) {
+              ParallelPread(mapping.fd(), static_cast<uint8_t*>(dst_block.data_ptr()),
+                            numel * src_element,
+                            file_base + FlatOffset(block, e.shape) * src_element, mapping.path());
+              return;
+            }
+            if (!src_view.defined()) {
+              src_view = at::from_blob(const_cast<uint8_t*>(mapping.data() + file_base), e.shape,
+                                       at::TensorOptions().dtype(e.dtype));
+            }
+            touched_mapping = true;
+            at::Tensor src_block = src_view;
+            for (size_t d = 0; d < block.size(); ++d) {
+              src_block = src_block.narrow(d, block[d].start, block[d].end - block[d].start);
+            }
+            dst_block.copy_(src_block);
+          });
+      if (e.shape.empty()) {  // 0-d: one element, no ranges to visit
+        result.stats.bytes_read += src_element;
+        at::Tensor src = at::from_blob(const_cast<uint8_t*>(mapping.data() + file_base), {},
+                                       at::TensorOptions().dtype(e.dtype));
+        dst.copy_(src);
+        touched_mapping = true;
+      }
+      if (touched_mapping) mapping.Release(file_base, e.nbytes());
+    }
+  } catch (const std::exception& ex) {
+    if (options.threads > 0) at::set_num_threads(previous_threads);
+    std::string what = ex.what();
+    return absl::UnavailableError(
+        absl::StrCat("loading failed: ", what.substr(0, what.find('\n'))));
+  }
+  if (options.threads > 0) at::set_num_threads(previous_threads);
+
+  result.stats.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.stats.gb_per_s =
+      result.stats.seconds > 0 ? result.stats.bytes_read / result.stats.seconds / 1e9 : 0;
+  result.stats.peak_rss_bytes = PeakRssBytes();
+  return result;
+}
+
+}  // namespace weft

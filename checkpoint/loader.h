@@ -1,0 +1,90 @@
+// The per-rank streaming loader: each rank reads only its slices of a
+// checkpoint, converts dtypes on the way, and lands every parameter in one
+// pre-reserved block of memory per device.
+//
+//   std::vector<LoadRequest> requests = {
+//       {"model.layers.0.self_attn.q_proj.weight", at::kBFloat16, at::kCPU,
+//        /*slice=*/{{{0, 2048}}, {}}},                 // rows [0, 2048), all columns
+//       {"model.layers.0.mlp.gate_up_proj.weight", at::kBFloat16, at::kCPU,
+//        {{{0, 1024}, {8192, 9216}}, {}}},             // two ranges: a packed shard
+//   };
+//   ASSIGN_OR_RETURN(LoadResult r, LoadCheckpoint(*ckpt, requests));
+//   std::cout << r.stats.gb_per_s << " GB/s\n";
+//
+// How it reads: files in order, tensors in file order. A slice whose bytes
+// are one contiguous run in the file (dim-0 rows, or whole tensors) of the
+// requested dtype is read with pread straight into its destination, in
+// parallel chunks, so no file page is ever mapped into the process. Other
+// slices (dtype conversion, ranges on inner dims) copy from the file's
+// mapping, touching only the strides they need, and release those pages when
+// done. Peak RSS therefore stays near this rank's share, not the checkpoint.
+//
+// Memory: the total bytes per device are reserved at once before copying.
+// On CPU that is one arena the parameters are views of; on CUDA one block
+// through LibTorch's caching allocator, released at once so every parameter
+// is carved from it (only what fits in free memory plus memory already
+// reserved but unused).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "checkpoint/checkpoint_dir.h"
+
+namespace weft {
+
+/// [start, end) along one dim.
+struct Range {
+  int64_t start = 0;
+  int64_t end = 0;
+};
+
+/// Per dim, the ranges to read, concatenated in order. An empty list for a
+/// dim means the whole dim; an empty Slice means the whole tensor.
+using Slice = std::vector<std::vector<Range>>;
+
+struct LoadRequest {
+  std::string name;
+  /// Target dtype; c10::nullopt keeps the file's.
+  c10::optional<at::ScalarType> dtype;
+  c10::Device device = c10::Device(c10::kCPU);
+  Slice slice;
+};
+
+struct LoadStats {
+  uint64_t bytes_read = 0;      // source bytes copied out of the files
+  uint64_t bytes_loaded = 0;    // bytes of the resulting tensors
+  uint64_t bytes_reserved = 0;  // reserved up front, all devices
+  double seconds = 0;           // reservation + copying
+  double gb_per_s = 0;          // bytes_read / seconds / 1e9
+  int64_t peak_rss_bytes = 0;   // the process's peak resident set (VmHWM)
+};
+
+struct LoadResult {
+  std::map<std::string, at::Tensor> tensors;
+  LoadStats stats;
+};
+
+struct LoadOptions {
+  /// Threads for the parallel pread of large contiguous slices (0: LibTorch's
+  /// intra-op thread count).
+  int threads = 0;
+};
+
+/// Validates every request against the checkpoint (name present, one range
+/// list per dim, ranges inside the dim) before allocating anything; errors
+/// name the tensor and the value found vs expected.
+absl::StatusOr<LoadResult> LoadCheckpoint(const Checkpoint& checkpoint,
+                                          const std::vector<LoadRequest>& requests,
+                                          const LoadOptions& options = {});
+
+/// The process's peak resident set size in bytes (VmHWM), or -1.
+int64_t PeakRssBytes();
+
+}  // namespace weft
