@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,14 +12,9 @@
 #include <fstream>
 #include <set>
 
-#if WEFT_WITH_CUDA
-#include <c10/cuda/CUDACachingAllocator.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <cuda_runtime_api.h>
-#endif
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "parallel/cuda_plugin.h"
 
 namespace weft {
 namespace {
@@ -72,9 +68,9 @@ absl::StatusOr<Planned> Plan(const Checkpoint& ckpt, const LoadRequest& r,
   uint64_t numel = 1;
   for (int64_t s : p.out_shape) numel *= static_cast<uint64_t>(s);
   p.out_bytes = numel * c10::elementSize(p.dtype);
-  if (r.device.is_cuda() && !WEFT_WITH_CUDA) {
+  if (std::string why; r.device.is_cuda() && GetCudaPlugin(&why) == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "'", r.name, "' requested on ", r.device.str(), ", but this build has no CUDA"));
+        "'", r.name, "' requested on ", r.device.str(), ", but CUDA is unavailable: ", why));
   }
   if (!r.device.is_cpu() && !r.device.is_cuda()) {
     return absl::InvalidArgumentError(
@@ -84,6 +80,19 @@ absl::StatusOr<Planned> Plan(const Checkpoint& ckpt, const LoadRequest& r,
 }
 
 uint64_t RoundUp(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// The CPU arena: anonymous memory with transparent huge pages requested, so
+// the first touch of 2 MiB costs one fault instead of 512.
+at::Tensor CpuArena(uint64_t bytes) {
+  if (bytes == 0) return at::empty({0}, at::TensorOptions().dtype(at::kByte));
+  void* addr = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  TORCH_CHECK(addr != MAP_FAILED, "mmap of a ", bytes,
+              "-byte arena failed: ", std::strerror(errno));
+  ::madvise(addr, bytes, MADV_HUGEPAGE);
+  return at::from_blob(
+      addr, {static_cast<int64_t>(bytes)}, [bytes](void* p) { ::munmap(p, bytes); },
+      at::TensorOptions().dtype(at::kByte));
+}
 
 // c10::Device has no ordering; maps key on (type, index).
 using DeviceKey = std::pair<int, int>;
@@ -215,29 +224,14 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const Checkpoint& checkpoint,
     const c10::Device device = device_total.first;
     const uint64_t total = device_total.second;
     if (device.is_cpu()) {
-      arenas[key] = at::empty({static_cast<int64_t>(total)}, at::TensorOptions().dtype(at::kByte));
+      arenas[key] = CpuArena(total);
       result.stats.bytes_reserved += total;
     }
-#if WEFT_WITH_CUDA
     if (device.is_cuda()) {
       // Warm LibTorch's caching allocator: one block for every parameter,
-      // freed at once and then carved up by the allocations below. Only what
-      // fits: free memory plus memory the allocator holds but does not use.
-      c10::cuda::CUDAGuard guard(device);
-      size_t free_bytes = 0, total_bytes = 0;
-      C10_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-      auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-      constexpr size_t kAggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
-      int64_t unused =
-          stats.reserved_bytes[kAggregate].current - stats.allocated_bytes[kAggregate].current;
-      uint64_t reserve = std::min<uint64_t>(total, free_bytes + std::max<int64_t>(unused, 0));
-      if (reserve > 0) {
-        at::empty({static_cast<int64_t>(reserve)},
-                  at::TensorOptions().dtype(at::kByte).device(device));
-      }
-      result.stats.bytes_reserved += reserve;
+      // freed at once and then carved up by the allocations below.
+      result.stats.bytes_reserved += GetCudaPlugin()->reserve(device.index(), total);
     }
-#endif
   }
   std::map<DeviceKey, uint64_t> cursor;
   for (const Planned& p : plan) {

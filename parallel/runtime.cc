@@ -1,22 +1,17 @@
 #include "parallel/runtime.h"
 
 #include <ATen/Context.h>
-#include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/util/Logging.h>
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
-
-#if WEFT_WITH_NCCL
-#include <c10/cuda/CUDAFunctions.h>
-#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
-#endif
 
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "parallel/backends.h"
+#include "parallel/cuda_plugin.h"
 #include "parallel/mpi_bootstrap.h"
 #include "parallel/rendezvous.h"
 #include "parallel/status.h"
@@ -37,29 +32,28 @@ bool IsLoopback(const std::string& host) {
 }
 
 absl::StatusOr<c10::Device> ResolveDevice(const std::string& device, const LaunchEnv& env) {
-  int gpus = at::detail::getCUDAHooks().getNumGPUs();
-  bool use_cuda;
-  if (device == "cpu") {
-    use_cuda = false;
-  } else if (device == "cuda") {
-    use_cuda = true;
-  } else if (device == "auto") {
-    use_cuda = WEFT_WITH_NCCL && gpus > 0;
-  } else {
+  if (device != "cpu" && device != "cuda" && device != "auto") {
     return absl::InvalidArgumentError(
         absl::StrCat("device '", device, "' is not a runtime device (expected cpu, cuda or auto)"));
   }
-  if (!use_cuda) return c10::Device(c10::kCPU);
-  if (!WEFT_WITH_NCCL) {
-    return absl::FailedPreconditionError(
-        "device cuda needs NCCL, which this build of weft does not have (expected a CUDA "
-        "LibTorch)");
+  // "auto" looks for NVIDIA devices before loading any CUDA library.
+  if (device == "cpu" || (device == "auto" && !MachineHasNvidiaDevices())) {
+    return c10::Device(c10::kCPU);
   }
+  std::string why;
+  const CudaPlugin* cuda = GetCudaPlugin(&why);
+  if (cuda == nullptr) {
+    if (device == "auto") return c10::Device(c10::kCPU);
+    return absl::FailedPreconditionError(absl::StrCat("device cuda is unavailable: ", why));
+  }
+  int gpus = cuda->device_count();
+  if (device == "auto" && gpus == 0) return c10::Device(c10::kCPU);
   if (env.local_rank >= gpus) {
     return absl::FailedPreconditionError(absl::StrCat(
         "LOCAL_RANK=", env.local_rank, " has no GPU: ", gpus, " visible (expected one GPU per ",
         "local rank, LOCAL_WORLD_SIZE=", env.local_world_size, ")"));
   }
+  cuda->set_device(env.local_rank);
   return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
 }
 
@@ -82,9 +76,6 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(const RuntimeOptions& opt
   ASSIGN_OR_RETURN(LaunchEnv env, DetectLaunchEnv(lookup));
   if (!env.master_known) RETURN_IF_ERROR(AgreeOnStoreThroughMpi(env));
   ASSIGN_OR_RETURN(c10::Device device, ResolveDevice(options.device, env));
-#if WEFT_WITH_NCCL
-  if (device.is_cuda()) c10::cuda::set_device(device.index());
-#endif
 
   auto impl = std::make_unique<Impl>();
   impl->options = options;
@@ -162,15 +153,11 @@ absl::StatusOr<std::shared_ptr<ProcessGroup>> Runtime::NewGroup(const std::vecto
     backends->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(
         c10::make_intrusive<c10d::PrefixStore>(prefix + "gloo", store), group_rank, size,
         gloo_options);
-#if WEFT_WITH_NCCL
     if (device_.is_cuda()) {
-      auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
-      nccl_options->timeout = impl_->options.collective_timeout;
-      backends->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(
+      backends->nccl = GetCudaPlugin()->create_nccl(
           c10::make_intrusive<c10d::PrefixStore>(prefix + "nccl", store), group_rank, size,
-          nccl_options);
+          impl_->options.collective_timeout);
     }
-#endif
   } catch (const std::exception& e) {
     std::string what = e.what();
     return absl::UnavailableError(absl::StrCat("rank ", rank(), " could not create group ", name,

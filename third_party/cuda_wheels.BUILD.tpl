@@ -2,6 +2,8 @@
 # Nothing CUDA runs on a machine without a GPU; this only compiles and links.
 package(default_visibility = ["//visibility:public"])
 
+exports_files(["defs.bzl"])
+
 _FOUND = %{FOUND}
 
 cc_library(

@@ -22,11 +22,10 @@ def _torch_impl(ctx):
     lib = torch + "/lib"
     ctx.symlink(torch + "/include", "include")
     has_cuda = ctx.path(lib + "/libtorch_cuda.so").exists
-    libs = ["torch", "torch_cpu", "c10"] + (["torch_cuda", "c10_cuda"] if has_cuda else [])
+    cuda_libs = ["torch", "torch_cuda", "c10_cuda"] if has_cuda else []
     ctx.template("BUILD", ctx.attr.build_template, {
         "%{LIB_DIR}": lib,
-        "%{LIBS}": repr(["-l" + name for name in libs]),
-        "%{HAS_CUDA}": "1" if has_cuda else "0",
+        "%{CUDA_LIBS}": repr(["-l" + name for name in cuda_libs]),
     })
 
 torch_wheel_repository = repository_rule(
@@ -49,6 +48,9 @@ def _cuda_impl(ctx):
     if found:
         ctx.symlink(cu + "/include", "cuda_include")
         ctx.symlink(nccl + "/include", "nccl_include")
+    # Both LibTorch's CUDA libraries and the CUDA/NCCL wheels: the plugin builds.
+    found = found and ctx.path(_site_packages(ctx) + "/torch/lib/libtorch_cuda.so").exists
+    ctx.file("defs.bzl", "HAS_CUDA = %s\n" % ("True" if found else "False"))
     ctx.template("BUILD", ctx.attr.build_template, {
         "%{FOUND}": "1" if found else "0",
         "%{CUDA_LIB_DIR}": (cu + "/lib") if found else "",

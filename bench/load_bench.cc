@@ -1,0 +1,63 @@
+// weft's loader on a checkpoint, as one tensor-parallel rank would load it:
+// every 2-D weight sharded along dim 0 over --tp ranks (torch.chunk), 1-D
+// weights replicated. Prints one JSON line with the loader's own figures.
+//
+//   bazel-bin/bench/load_bench --model DIR --tp 2 --rank 1 [--dtype bf16|keep]
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "checkpoint/loader.h"
+#include "parallel/chunk.h"
+
+int main(int argc, char** argv) {
+  std::string model;
+  int tp = 1, rank = 0;
+  bool keep = true;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string flag = argv[i];
+    if (flag == "--model")
+      model = argv[i + 1];
+    else if (flag == "--tp")
+      tp = std::atoi(argv[i + 1]);
+    else if (flag == "--rank")
+      rank = std::atoi(argv[i + 1]);
+    else if (flag == "--dtype")
+      keep = std::strcmp(argv[i + 1], "keep") == 0 || std::strcmp(argv[i + 1], "bf16") == 0;
+    else {
+      std::fprintf(stderr, "load_bench: unknown flag %s\n", argv[i]);
+      return 2;
+    }
+  }
+  auto ckpt = weft::Checkpoint::Open(model);
+  if (!ckpt.ok()) {
+    std::fprintf(stderr, "load_bench: %s\n", std::string(ckpt.status().message()).c_str());
+    return 2;
+  }
+  std::vector<weft::LoadRequest> requests;
+  for (const auto& [name, at] : (*ckpt)->tensors()) {
+    weft::LoadRequest r{name,
+                        keep ? c10::nullopt : c10::optional<at::ScalarType>(at::kFloat),
+                        c10::Device(c10::kCPU),
+                        {}};
+    if (at.entry->shape.size() == 2 && tp > 1) {
+      weft::ChunkSpan s = weft::ChunkOf(at.entry->shape[0], tp, rank);
+      r.slice = {{{s.offset, s.offset + s.length}}, {}};
+    }
+    requests.push_back(std::move(r));
+  }
+  auto result = weft::LoadCheckpoint(**ckpt, requests);
+  if (!result.ok()) {
+    std::fprintf(stderr, "load_bench: %s\n", std::string(result.status().message()).c_str());
+    return 2;
+  }
+  const weft::LoadStats& s = result->stats;
+  std::printf(
+      "{\"tp\": %d, \"rank\": %d, \"bytes_read\": %llu, \"bytes_loaded\": %llu, \"seconds\": %.4f, "
+      "\"gb_per_s\": %.3f, \"peak_rss_bytes\": %lld}\n",
+      tp, rank, static_cast<unsigned long long>(s.bytes_read),
+      static_cast<unsigned long long>(s.bytes_loaded), s.seconds, s.gb_per_s,
+      static_cast<long long>(s.peak_rss_bytes));
+  return 0;
+}
