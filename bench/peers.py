@@ -4,7 +4,7 @@ loader times itself. One JSON line per run.
 
     python bench/peers.py safetensors DIR        # load_file, then clone: bytes in memory
     python bench/peers.py safetensors-lazy DIR   # load_file alone (an mmap; reads nothing)
-    python bench/peers.py transformers DIR       # from_pretrained(dtype=bfloat16, device_map="cpu")
+    python bench/peers.py transformers DIR       # from_pretrained(dtype=bfloat16), on CPU
 """
 import json
 import os
@@ -36,7 +36,7 @@ def main():
         from transformers import AutoModelForCausalLM
 
         start = time.perf_counter()
-        m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16, device_map="cpu")
+        m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16)
         total = sum(p.numel() * p.element_size() for p in m.parameters())
         seconds = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -13,11 +13,12 @@ def main():
         key = r["who"] if r["who"] != "weft" else f"weft tp={r['tp']} rank={r['rank']}"
         runs[key].append(r)
     limit = statistics.median(r["gb_per_s"] for r in runs["seqread"])
+    fresh = statistics.median(r["gb_per_s"] for r in runs["seqread-fresh"])
     total = runs["seqread"][0]["bytes"]
-    print(f"checkpoint: {total / 1e9:.3f} GB; sequential-read limit {limit:.2f} GB/s "
-          f"(median of {len(runs['seqread'])})")
+    print(f"checkpoint: {total / 1e9:.3f} GB; sequential-read limit {limit:.2f} GB/s, into fresh "
+          f"memory {fresh:.2f} GB/s (medians of {len(runs['seqread'])})")
     print(f"{'loader':28} {'bytes read':>12} {'seconds':>8} {'GB/s':>7} {'x limit':>8} "
-          f"{'peak RSS':>9} {'RSS bound':>9}")
+          f"{'x fresh':>8} {'peak RSS':>9} {'RSS bound':>9}")
     for key, rs in runs.items():
         secs = statistics.median(r["seconds"] for r in rs)
         nbytes = rs[0].get("bytes_read", rs[0].get("bytes"))
@@ -29,7 +30,7 @@ def main():
             limit_rss = 1.1 * share + 100e6
             bound = f"{'ok' if rss <= limit_rss else 'OVER'} {limit_rss / 1e9:.2f}G"
         print(f"{key:28} {nbytes / 1e9:11.3f}G {secs:8.3f} {gbs:7.2f} {gbs / limit:8.2f} "
-              f"{rss / 1e9:8.2f}G {bound:>9}")
+              f"{gbs / fresh:8.2f} {rss / 1e9:8.2f}G {bound:>9}")
 
 
 if __name__ == "__main__":
