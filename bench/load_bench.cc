@@ -54,9 +54,11 @@ int main(int argc, char** argv) {
   }
   const weft::LoadStats& s = result->stats;
   std::printf(
-      "{\"tp\": %d, \"rank\": %d, \"bytes_read\": %llu, \"bytes_loaded\": %llu, \"seconds\": %.4f, "
+      "{\"tp\": %d, \"rank\": %d, \"bytes_read\": %llu, \"bytes_pread\": %llu, \"bytes_loaded\": "
+      "%llu, \"seconds\": %.4f, "
       "\"gb_per_s\": %.3f, \"peak_rss_bytes\": %lld}\n",
       tp, rank, static_cast<unsigned long long>(s.bytes_read),
+      static_cast<unsigned long long>(s.bytes_pread),
       static_cast<unsigned long long>(s.bytes_loaded), s.seconds, s.gb_per_s,
       static_cast<long long>(s.peak_rss_bytes));
   return 0;

@@ -6,11 +6,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <set>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -115,22 +118,40 @@ void AddReadJobs(std::vector<ReadJob>& jobs, int fd, uint8_t* dst, uint64_t leng
   }
 }
 
-// Runs the jobs on LibTorch's intra-op threads.
-void RunReadJobs(const std::vector<ReadJob>& jobs) {
-  at::parallel_for(0, static_cast<int64_t>(jobs.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
+// Runs the jobs on `threads` threads (weft is built without OpenMP, so
+// at::parallel_for would run serially here).
+void RunReadJobs(const std::vector<ReadJob>& jobs, int threads) {
+  std::atomic<size_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto worker = [&] {
+    for (size_t j; (j = next.fetch_add(1)) < jobs.size();) {
       const ReadJob& job = jobs[j];
       uint64_t done = 0;
       while (done < job.length) {
         ssize_t n = ::pread(job.fd, job.dst + done, job.length - done,
                             static_cast<off_t>(job.offset + done));
         if (n < 0 && errno == EINTR) continue;
-        TORCH_CHECK(n > 0, "pread(", *job.path, ") at offset ", job.offset + done, ": ",
-                    n == 0 ? "unexpected end of file" : std::strerror(errno));
+        if (n <= 0) {
+          std::lock_guard<std::mutex> lock(error_mutex);
+          if (!error) {
+            error = std::make_exception_ptr(std::runtime_error(
+                absl::StrCat("pread(", *job.path, ") at offset ", job.offset + done, ": ",
+                             n == 0 ? "unexpected end of file" : std::strerror(errno))));
+          }
+          next = jobs.size();
+          return;
+        }
         done += static_cast<uint64_t>(n);
       }
     }
-  });
+  };
+  std::vector<std::thread> pool;
+  int n = std::max(1, std::min<int>(threads, static_cast<int>(jobs.size())));
+  for (int t = 1; t < n; ++t) pool.emplace_back(worker);
+  worker();
+  for (std::thread& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
 }
 
 // Visits every block of the cartesian product of per-dim ranges, with the
@@ -161,24 +182,15 @@ void ForEachBlock(const std::vector<std::vector<Range>>& ranges, Fn&& fn) {
 }
 
 // True when `block` of a row-major tensor of `shape` is one contiguous run:
-// every dim after the first partial one is whole, every dim before it has
-// length 1.
+// every dim before the last partial one has length 1 (dims after it are
+// whole by definition).
 bool ContiguousBlock(const std::vector<Range>& block, const std::vector<int64_t>& shape) {
-  size_t first_partial = block.size();
+  int last_partial = -1;
   for (size_t d = 0; d < block.size(); ++d) {
-    if (block[d].start != 0 || block[d].end != shape[d]) {
-      first_partial = d;
-      break;
-    }
+    if (block[d].start != 0 || block[d].end != shape[d]) last_partial = static_cast<int>(d);
   }
-  for (size_t d = first_partial + 1; d < block.size(); ++d) {
-    if (block[d].start != 0 || block[d].end != shape[d]) return false;
-  }
-  for (size_t d = 0; d < first_partial && d < block.size(); ++d) {
-    if (block[d].end - block[d].start != 1 && shape[d] != 1) {
-      // A full dim of size > 1 before the partial one interleaves runs.
-      return false;
-    }
+  for (int d = 0; d < last_partial; ++d) {
+    if (block[d].end - block[d].start != 1) return false;
   }
   return true;
 }
@@ -225,8 +237,7 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const Checkpoint& checkpoint,
 
   LoadResult result;
   auto start = std::chrono::steady_clock::now();
-  int previous_threads = at::get_num_threads();
-  if (options.threads > 0) at::set_num_threads(options.threads);
+  const int threads = options.threads > 0 ? options.threads : at::get_num_threads();
 
   // 2. Reserve each device's total at once.
   std::map<DeviceKey, std::pair<c10::Device, uint64_t>> totals;
@@ -291,6 +302,7 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const Checkpoint& checkpoint,
             }
             if (p.dtype == e.dtype && dst.is_cpu() && ContiguousBlock(block, e.shape) &&
                 dst_block.is_contiguous()) {
+              result.stats.bytes_pread += numel * src_element;
               AddReadJobs(jobs, mapping.fd(), static_cast<uint8_t*>(dst_block.data_ptr()),
                           numel * src_element, file_base + FlatOffset(block, e.shape) * src_element,
                           &mapping.path());
@@ -316,17 +328,15 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const Checkpoint& checkpoint,
       }
       if (touched_mapping) mapping.Release(file_base, e.nbytes());
       if (i + 1 == plan.size() || plan[i + 1].file_index != p.file_index) {
-        RunReadJobs(jobs);
+        RunReadJobs(jobs, threads);
         jobs.clear();
       }
     }
   } catch (const std::exception& ex) {
-    if (options.threads > 0) at::set_num_threads(previous_threads);
     std::string what = ex.what();
     return absl::UnavailableError(
         absl::StrCat("loading failed: ", what.substr(0, what.find('\n'))));
   }
-  if (options.threads > 0) at::set_num_threads(previous_threads);
 
   result.stats.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

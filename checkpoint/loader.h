@@ -13,8 +13,8 @@
 //
 // How it reads: files in order, tensors in file order. A slice whose bytes
 // are one contiguous run in the file (dim-0 rows, or whole tensors) of the
-// requested dtype is read with pread straight into its destination, in
-// parallel chunks, so no file page is ever mapped into the process. Other
+// requested dtype is read with pread straight into its destination (4 MiB
+// jobs spread over the threads), so no file page is mapped into the process. Other
 // slices (dtype conversion, ranges on inner dims) copy from the file's
 // mapping, touching only the strides they need, and release those pages when
 // done. Peak RSS therefore stays near this rank's share, not the checkpoint.
@@ -59,6 +59,7 @@ struct LoadRequest {
 
 struct LoadStats {
   uint64_t bytes_read = 0;      // source bytes copied out of the files
+  uint64_t bytes_pread = 0;     // of those, read with pread straight into place
   uint64_t bytes_loaded = 0;    // bytes of the resulting tensors
   uint64_t bytes_reserved = 0;  // reserved up front, all devices
   double seconds = 0;           // reservation + copying
@@ -72,8 +73,7 @@ struct LoadResult {
 };
 
 struct LoadOptions {
-  /// Threads for the parallel pread of large contiguous slices (0: LibTorch's
-  /// intra-op thread count).
+  /// Threads for the parallel preads (0: LibTorch's intra-op thread count).
   int threads = 0;
 };
 
