@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "checkpoint/atomic_file.h"
 #include "checkpoint/json.h"
 #include "parallel/status.h"
 
@@ -39,22 +40,6 @@ absl::StatusOr<std::string> ReadText(const std::string& path) {
   std::stringstream buffer;
   buffer << in.rdbuf();
   return buffer.str();
-}
-
-absl::Status WriteTextAtomically(const std::string& path, const std::string& text) {
-  std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return absl::UnavailableError(absl::StrCat("open(", tmp, "): ", std::strerror(errno)));
-  }
-  bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
-            ::fsync(fd) == 0;
-  ok = (::close(fd) == 0) && ok;
-  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
-    ::unlink(tmp.c_str());
-    return absl::UnavailableError(absl::StrCat("writing ", path, ": ", std::strerror(errno)));
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -186,7 +171,9 @@ absl::Status WriteCheckpoint(const std::string& dir,
     first = false;
   }
   index += "\n  }\n}\n";
-  return WriteTextAtomically(absl::StrCat(dir, "/", kIndexName), index);
+  ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(absl::StrCat(dir, "/", kIndexName)));
+  RETURN_IF_ERROR(out.Write(index.data(), index.size()));
+  return out.Commit();
 }
 
 }  // namespace weft

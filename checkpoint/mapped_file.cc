@@ -74,12 +74,4 @@ void MappedFile::Release(size_t offset, size_t length) const {
   if (end > begin) ::madvise(data_ + begin, end - begin, MADV_DONTNEED);
 }
 
-void MappedFile::WillNeed(size_t offset, size_t length) const {
-  if (data_ == nullptr || length == 0) return;
-  size_t page = PageSize();
-  size_t begin = offset / page * page;
-  size_t end = std::min(size_, offset + length);
-  if (end > begin) ::madvise(data_ + begin, end - begin, MADV_WILLNEED);
-}
-
 }  // namespace weft

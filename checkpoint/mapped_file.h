@@ -35,8 +35,6 @@ class MappedFile {
   /// the page cache and are read again on the next touch). Bounds the RSS of
   /// a streaming reader to what it has not finished with.
   void Release(size_t offset, size_t length) const;
-  /// Asks the kernel to read [offset, offset + length) ahead.
-  void WillNeed(size_t offset, size_t length) const;
 
  private:
   MappedFile(std::string path, int fd, uint8_t* data, size_t size);

@@ -1,16 +1,14 @@
 #include "checkpoint/safetensors.h"
 
 #include <ATen/ATen.h>
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "checkpoint/atomic_file.h"
 #include "checkpoint/dtype.h"
 #include "checkpoint/json.h"
 #include "parallel/status.h"
@@ -58,32 +56,6 @@ at::Tensor SafetensorsFile::Get(const TensorEntry& entry) const {
   return at::from_blob(
       const_cast<uint8_t*>(bytes), entry.shape, [keep](void*) mutable { keep.reset(); }, options);
 }
-
-namespace {
-
-absl::Status WriteAll(int fd, const void* data, size_t size, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    ssize_t n = ::write(fd, p, std::min<size_t>(size, 1 << 30));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return absl::UnavailableError(absl::StrCat("write(", path, "): ", std::strerror(errno),
-                                                 " (errno ", errno, ") [", __FILE__, ":", __LINE__,
-                                                 "]"));
-    }
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
-  return absl::OkStatus();
-}
-
-std::string Dirname(const std::string& path) {
-  size_t slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
-}  // namespace
 
 absl::Status WriteSafetensors(const std::string& path,
                               const std::vector<std::pair<std::string, at::Tensor>>& tensors,
@@ -135,38 +107,12 @@ absl::Status WriteSafetensors(const std::string& path,
   uint8_t length[8];
   for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(header.size() >> (8 * i));
 
-  std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return absl::UnavailableError(
-        absl::StrCat("open(", tmp, "): ", std::strerror(errno), " (errno ", errno, ")"));
-  }
-  absl::Status status = WriteAll(fd, length, 8, tmp);
-  if (status.ok()) status = WriteAll(fd, header.data(), header.size(), tmp);
-  for (const Item& item : items) {
-    if (!status.ok()) break;
-    status = WriteAll(fd, item.tensor.data_ptr(), item.tensor.nbytes(), tmp);
-  }
-  if (status.ok() && ::fsync(fd) != 0) {
-    status = absl::UnavailableError(absl::StrCat("fsync(", tmp, "): ", std::strerror(errno)));
-  }
-  if (::close(fd) != 0 && status.ok()) {
-    status = absl::UnavailableError(absl::StrCat("close(", tmp, "): ", std::strerror(errno)));
-  }
-  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    status = absl::UnavailableError(
-        absl::StrCat("rename(", tmp, ", ", path, "): ", std::strerror(errno)));
-  }
-  if (!status.ok()) {
-    ::unlink(tmp.c_str());
-    return status;
-  }
-  int dir = ::open(Dirname(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir >= 0) {
-    ::fsync(dir);
-    ::close(dir);
-  }
-  return absl::OkStatus();
+  ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(path));
+  RETURN_IF_ERROR(out.Write(length, 8));
+  RETURN_IF_ERROR(out.Write(header.data(), header.size()));
+  for (const Item& item : items)
+    RETURN_IF_ERROR(out.Write(item.tensor.data_ptr(), item.tensor.nbytes()));
+  return out.Commit();
 }
 
 }  // namespace weft
