@@ -1,0 +1,56 @@
+#include "models/causal_lm.h"
+
+#include <ATen/ATen.h>
+
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace weft {
+namespace {
+
+std::map<std::string, CausalLMFactory>& Architectures() {
+  static auto* registry = new std::map<std::string, CausalLMFactory>;
+  return *registry;
+}
+
+}  // namespace
+
+at::Tensor CausalLMLoss(const at::Tensor& logits, const at::Tensor& labels) {
+  const int64_t t = logits.size(1);
+  at::Tensor shift_logits = logits.narrow(1, 0, t - 1).to(at::kFloat).reshape({-1, logits.size(2)});
+  at::Tensor shift_labels = labels.narrow(1, 1, t - 1).reshape({-1}).to(logits.device());
+  return at::cross_entropy_loss(shift_logits, shift_labels, /*weight=*/{}, at::Reduction::Mean,
+                                /*ignore_index=*/-100);
+}
+
+at::Tensor DefaultPositionIds(const CausalLMInputs& inputs) {
+  if (inputs.position_ids.defined()) return inputs.position_ids;
+  const int64_t b = inputs.input_ids.size(0), t = inputs.input_ids.size(1);
+  if (inputs.attention_mask.defined()) {
+    at::Tensor pos = inputs.attention_mask.to(at::kLong).cumsum(-1) - 1;
+    return pos.masked_fill(inputs.attention_mask.to(at::kBool).logical_not(), 1);
+  }
+  return at::arange(t, inputs.input_ids.options().dtype(at::kLong)).unsqueeze(0).expand({b, t});
+}
+
+bool RegisterArchitecture(const std::string& architecture, CausalLMFactory factory) {
+  Architectures()[architecture] = std::move(factory);
+  return true;
+}
+
+absl::StatusOr<std::shared_ptr<CausalLM>> CreateCausalLM(const ModelConfig& config,
+                                                         const ModelOptions& options) {
+  auto it = Architectures().find(config.architecture);
+  if (it == Architectures().end()) {
+    std::vector<std::string> known;
+    for (const auto& [name, f] : Architectures()) known.push_back(name);
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: architectures[0] is \"", config.architecture,
+                     "\" (expected one of: ", absl::StrJoin(known, ", "), ")"));
+  }
+  return it->second(config, options);
+}
+
+}  // namespace weft

@@ -1,0 +1,69 @@
+// The interface of every causal language model in models/, the
+// transformers loss, and the architecture registry.
+//
+//   CausalLMOutput out = model->Forward({.input_ids = ids, .labels = ids});
+//   out.loss.backward();
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "models/config.h"
+#include "models/module.h"
+
+namespace weft {
+
+struct CausalLMInputs {
+  at::Tensor input_ids;       // int64 [B, T]
+  at::Tensor attention_mask;  // optional [B, T] (1 keep, 0 padding)
+  at::Tensor labels;          // optional int64 [B, T]; -100 is ignored
+  at::Tensor position_ids;    // optional [B, T]; default: 0..T-1 (after padding: cumsum)
+  bool output_hidden_states = false;
+};
+
+struct CausalLMOutput {
+  at::Tensor logits;  // [B, T, V]
+  at::Tensor loss;    // 0-d, when labels were given
+  /// transformers' output_hidden_states: the embeddings, then each decoder
+  /// layer's output, the last one after the final norm.
+  std::vector<at::Tensor> hidden_states;
+};
+
+struct ModelOptions {
+  at::ScalarType dtype = at::kFloat;
+  std::string attn_implementation = "sdpa";
+};
+
+class CausalLM : public Module {
+ public:
+  CausalLM(std::string type_name, ModelConfig config, ModelOptions options)
+      : Module(std::move(type_name)), config(std::move(config)), options(std::move(options)) {}
+  virtual CausalLMOutput Forward(const CausalLMInputs& inputs) = 0;
+  const ModelConfig config;
+  ModelOptions options;
+};
+
+/// transformers' causal-LM loss: logits[:, :-1] against labels[:, 1:],
+/// cross-entropy in float32, ignore_index -100, mean over counted tokens.
+at::Tensor CausalLMLoss(const at::Tensor& logits, const at::Tensor& labels);
+
+/// Default positions: 0..T-1, or with a padding mask cumsum(mask) - 1.
+at::Tensor DefaultPositionIds(const CausalLMInputs& inputs);
+
+using CausalLMFactory =
+    std::function<std::shared_ptr<CausalLM>(const ModelConfig&, const ModelOptions&)>;
+
+/// Model files register their architecture ("LlamaForCausalLM") at load.
+bool RegisterArchitecture(const std::string& architecture, CausalLMFactory factory);
+
+/// Builds the module tree (parameters on the meta device, no memory).
+/// Errors name the architecture and the ones weft has.
+absl::StatusOr<std::shared_ptr<CausalLM>> CreateCausalLM(const ModelConfig& config,
+                                                         const ModelOptions& options);
+
+}  // namespace weft

@@ -1,0 +1,168 @@
+#include "models/config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "parallel/status.h"
+
+namespace weft {
+namespace {
+
+absl::Status Bad(absl::string_view key, const JsonValue& v, absl::string_view expected) {
+  std::string found = v.is_string() ? JsonQuote(v.text) : v.is_number() ? v.text : "a non-scalar";
+  if (v.type == JsonValue::Type::kNull) found = "null";
+  if (v.type == JsonValue::Type::kBool) found = v.boolean ? "true" : "false";
+  return absl::InvalidArgumentError(
+      absl::StrCat("config.json: ", key, " is ", found, " (expected ", expected, ")"));
+}
+
+absl::Status Int(const JsonValue& root, absl::string_view key, int64_t& out, bool required) {
+  const JsonValue* v = root.Find(key);
+  if (v == nullptr || v->type == JsonValue::Type::kNull) {
+    if (required) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config.json: ", key, " is missing (expected a positive integer)"));
+    }
+    return absl::OkStatus();
+  }
+  auto value = v->AsUint64();
+  if (!value || *value == 0 || *value > static_cast<uint64_t>(INT64_MAX)) {
+    return Bad(key, *v, "a positive integer");
+  }
+  out = static_cast<int64_t>(*value);
+  return absl::OkStatus();
+}
+
+absl::Status Double(const JsonValue& root, absl::string_view key, double& out) {
+  const JsonValue* v = root.Find(key);
+  if (v == nullptr || v->type == JsonValue::Type::kNull) return absl::OkStatus();
+  if (!v->is_number()) return Bad(key, *v, "a number");
+  out = *v->AsDouble();
+  return absl::OkStatus();
+}
+
+absl::Status Bool(const JsonValue& root, absl::string_view key, bool& out) {
+  const JsonValue* v = root.Find(key);
+  if (v == nullptr || v->type == JsonValue::Type::kNull) return absl::OkStatus();
+  if (v->type != JsonValue::Type::kBool) return Bad(key, *v, "true or false");
+  out = v->boolean;
+  return absl::OkStatus();
+}
+
+absl::Status String(const JsonValue& root, absl::string_view key, std::string& out) {
+  const JsonValue* v = root.Find(key);
+  if (v == nullptr || v->type == JsonValue::Type::kNull) return absl::OkStatus();
+  if (!v->is_string()) return Bad(key, *v, "a string");
+  out = v->text;
+  return absl::OkStatus();
+}
+
+absl::Status ParseRopeScaling(const JsonValue* v, RopeScaling& out) {
+  if (v == nullptr || v->type == JsonValue::Type::kNull) return absl::OkStatus();
+  if (!v->is_object()) return Bad("rope_scaling", *v, "an object or null");
+  // transformers reads "rope_type", falling back to the legacy "type".
+  std::string type;
+  RETURN_IF_ERROR(String(*v, "type", type));
+  RETURN_IF_ERROR(String(*v, "rope_type", type));
+  if (type.empty()) type = "default";
+  if (type != "default" && type != "linear" && type != "dynamic" && type != "llama3" &&
+      type != "yarn") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: rope_scaling.rope_type is \"", type,
+                     "\" (expected default, linear, dynamic, llama3 or yarn)"));
+  }
+  out.type = type;
+  RETURN_IF_ERROR(Double(*v, "factor", out.factor));
+  RETURN_IF_ERROR(Double(*v, "low_freq_factor", out.low_freq_factor));
+  RETURN_IF_ERROR(Double(*v, "high_freq_factor", out.high_freq_factor));
+  RETURN_IF_ERROR(
+      Int(*v, "original_max_position_embeddings", out.original_max_position_embeddings, false));
+  RETURN_IF_ERROR(Double(*v, "beta_fast", out.beta_fast));
+  RETURN_IF_ERROR(Double(*v, "beta_slow", out.beta_slow));
+  if (const JsonValue* a = v->Find("attention_factor"); a && a->is_number()) {
+    out.attention_factor = *a->AsDouble();
+  }
+  if (type != "default" && out.factor <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: rope_scaling.factor is ", out.factor, " (expected > 0)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text) {
+  auto json = ParseJson(text);
+  if (!json.ok())
+    return absl::InvalidArgumentError(absl::StrCat("config.json: ", json.status().message()));
+  if (!json->is_object()) return absl::InvalidArgumentError("config.json is not a JSON object");
+  ModelConfig c;
+  const JsonValue& root = *json;
+  if (const JsonValue* arch = root.Find("architectures");
+      arch && arch->is_array() && !arch->items.empty() && arch->items[0].is_string()) {
+    c.architecture = arch->items[0].text;
+  }
+  RETURN_IF_ERROR(String(root, "model_type", c.model_type));
+  RETURN_IF_ERROR(Int(root, "hidden_size", c.hidden_size, true));
+  RETURN_IF_ERROR(Int(root, "intermediate_size", c.intermediate_size, true));
+  RETURN_IF_ERROR(Int(root, "num_hidden_layers", c.num_hidden_layers, true));
+  RETURN_IF_ERROR(Int(root, "num_attention_heads", c.num_attention_heads, true));
+  c.num_key_value_heads = c.num_attention_heads;
+  RETURN_IF_ERROR(Int(root, "num_key_value_heads", c.num_key_value_heads, false));
+  RETURN_IF_ERROR(Int(root, "vocab_size", c.vocab_size, true));
+  RETURN_IF_ERROR(Int(root, "max_position_embeddings", c.max_position_embeddings, false));
+  c.head_dim = c.hidden_size / c.num_attention_heads;
+  RETURN_IF_ERROR(Int(root, "head_dim", c.head_dim, false));
+  RETURN_IF_ERROR(Double(root, "rms_norm_eps", c.rms_norm_eps));
+  RETURN_IF_ERROR(Double(root, "rope_theta", c.rope_theta));
+  RETURN_IF_ERROR(ParseRopeScaling(root.Find("rope_scaling"), c.rope_scaling));
+  RETURN_IF_ERROR(Bool(root, "tie_word_embeddings", c.tie_word_embeddings));
+  RETURN_IF_ERROR(Bool(root, "attention_bias", c.attention_bias));
+  RETURN_IF_ERROR(Bool(root, "mlp_bias", c.mlp_bias));
+  RETURN_IF_ERROR(String(root, "hidden_act", c.hidden_act));
+  RETURN_IF_ERROR(String(root, "torch_dtype", c.torch_dtype));
+  RETURN_IF_ERROR(String(root, "dtype", c.torch_dtype));
+  bool use_sliding_window = true;
+  RETURN_IF_ERROR(Bool(root, "use_sliding_window", use_sliding_window));
+  int64_t window = 0;
+  RETURN_IF_ERROR(Int(root, "sliding_window", window, false));
+  if (window > 0 && use_sliding_window) c.sliding_window = window;
+  int64_t id = 0;
+  if (root.Find("bos_token_id") && root.Find("bos_token_id")->is_number()) {
+    RETURN_IF_ERROR(Int(root, "bos_token_id", id, false));
+    c.bos_token_id = id;
+  }
+  if (root.Find("eos_token_id") && root.Find("eos_token_id")->is_number()) {
+    RETURN_IF_ERROR(Int(root, "eos_token_id", id, false));
+    c.eos_token_id = id;
+  }
+  if (c.num_attention_heads % c.num_key_value_heads != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: num_attention_heads ", c.num_attention_heads,
+                     " is not a multiple of num_key_value_heads ", c.num_key_value_heads));
+  }
+  if (c.hidden_act != "silu" && c.hidden_act != "gelu" && c.hidden_act != "gelu_pytorch_tanh" &&
+      c.hidden_act != "relu") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: hidden_act is \"", c.hidden_act,
+                     "\" (expected silu, gelu, gelu_pytorch_tanh or relu)"));
+  }
+  c.json = std::move(json).value();
+  return c;
+}
+
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
+  std::string path = dir + "/config.json";
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot read (expected a config.json)"));
+  std::stringstream text;
+  text << in.rdbuf();
+  auto config = ParseModelConfig(text.str());
+  if (!config.ok()) {
+    return absl::Status(config.status().code(), absl::StrCat(dir, "/", config.status().message()));
+  }
+  return config;
+}
+
+}  // namespace weft

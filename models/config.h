@@ -1,0 +1,68 @@
+// ModelConfig: a Hugging Face config.json with transformers' semantics.
+//
+// Defaults follow the architecture's Config class when a key is absent (as
+// save_pretrained leaves out values equal to the defaults):
+// num_key_value_heads = num_attention_heads, head_dim = hidden_size /
+// num_attention_heads, rope_theta 10000, rms_norm_eps 1e-6, ...
+//
+//   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig("/models/llama"));
+//   config.architecture == "LlamaForCausalLM";
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "checkpoint/json.h"
+
+namespace weft {
+
+struct RopeScaling {
+  /// "default", "linear", "dynamic", "llama3" or "yarn".
+  std::string type = "default";
+  double factor = 1.0;
+  // llama3
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 0;
+  // yarn
+  std::optional<double> attention_factor;
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+};
+
+struct ModelConfig {
+  std::string architecture;  // architectures[0], e.g. "LlamaForCausalLM"
+  std::string model_type;    // e.g. "llama"
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;
+  int64_t head_dim = 0;
+  int64_t vocab_size = 0;
+  int64_t max_position_embeddings = 2048;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;  // q/k/v/o biases (Qwen2: q/k/v always)
+  bool mlp_bias = false;
+  std::string hidden_act = "silu";
+  std::string torch_dtype = "float32";
+  /// Attention window in tokens; nullopt: full causal attention.
+  std::optional<int64_t> sliding_window;
+  std::optional<int64_t> bos_token_id;
+  std::optional<int64_t> eos_token_id;
+  /// The parsed file, for architecture-specific keys.
+  JsonValue json;
+};
+
+/// Parses `text` (a config.json); errors name the key and the value.
+absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text);
+
+/// Reads `<dir>/config.json`.
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir);
+
+}  // namespace weft

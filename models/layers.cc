@@ -1,0 +1,145 @@
+#include "models/layers.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+
+namespace weft {
+namespace {
+
+at::TensorOptions Meta(at::ScalarType dtype) {
+  return at::TensorOptions().dtype(dtype).device(at::kMeta);
+}
+
+}  // namespace
+
+at::ScalarType DtypeFromName(const std::string& name) {
+  if (name == "float32" || name == "float") return at::kFloat;
+  if (name == "bfloat16") return at::kBFloat16;
+  if (name == "float16" || name == "half") return at::kHalf;
+  if (name == "float64" || name == "double") return at::kDouble;
+  TORCH_CHECK(false, "dtype '", name, "' is not a model dtype (expected float32, bfloat16, ",
+              "float16 or float64)");
+}
+
+Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, at::ScalarType dtype)
+    : Module("Linear") {
+  weight = register_parameter("weight", at::empty({out_features, in_features}, Meta(dtype)));
+  if (has_bias) bias = register_parameter("bias", at::empty({out_features}, Meta(dtype)));
+}
+
+void Linear::OnParametersReplaced() {
+  weight = named_parameters(/*recurse=*/false)["weight"];
+  if (bias.defined()) bias = named_parameters(/*recurse=*/false)["bias"];
+}
+
+at::Tensor Linear::forward(const at::Tensor& x) {
+  return Hooked({x}, [&](const Tensors& in) { return at::linear(in[0], weight, bias); });
+}
+
+Embedding::Embedding(int64_t num_embeddings, int64_t embedding_dim, at::ScalarType dtype)
+    : Module("Embedding") {
+  weight = register_parameter("weight", at::empty({num_embeddings, embedding_dim}, Meta(dtype)));
+}
+
+void Embedding::OnParametersReplaced() { weight = named_parameters(/*recurse=*/false)["weight"]; }
+
+at::Tensor Embedding::forward(const at::Tensor& ids) {
+  return Hooked({ids}, [&](const Tensors& in) { return at::embedding(weight, in[0]); });
+}
+
+RMSNorm::RMSNorm(int64_t dim, double eps_in, at::ScalarType dtype)
+    : Module("RMSNorm"), eps(eps_in) {
+  weight = register_parameter("weight", at::empty({dim}, Meta(dtype)));
+}
+
+void RMSNorm::OnParametersReplaced() { weight = named_parameters(/*recurse=*/false)["weight"]; }
+
+at::Tensor RMSNorm::forward(const at::Tensor& x) {
+  return Hooked({x}, [&](const Tensors& in) {
+    at::Tensor h = in[0].to(at::kFloat);
+    at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
+    h = h * at::rsqrt(variance + eps);
+    return weight * h.to(in[0].scalar_type());
+  });
+}
+
+at::Tensor Activation(const std::string& name, const at::Tensor& x) {
+  if (name == "silu") return at::silu(x);
+  if (name == "gelu") return at::gelu(x);
+  if (name == "gelu_pytorch_tanh") return at::gelu(x, "tanh");
+  if (name == "relu") return at::relu(x);
+  TORCH_CHECK(false, "unknown activation '", name, "'");
+}
+
+RotaryEmbedding::RotaryEmbedding(const ModelConfig& config) : config_(config) {
+  const int64_t dim = config.head_dim;
+  const double base = config.rope_theta;
+  at::Tensor exponents = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim);
+  at::Tensor inv_freq = 1.0 / at::pow(base, exponents);
+  const RopeScaling& rs = config.rope_scaling;
+  if (rs.type == "linear") {
+    inv_freq = inv_freq / rs.factor;
+  } else if (rs.type == "llama3") {
+    const double old_context = static_cast<double>(rs.original_max_position_embeddings);
+    const double low_wavelen = old_context / rs.low_freq_factor;
+    const double high_wavelen = old_context / rs.high_freq_factor;
+    at::Tensor wavelen = 2 * M_PI / inv_freq;
+    at::Tensor scaled = at::where(wavelen > low_wavelen, inv_freq / rs.factor, inv_freq);
+    at::Tensor smooth =
+        (old_context / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+    at::Tensor smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled;
+    at::Tensor medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
+    inv_freq = at::where(medium, smoothed, scaled);
+  } else if (rs.type == "yarn") {
+    const double original = rs.original_max_position_embeddings > 0
+                                ? static_cast<double>(rs.original_max_position_embeddings)
+                                : static_cast<double>(config.max_position_embeddings);
+    auto correction_dim = [&](double rotations) {
+      return (dim * std::log(original / (rotations * 2 * M_PI))) / (2 * std::log(base));
+    };
+    double low = std::max(std::floor(correction_dim(rs.beta_fast)), 0.0);
+    double high = std::min(std::ceil(correction_dim(rs.beta_slow)), static_cast<double>(dim - 1));
+    if (low == high) high += 0.001;
+    at::Tensor ramp = ((at::arange(dim / 2, at::kFloat) - low) / (high - low)).clamp(0, 1);
+    at::Tensor extrapolation_factor = 1 - ramp;
+    at::Tensor pos_freqs = at::pow(base, exponents);
+    inv_freq = (1.0 / (rs.factor * pos_freqs)) * (1 - extrapolation_factor) +
+               (1.0 / pos_freqs) * extrapolation_factor;
+    attention_scaling_ =
+        rs.attention_factor.value_or(rs.factor > 1 ? 0.1 * std::log(rs.factor) + 1.0 : 1.0);
+  }
+  inv_freq_ = inv_freq;
+}
+
+std::pair<at::Tensor, at::Tensor> RotaryEmbedding::CosSin(const at::Tensor& position_ids,
+                                                          at::ScalarType dtype) {
+  at::Tensor inv_freq = inv_freq_;
+  if (config_.rope_scaling.type == "dynamic") {
+    // NTK-aware: grow the base once the sequence passes the trained length.
+    int64_t seq_len = position_ids.max().item<int64_t>() + 1;
+    int64_t max_pos = config_.max_position_embeddings;
+    if (seq_len > max_pos) {
+      const double factor = config_.rope_scaling.factor;
+      const int64_t dim = config_.head_dim;
+      double base = config_.rope_theta * std::pow(factor * seq_len / max_pos - (factor - 1),
+                                                  static_cast<double>(dim) / (dim - 2));
+      inv_freq = 1.0 / at::pow(base, at::arange(0, dim, 2, at::kLong).to(at::kFloat) / dim);
+    }
+  }
+  inv_freq = inv_freq.to(position_ids.device());
+  // [B, T, D/2] in float32, as transformers computes it (autocast off).
+  at::Tensor freqs = position_ids.to(at::kFloat).unsqueeze(-1) * inv_freq.view({1, 1, -1});
+  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  return {(emb.cos() * attention_scaling_).to(dtype), (emb.sin() * attention_scaling_).to(dtype)};
+}
+
+at::Tensor RotaryEmbedding::Apply(const at::Tensor& x, const at::Tensor& cos,
+                                  const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);
+}
+
+}  // namespace weft

@@ -1,0 +1,77 @@
+// The generic blocks every model file shares: Linear, Embedding, RMSNorm,
+// rotary embeddings, activations. Parameters are created on the meta device
+// (no memory) and filled by the loader (see pretrained.h); their names are
+// Hugging Face's ("weight", "bias").
+//
+//   auto q_proj = std::make_shared<Linear>(hidden, heads * head_dim, /*bias=*/false, dtype);
+//   at::Tensor q = q_proj->forward(x);
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+#include "models/config.h"
+#include "models/module.h"
+
+namespace weft {
+
+/// y = x W^T + b; W is [out_features, in_features].
+class Linear : public Module {
+ public:
+  Linear(int64_t in_features, int64_t out_features, bool bias, at::ScalarType dtype);
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight;
+  at::Tensor bias;  // undefined when the layer has none
+
+ protected:
+  void OnParametersReplaced() override;
+};
+
+/// Rows of `weight` [num_embeddings, embedding_dim] for each id.
+class Embedding : public Module {
+ public:
+  Embedding(int64_t num_embeddings, int64_t embedding_dim, at::ScalarType dtype);
+  at::Tensor forward(const at::Tensor& ids);
+  at::Tensor weight;
+
+ protected:
+  void OnParametersReplaced() override;
+};
+
+/// transformers' RMSNorm: normalised in float32, cast back, then scaled.
+class RMSNorm : public Module {
+ public:
+  RMSNorm(int64_t dim, double eps, at::ScalarType dtype);
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight;
+  double eps;
+
+ protected:
+  void OnParametersReplaced() override;
+};
+
+/// The activation named by config.json's hidden_act.
+at::Tensor Activation(const std::string& name, const at::Tensor& x);
+
+/// Rotary position embeddings with transformers' rope_scaling types.
+class RotaryEmbedding {
+ public:
+  explicit RotaryEmbedding(const ModelConfig& config);
+  /// cos and sin, [B, T, head_dim], for `position_ids` [B, T], in `dtype`.
+  std::pair<at::Tensor, at::Tensor> CosSin(const at::Tensor& position_ids, at::ScalarType dtype);
+  /// q * cos + rotate_half(q) * sin on [B, H, T, D] tensors.
+  static at::Tensor Apply(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+  const at::Tensor& inv_freq() const { return inv_freq_; }
+  double attention_scaling() const { return attention_scaling_; }
+
+ private:
+  ModelConfig config_;
+  at::Tensor inv_freq_;  // float32, [head_dim / 2]
+  double attention_scaling_ = 1.0;
+};
+
+/// The scalar type config.json's torch_dtype names ("float32", "bfloat16", ...).
+at::ScalarType DtypeFromName(const std::string& name);
+
+}  // namespace weft

@@ -1,0 +1,66 @@
+// weft's module base: a torch::nn::Module whose forward can carry hooks.
+//
+// Hooks see and may replace a module's inputs (pre-hooks) and output
+// (post-hooks), like torch's register_forward_pre_hook / register_forward_hook.
+// The plan engine wires collectives through them and the debugger traces
+// with them; model code never mentions them. A module without hooks pays one
+// branch per call.
+//
+//   q_proj->AddPreHook([&](Module&, Module::Tensors& in) { in[0] = CopyToGroup(in[0], tp); });
+//   o_proj->AddPostHook([&](Module&, const Module::Tensors&, at::Tensor& out) {
+//     out = ReduceFromGroup(out, tp);
+//   });
+#pragma once
+
+#include <torch/nn/module.h>
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace weft {
+
+class Module : public torch::nn::Module {
+ public:
+  using Tensors = std::vector<at::Tensor>;
+  using PreHook = std::function<void(Module& module, Tensors& inputs)>;
+  using PostHook = std::function<void(Module& module, const Tensors& inputs, at::Tensor& output)>;
+
+  explicit Module(std::string type_name) : torch::nn::Module(std::move(type_name)) {}
+
+  void AddPreHook(PreHook hook) { pre_hooks_.push_back(std::move(hook)); }
+  void AddPostHook(PostHook hook) { post_hooks_.push_back(std::move(hook)); }
+  void ClearHooks() {
+    pre_hooks_.clear();
+    post_hooks_.clear();
+  }
+  bool has_hooks() const { return !pre_hooks_.empty() || !post_hooks_.empty(); }
+
+  /// Replaces this module's own parameter `name` (not a submodule's) with
+  /// `value`, e.g. a meta placeholder with the loaded weight.
+  void ReplaceParameter(const std::string& name, at::Tensor value);
+
+ protected:
+  /// Runs `body(inputs)` with this module's hooks around it.
+  template <typename Body>
+  at::Tensor Hooked(Tensors inputs, Body&& body) {
+    if (pre_hooks_.empty() && post_hooks_.empty()) return body(inputs);
+    for (const PreHook& hook : pre_hooks_) hook(*this, inputs);
+    at::Tensor output = body(inputs);
+    for (const PostHook& hook : post_hooks_) hook(*this, inputs, output);
+    return output;
+  }
+
+  /// Called after ReplaceParameter, so members that cache parameters refresh.
+  virtual void OnParametersReplaced() {}
+
+ private:
+  std::vector<PreHook> pre_hooks_;
+  std::vector<PostHook> post_hooks_;
+};
+
+/// Every weft module of `root` by its Hugging Face name ("model.layers.0.mlp").
+std::vector<std::pair<std::string, Module*>> NamedWeftModules(torch::nn::Module& root);
+
+}  // namespace weft

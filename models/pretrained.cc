@@ -1,0 +1,71 @@
+#include "models/pretrained.h"
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "checkpoint/loader.h"
+#include "models/attention.h"
+#include "models/layers.h"
+#include "parallel/status.h"
+
+namespace weft {
+
+absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
+                                                         const PretrainedOptions& options) {
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
+  ModelOptions model_options;
+  model_options.attn_implementation = options.attn_implementation;
+  try {
+    GetAttention(options.attn_implementation);
+    model_options.dtype = options.dtype.value_or(DtypeFromName(config.torch_dtype));
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    return absl::InvalidArgumentError(what.substr(0, what.find('\n')));
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<CausalLM> model, CreateCausalLM(config, model_options));
+  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(dir));
+
+  struct Slot {
+    Module* module;
+    std::string local;
+  };
+  std::vector<std::pair<std::string, Slot>> slots;
+  std::vector<LoadRequest> requests;
+  bool tie = false;
+  for (auto& [prefix, module] : NamedWeftModules(*model)) {
+    for (const auto& item : module->named_parameters(/*recurse=*/false)) {
+      std::string name = prefix.empty() ? item.key() : absl::StrCat(prefix, ".", item.key());
+      const Checkpoint::Located* at = ckpt->Find(name);
+      if (at == nullptr) {
+        if (name == "lm_head.weight" && config.tie_word_embeddings) {
+          tie = true;
+          continue;
+        }
+        return absl::NotFoundError(absl::StrCat(dir, ": the checkpoint has no tensor '", name,
+                                                "' (a parameter of ", config.architecture, ")"));
+      }
+      std::vector<int64_t> shape = item.value().sizes().vec();
+      if (at->entry->shape != shape) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            dir, ": tensor '", name, "' has shape [", absl::StrJoin(at->entry->shape, ", "),
+            "] in the checkpoint but the model expects [", absl::StrJoin(shape, ", "),
+            "] (check config.json)"));
+      }
+      slots.push_back({name, {module, item.key()}});
+      requests.push_back({name, model_options.dtype, options.device, {}});
+    }
+  }
+  ASSIGN_OR_RETURN(LoadResult loaded, LoadCheckpoint(*ckpt, requests));
+  for (auto& [name, slot] : slots)
+    slot.module->ReplaceParameter(slot.local, loaded.tensors.at(name));
+  if (tie) {
+    at::Tensor embed = loaded.tensors.at("model.embed_tokens.weight");
+    for (auto& [prefix, module] : NamedWeftModules(*model)) {
+      if (prefix == "lm_head") module->ReplaceParameter("weight", embed);
+    }
+  }
+  return model;
+}
+
+}  // namespace weft

@@ -1,0 +1,33 @@
+// from_pretrained: a Hugging Face checkpoint directory -> a ready model.
+//
+// Builds the module tree with parameters on the meta device (no memory),
+// checks every parameter against the checkpoint (present, same shape) before
+// allocating, then fills them through the streaming loader
+// (checkpoint/loader.h), which reserves all weights in one block.
+//
+//   ASSIGN_OR_RETURN(auto model, FromPretrained("/models/llama", {.dtype = at::kBFloat16}));
+//   CausalLMOutput out = model->Forward({.input_ids = ids});
+#pragma once
+
+#include <c10/core/Device.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "models/causal_lm.h"
+
+namespace weft {
+
+struct PretrainedOptions {
+  /// Compute and parameter dtype; nullopt: config.json's torch_dtype.
+  c10::optional<at::ScalarType> dtype;
+  c10::Device device = c10::Device(c10::kCPU);
+  /// "eager", "sdpa" or any registered name (attention.h).
+  std::string attn_implementation = "sdpa";
+};
+
+absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
+                                                         const PretrainedOptions& options = {});
+
+}  // namespace weft
