@@ -6,6 +6,7 @@
 
 #include "checkpoint/safetensors.h"
 #include "gtest/gtest.h"
+#include "models/attention.h"
 #include "models/pretrained.h"
 
 namespace weft {
@@ -65,7 +66,7 @@ TEST_P(Parity, LogitsHiddenStatesLossAndGradients) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Parity,
                          ::testing::Combine(::testing::Values("llama", "llama-sharded",
-                                                              "llama-bf16"),
+                                                              "llama-bf16", "mistral", "qwen2"),
                                             ::testing::Values("eager", "sdpa")),
                          [](const auto& info) {
                            std::string name =
@@ -85,6 +86,52 @@ TEST(FromPretrained, ErrorsNameTheProblem) {
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().message(),
             "tests/data/hf/nope/config.json: cannot read (expected a config.json)");
+}
+
+}  // namespace
+}  // namespace weft
+
+namespace weft {
+namespace {
+
+TEST(Hooks, SeeAndReplaceInputsAndOutputs) {
+  auto model = FromPretrained("tests/data/hf/llama", {at::kFloat, c10::Device(c10::kCPU), "eager"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  Reference ref = LoadReference("llama");
+  CausalLMInputs inputs;
+  inputs.input_ids = ref.Get("input_ids");
+  at::Tensor baseline = (*model)->Forward(inputs).logits;
+
+  std::vector<std::string> seen;
+  for (auto& [name, module] : NamedWeftModules(**model)) {
+    if (name == "model.layers.1.mlp.down_proj") {
+      module->AddPreHook([&seen](Module&, Module::Tensors& in) {
+        seen.push_back("down_proj input " + std::to_string(in[0].size(2)));
+      });
+    }
+    if (name == "lm_head") {
+      module->AddPostHook(
+          [](Module&, const Module::Tensors&, at::Tensor& out) { out = out * 0 + 7; });
+    }
+  }
+  at::Tensor hooked = (*model)->Forward(inputs).logits;
+  EXPECT_EQ(seen, std::vector<std::string>{"down_proj input 128"});
+  EXPECT_TRUE(at::equal(hooked, at::full_like(hooked, 7)));
+  for (auto& [name, module] : NamedWeftModules(**model)) module->ClearHooks();
+  EXPECT_TRUE(at::equal((*model)->Forward(inputs).logits, baseline));
+}
+
+TEST(Masks, PaddingAndSlidingWindow) {
+  // Query positions 0..3 over 4 keys, window 2, the first key of batch 1 padded.
+  at::Tensor pad = at::tensor({1, 1, 1, 1, 0, 1, 1, 1}, at::kLong).view({2, 4});
+  at::Tensor mask = CausalMask(2, 4, 0, pad, 2, at::kFloat, at::kCPU);
+  at::Tensor keep = (mask == 0).to(at::kLong).squeeze(1);
+  at::Tensor want0 =
+      at::tensor({1, 0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 1, 1}, at::kLong).view({4, 4});
+  EXPECT_TRUE(at::equal(keep[0], want0)) << keep[0];
+  at::Tensor want1 = want0.clone();
+  want1.select(1, 0).zero_();
+  EXPECT_TRUE(at::equal(keep[1], want1)) << keep[1];
 }
 
 }  // namespace

@@ -1,0 +1,185 @@
+// Mistral (Mistral 2 and 3): MistralForCausalLM with transformers' module names.
+//
+// model.embed_tokens -> model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj,
+// post_attention_layernorm, mlp.{gate,up,down}_proj} -> model.norm -> lm_head.
+// The whole forward is in this file, top to bottom.
+#include <ATen/ATen.h>
+#include <torch/nn/modules/container/modulelist.h>
+
+#include "models/attention.h"
+#include "models/causal_lm.h"
+#include "models/layers.h"
+
+namespace weft {
+namespace {
+
+class MistralAttention : public Module {
+ public:
+  MistralAttention(const ModelConfig& c, const ModelOptions& o)
+      : Module("MistralAttention"),
+        heads_(c.num_attention_heads),
+        kv_heads_(c.num_key_value_heads),
+        head_dim_(c.head_dim),
+        attn_(o.attn_implementation) {
+    q_proj = register_module("q_proj", std::make_shared<Linear>(c.hidden_size, heads_ * head_dim_,
+                                                                c.attention_bias, o.dtype));
+    k_proj = register_module(
+        "k_proj",
+        std::make_shared<Linear>(c.hidden_size, kv_heads_ * head_dim_, c.attention_bias, o.dtype));
+    v_proj = register_module(
+        "v_proj",
+        std::make_shared<Linear>(c.hidden_size, kv_heads_ * head_dim_, c.attention_bias, o.dtype));
+    o_proj = register_module("o_proj", std::make_shared<Linear>(heads_ * head_dim_, c.hidden_size,
+                                                                c.attention_bias, o.dtype));
+  }
+
+  // hidden [B, T, hidden]; cos, sin [B, T, head_dim]; mask [B, 1, T, S].
+  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
+                     const at::Tensor& mask) {
+    return Hooked({hidden, cos, sin, mask}, [&](const Tensors& in) {
+      const int64_t b = in[0].size(0), t = in[0].size(1);
+      // Head counts come from the projections' outputs, so a sharded
+      // projection (fewer local heads) needs no change here.
+      at::Tensor q = q_proj->forward(in[0]).view({b, t, -1, head_dim_}).transpose(1, 2);
+      at::Tensor k = k_proj->forward(in[0]).view({b, t, -1, head_dim_}).transpose(1, 2);
+      at::Tensor v = v_proj->forward(in[0]).view({b, t, -1, head_dim_}).transpose(1, 2);
+      q = RotaryEmbedding::Apply(q, in[1], in[2]);
+      k = RotaryEmbedding::Apply(k, in[1], in[2]);
+      at::Tensor out =
+          GetAttention(attn_)(q, k, v, in[3], 1.0 / std::sqrt(static_cast<double>(head_dim_)));
+      out = out.transpose(1, 2).reshape({b, t, -1});
+      return o_proj->forward(out);
+    });
+  }
+
+  std::shared_ptr<Linear> q_proj, k_proj, v_proj, o_proj;
+
+ private:
+  int64_t heads_, kv_heads_, head_dim_;
+  std::string attn_;
+};
+
+class MistralMLP : public Module {
+ public:
+  MistralMLP(const ModelConfig& c, const ModelOptions& o)
+      : Module("MistralMLP"), act_(c.hidden_act) {
+    gate_proj = register_module(
+        "gate_proj",
+        std::make_shared<Linear>(c.hidden_size, c.intermediate_size, c.mlp_bias, o.dtype));
+    up_proj = register_module(
+        "up_proj",
+        std::make_shared<Linear>(c.hidden_size, c.intermediate_size, c.mlp_bias, o.dtype));
+    down_proj = register_module(
+        "down_proj",
+        std::make_shared<Linear>(c.intermediate_size, c.hidden_size, c.mlp_bias, o.dtype));
+  }
+
+  at::Tensor forward(const at::Tensor& x) {
+    return Hooked({x}, [&](const Tensors& in) {
+      return down_proj->forward(Activation(act_, gate_proj->forward(in[0])) *
+                                up_proj->forward(in[0]));
+    });
+  }
+
+  std::shared_ptr<Linear> gate_proj, up_proj, down_proj;
+
+ private:
+  std::string act_;
+};
+
+class MistralDecoderLayer : public Module {
+ public:
+  MistralDecoderLayer(const ModelConfig& c, const ModelOptions& o) : Module("MistralDecoderLayer") {
+    self_attn = register_module("self_attn", std::make_shared<MistralAttention>(c, o));
+    mlp = register_module("mlp", std::make_shared<MistralMLP>(c, o));
+    input_layernorm = register_module(
+        "input_layernorm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
+    post_attention_layernorm =
+        register_module("post_attention_layernorm",
+                        std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
+  }
+
+  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
+                     const at::Tensor& mask) {
+    return Hooked({hidden, cos, sin, mask}, [&](const Tensors& in) {
+      at::Tensor h =
+          in[0] + self_attn->forward(input_layernorm->forward(in[0]), in[1], in[2], in[3]);
+      return h + mlp->forward(post_attention_layernorm->forward(h));
+    });
+  }
+
+  std::shared_ptr<MistralAttention> self_attn;
+  std::shared_ptr<MistralMLP> mlp;
+  std::shared_ptr<RMSNorm> input_layernorm, post_attention_layernorm;
+};
+
+class MistralModel : public Module {
+ public:
+  MistralModel(const ModelConfig& c, const ModelOptions& o)
+      : Module("MistralModel"), rotary_(c), sliding_window_(c.sliding_window.value_or(0)) {
+    embed_tokens = register_module(
+        "embed_tokens", std::make_shared<Embedding>(c.vocab_size, c.hidden_size, o.dtype));
+    layers = register_module("layers", torch::nn::ModuleList());
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      decoder_layers.push_back(std::make_shared<MistralDecoderLayer>(c, o));
+      layers->push_back(decoder_layers.back());
+    }
+    norm =
+        register_module("norm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
+  }
+
+  at::Tensor forward(const CausalLMInputs& inputs, std::vector<at::Tensor>* hidden_states) {
+    at::Tensor h = embed_tokens->forward(inputs.input_ids);
+    const int64_t b = h.size(0), t = h.size(1);
+    auto [cos, sin] = rotary_.CosSin(DefaultPositionIds(inputs).to(h.device()), h.scalar_type());
+    at::Tensor mask = CausalMask(b, t, /*past=*/0, inputs.attention_mask, sliding_window_,
+                                 h.scalar_type(), h.device());
+    for (auto& layer : decoder_layers) {
+      if (hidden_states) hidden_states->push_back(h);
+      h = layer->forward(h, cos, sin, mask);
+    }
+    h = norm->forward(h);
+    if (hidden_states) hidden_states->push_back(h);
+    return h;
+  }
+
+  std::shared_ptr<Embedding> embed_tokens;
+  torch::nn::ModuleList layers;
+  std::vector<std::shared_ptr<MistralDecoderLayer>> decoder_layers;
+  std::shared_ptr<RMSNorm> norm;
+
+ private:
+  RotaryEmbedding rotary_;
+  int64_t sliding_window_;
+};
+
+class MistralForCausalLM : public CausalLM {
+ public:
+  MistralForCausalLM(const ModelConfig& c, const ModelOptions& o)
+      : CausalLM("MistralForCausalLM", c, o) {
+    model = register_module("model", std::make_shared<MistralModel>(c, o));
+    lm_head = register_module(
+        "lm_head", std::make_shared<Linear>(c.hidden_size, c.vocab_size, false, o.dtype));
+  }
+
+  CausalLMOutput Forward(const CausalLMInputs& inputs) override {
+    CausalLMOutput out;
+    at::Tensor h =
+        model->forward(inputs, inputs.output_hidden_states ? &out.hidden_states : nullptr);
+    out.logits = lm_head->forward(h);
+    if (inputs.labels.defined()) out.loss = CausalLMLoss(out.logits, inputs.labels);
+    return out;
+  }
+
+  std::shared_ptr<MistralModel> model;
+  std::shared_ptr<Linear> lm_head;
+};
+
+const bool kRegistered = RegisterArchitecture(
+    "MistralForCausalLM",
+    [](const ModelConfig& c, const ModelOptions& o) -> std::shared_ptr<CausalLM> {
+      return std::make_shared<MistralForCausalLM>(c, o);
+    });
+
+}  // namespace
+}  // namespace weft

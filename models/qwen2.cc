@@ -1,0 +1,191 @@
+// Qwen2 (Qwen2 2 and 3): Qwen2ForCausalLM with transformers' module names.
+//
+// model.embed_tokens -> model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj,
+// post_attention_layernorm, mlp.{gate,up,down}_proj} -> model.norm -> lm_head.
+// The whole forward is in this file, top to bottom.
+#include <ATen/ATen.h>
+#include <torch/nn/modules/container/modulelist.h>
+
+#include "models/attention.h"
+#include "models/causal_lm.h"
+#include "models/layers.h"
+
+namespace weft {
+namespace {
+
+class Qwen2Attention : public Module {
+ public:
+  Qwen2Attention(const ModelConfig& c, const ModelOptions& o)
+      : Module("Qwen2Attention"),
+        heads_(c.num_attention_heads),
+        kv_heads_(c.num_key_value_heads),
+        head_dim_(c.head_dim),
+        attn_(o.attn_implementation) {
+    q_proj = register_module(
+        "q_proj", std::make_shared<Linear>(c.hidden_size, heads_ * head_dim_, true, o.dtype));
+    k_proj = register_module(
+        "k_proj", std::make_shared<Linear>(c.hidden_size, kv_heads_ * head_dim_, true, o.dtype));
+    v_proj = register_module(
+        "v_proj", std::make_shared<Linear>(c.hidden_size, kv_heads_ * head_dim_, true, o.dtype));
+    o_proj = register_module(
+        "o_proj", std::make_shared<Linear>(heads_ * head_dim_, c.hidden_size, false, o.dtype));
+  }
+
+  // hidden [B, T, hidden]; cos, sin [B, T, head_dim]; mask [B, 1, T, S].
+  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
+                     const at::Tensor& mask) {
+    return Hooked({hidden, cos, sin, mask}, [&](const Tensors& in) {
+      const int64_t b = in[0].size(0), t = in[0].size(1);
+      // Head counts come from the projections' outputs, so a sharded
+      // projection (fewer local heads) needs no change here.
+      at::Tensor q = q_proj->forward(in[0]).view({b, t, -1, head_dim_}).transpose(1, 2);
+      at::Tensor k = k_proj->forward(in[0]).view({b, t, -1, head_dim_}).transpose(1, 2);
+      at::Tensor v = v_proj->forward(in[0]).view({b, t, -1, head_dim_}).transpose(1, 2);
+      q = RotaryEmbedding::Apply(q, in[1], in[2]);
+      k = RotaryEmbedding::Apply(k, in[1], in[2]);
+      at::Tensor out =
+          GetAttention(attn_)(q, k, v, in[3], 1.0 / std::sqrt(static_cast<double>(head_dim_)));
+      out = out.transpose(1, 2).reshape({b, t, -1});
+      return o_proj->forward(out);
+    });
+  }
+
+  std::shared_ptr<Linear> q_proj, k_proj, v_proj, o_proj;
+
+ private:
+  int64_t heads_, kv_heads_, head_dim_;
+  std::string attn_;
+};
+
+class Qwen2MLP : public Module {
+ public:
+  Qwen2MLP(const ModelConfig& c, const ModelOptions& o) : Module("Qwen2MLP"), act_(c.hidden_act) {
+    gate_proj = register_module(
+        "gate_proj", std::make_shared<Linear>(c.hidden_size, c.intermediate_size, false, o.dtype));
+    up_proj = register_module(
+        "up_proj", std::make_shared<Linear>(c.hidden_size, c.intermediate_size, false, o.dtype));
+    down_proj = register_module(
+        "down_proj", std::make_shared<Linear>(c.intermediate_size, c.hidden_size, false, o.dtype));
+  }
+
+  at::Tensor forward(const at::Tensor& x) {
+    return Hooked({x}, [&](const Tensors& in) {
+      return down_proj->forward(Activation(act_, gate_proj->forward(in[0])) *
+                                up_proj->forward(in[0]));
+    });
+  }
+
+  std::shared_ptr<Linear> gate_proj, up_proj, down_proj;
+
+ private:
+  std::string act_;
+};
+
+class Qwen2DecoderLayer : public Module {
+ public:
+  Qwen2DecoderLayer(const ModelConfig& c, const ModelOptions& o) : Module("Qwen2DecoderLayer") {
+    self_attn = register_module("self_attn", std::make_shared<Qwen2Attention>(c, o));
+    mlp = register_module("mlp", std::make_shared<Qwen2MLP>(c, o));
+    input_layernorm = register_module(
+        "input_layernorm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
+    post_attention_layernorm =
+        register_module("post_attention_layernorm",
+                        std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
+  }
+
+  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
+                     const at::Tensor& mask) {
+    return Hooked({hidden, cos, sin, mask}, [&](const Tensors& in) {
+      at::Tensor h =
+          in[0] + self_attn->forward(input_layernorm->forward(in[0]), in[1], in[2], in[3]);
+      return h + mlp->forward(post_attention_layernorm->forward(h));
+    });
+  }
+
+  std::shared_ptr<Qwen2Attention> self_attn;
+  std::shared_ptr<Qwen2MLP> mlp;
+  std::shared_ptr<RMSNorm> input_layernorm, post_attention_layernorm;
+};
+
+class Qwen2Model : public Module {
+ public:
+  Qwen2Model(const ModelConfig& c, const ModelOptions& o) : Module("Qwen2Model"), rotary_(c) {
+    // Layers from max_window_layers on use the window (when enabled).
+    int64_t first_windowed = c.num_hidden_layers;
+    if (const JsonValue* v = c.json.Find("max_window_layers"); v && v->AsUint64()) {
+      first_windowed = static_cast<int64_t>(*v->AsUint64());
+    }
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      windows_.push_back(c.sliding_window && i >= first_windowed ? *c.sliding_window : 0);
+    }
+    embed_tokens = register_module(
+        "embed_tokens", std::make_shared<Embedding>(c.vocab_size, c.hidden_size, o.dtype));
+    layers = register_module("layers", torch::nn::ModuleList());
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      decoder_layers.push_back(std::make_shared<Qwen2DecoderLayer>(c, o));
+      layers->push_back(decoder_layers.back());
+    }
+    norm =
+        register_module("norm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
+  }
+
+  at::Tensor forward(const CausalLMInputs& inputs, std::vector<at::Tensor>* hidden_states) {
+    at::Tensor h = embed_tokens->forward(inputs.input_ids);
+    const int64_t b = h.size(0), t = h.size(1);
+    auto [cos, sin] = rotary_.CosSin(DefaultPositionIds(inputs).to(h.device()), h.scalar_type());
+    at::Tensor full =
+        CausalMask(b, t, /*past=*/0, inputs.attention_mask, 0, h.scalar_type(), h.device());
+    at::Tensor windowed;
+    for (size_t i = 0; i < decoder_layers.size(); ++i) {
+      if (hidden_states) hidden_states->push_back(h);
+      if (windows_[i] > 0 && !windowed.defined()) {
+        windowed =
+            CausalMask(b, t, 0, inputs.attention_mask, windows_[i], h.scalar_type(), h.device());
+      }
+      h = decoder_layers[i]->forward(h, cos, sin, windows_[i] > 0 ? windowed : full);
+    }
+    h = norm->forward(h);
+    if (hidden_states) hidden_states->push_back(h);
+    return h;
+  }
+
+  std::shared_ptr<Embedding> embed_tokens;
+  torch::nn::ModuleList layers;
+  std::vector<std::shared_ptr<Qwen2DecoderLayer>> decoder_layers;
+  std::shared_ptr<RMSNorm> norm;
+
+ private:
+  RotaryEmbedding rotary_;
+  std::vector<int64_t> windows_;  // per layer; 0: full attention
+};
+
+class Qwen2ForCausalLM : public CausalLM {
+ public:
+  Qwen2ForCausalLM(const ModelConfig& c, const ModelOptions& o)
+      : CausalLM("Qwen2ForCausalLM", c, o) {
+    model = register_module("model", std::make_shared<Qwen2Model>(c, o));
+    lm_head = register_module(
+        "lm_head", std::make_shared<Linear>(c.hidden_size, c.vocab_size, false, o.dtype));
+  }
+
+  CausalLMOutput Forward(const CausalLMInputs& inputs) override {
+    CausalLMOutput out;
+    at::Tensor h =
+        model->forward(inputs, inputs.output_hidden_states ? &out.hidden_states : nullptr);
+    out.logits = lm_head->forward(h);
+    if (inputs.labels.defined()) out.loss = CausalLMLoss(out.logits, inputs.labels);
+    return out;
+  }
+
+  std::shared_ptr<Qwen2Model> model;
+  std::shared_ptr<Linear> lm_head;
+};
+
+const bool kRegistered = RegisterArchitecture(
+    "Qwen2ForCausalLM",
+    [](const ModelConfig& c, const ModelOptions& o) -> std::shared_ptr<CausalLM> {
+      return std::make_shared<Qwen2ForCausalLM>(c, o);
+    });
+
+}  // namespace
+}  // namespace weft
