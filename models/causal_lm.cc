@@ -25,14 +25,28 @@ at::Tensor CausalLMLoss(const at::Tensor& logits, const at::Tensor& labels) {
                                 /*ignore_index=*/-100);
 }
 
-at::Tensor DefaultPositionIds(const CausalLMInputs& inputs) {
+std::pair<at::Tensor, at::Tensor> KVCache::Update(size_t layer, const at::Tensor& k,
+                                                  const at::Tensor& v) {
+  if (keys.size() <= layer) {
+    keys.resize(layer + 1);
+    values.resize(layer + 1);
+  }
+  keys[layer] = keys[layer].defined() ? at::cat({keys[layer], k}, 2) : k;
+  values[layer] = values[layer].defined() ? at::cat({values[layer], v}, 2) : v;
+  return {keys[layer], values[layer]};
+}
+
+at::Tensor DefaultPositionIds(const CausalLMInputs& inputs, int64_t past) {
   if (inputs.position_ids.defined()) return inputs.position_ids;
   const int64_t b = inputs.input_ids.size(0), t = inputs.input_ids.size(1);
   if (inputs.attention_mask.defined()) {
     at::Tensor pos = inputs.attention_mask.to(at::kLong).cumsum(-1) - 1;
-    return pos.masked_fill(inputs.attention_mask.to(at::kBool).logical_not(), 1);
+    pos = pos.masked_fill(inputs.attention_mask.to(at::kBool).logical_not(), 1);
+    return pos.narrow(1, pos.size(1) - t, t);
   }
-  return at::arange(t, inputs.input_ids.options().dtype(at::kLong)).unsqueeze(0).expand({b, t});
+  return at::arange(past, past + t, inputs.input_ids.options().dtype(at::kLong))
+      .unsqueeze(0)
+      .expand({b, t});
 }
 
 bool RegisterArchitecture(const std::string& architecture, CausalLMFactory factory) {

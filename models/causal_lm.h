@@ -18,12 +18,25 @@
 
 namespace weft {
 
+/// Keys and values of the tokens seen so far, per layer, for incremental
+/// decoding: pass the same cache to successive Forward calls.
+struct KVCache {
+  std::vector<at::Tensor> keys;  // per layer, [B, KV heads, S, head_dim]
+  std::vector<at::Tensor> values;
+  int64_t length = 0;  // S: tokens already cached
+  /// Appends this step's `k`, `v` for `layer`; returns all keys and values.
+  std::pair<at::Tensor, at::Tensor> Update(size_t layer, const at::Tensor& k, const at::Tensor& v);
+};
+
 struct CausalLMInputs {
   at::Tensor input_ids;       // int64 [B, T]
   at::Tensor attention_mask;  // optional [B, T] (1 keep, 0 padding)
   at::Tensor labels;          // optional int64 [B, T]; -100 is ignored
   at::Tensor position_ids;    // optional [B, T]; default: 0..T-1 (after padding: cumsum)
   bool output_hidden_states = false;
+  /// Optional; with a cache, input_ids are the new tokens only and
+  /// attention_mask (if any) covers the cached ones too.
+  KVCache* cache = nullptr;
 };
 
 struct CausalLMOutput {
@@ -52,8 +65,9 @@ class CausalLM : public Module {
 /// cross-entropy in float32, ignore_index -100, mean over counted tokens.
 at::Tensor CausalLMLoss(const at::Tensor& logits, const at::Tensor& labels);
 
-/// Default positions: 0..T-1, or with a padding mask cumsum(mask) - 1.
-at::Tensor DefaultPositionIds(const CausalLMInputs& inputs);
+/// Default positions of the new tokens: past..past+T-1, or with a padding
+/// mask cumsum(mask) - 1 (the last T columns).
+at::Tensor DefaultPositionIds(const CausalLMInputs& inputs, int64_t past);
 
 using CausalLMFactory =
     std::function<std::shared_ptr<CausalLM>(const ModelConfig&, const ModelOptions&)>;

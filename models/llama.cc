@@ -15,8 +15,9 @@ namespace {
 
 class LlamaAttention : public Module {
  public:
-  LlamaAttention(const ModelConfig& c, const ModelOptions& o)
+  LlamaAttention(const ModelConfig& c, const ModelOptions& o, int64_t layer)
       : Module("LlamaAttention"),
+        layer_(layer),
         heads_(c.num_attention_heads),
         kv_heads_(c.num_key_value_heads),
         head_dim_(c.head_dim),
@@ -35,7 +36,7 @@ class LlamaAttention : public Module {
 
   // hidden [B, T, hidden]; cos, sin [B, T, head_dim]; mask [B, 1, T, S].
   at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
-                     const at::Tensor& mask) {
+                     const at::Tensor& mask, KVCache* cache) {
     return Hooked({hidden, cos, sin, mask}, [&](const Tensors& in) {
       const int64_t b = in[0].size(0), t = in[0].size(1);
       // Head counts come from the projections' outputs, so a sharded
@@ -45,6 +46,7 @@ class LlamaAttention : public Module {
       at::Tensor v = v_proj->forward(in[0]).view({b, t, -1, head_dim_}).transpose(1, 2);
       q = RotaryEmbedding::Apply(q, in[1], in[2]);
       k = RotaryEmbedding::Apply(k, in[1], in[2]);
+      if (cache != nullptr) std::tie(k, v) = cache->Update(layer_, k, v);
       at::Tensor out =
           GetAttention(attn_)(q, k, v, in[3], 1.0 / std::sqrt(static_cast<double>(head_dim_)));
       out = out.transpose(1, 2).reshape({b, t, -1});
@@ -55,6 +57,7 @@ class LlamaAttention : public Module {
   std::shared_ptr<Linear> q_proj, k_proj, v_proj, o_proj;
 
  private:
+  int64_t layer_;
   int64_t heads_, kv_heads_, head_dim_;
   std::string attn_;
 };
@@ -88,8 +91,9 @@ class LlamaMLP : public Module {
 
 class LlamaDecoderLayer : public Module {
  public:
-  LlamaDecoderLayer(const ModelConfig& c, const ModelOptions& o) : Module("LlamaDecoderLayer") {
-    self_attn = register_module("self_attn", std::make_shared<LlamaAttention>(c, o));
+  LlamaDecoderLayer(const ModelConfig& c, const ModelOptions& o, int64_t layer)
+      : Module("LlamaDecoderLayer") {
+    self_attn = register_module("self_attn", std::make_shared<LlamaAttention>(c, o, layer));
     mlp = register_module("mlp", std::make_shared<LlamaMLP>(c, o));
     input_layernorm = register_module(
         "input_layernorm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
@@ -99,10 +103,10 @@ class LlamaDecoderLayer : public Module {
   }
 
   at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
-                     const at::Tensor& mask) {
+                     const at::Tensor& mask, KVCache* cache) {
     return Hooked({hidden, cos, sin, mask}, [&](const Tensors& in) {
       at::Tensor h =
-          in[0] + self_attn->forward(input_layernorm->forward(in[0]), in[1], in[2], in[3]);
+          in[0] + self_attn->forward(input_layernorm->forward(in[0]), in[1], in[2], in[3], cache);
       return h + mlp->forward(post_attention_layernorm->forward(h));
     });
   }
@@ -119,7 +123,7 @@ class LlamaModel : public Module {
         "embed_tokens", std::make_shared<Embedding>(c.vocab_size, c.hidden_size, o.dtype));
     layers = register_module("layers", torch::nn::ModuleList());
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-      decoder_layers.push_back(std::make_shared<LlamaDecoderLayer>(c, o));
+      decoder_layers.push_back(std::make_shared<LlamaDecoderLayer>(c, o, i));
       layers->push_back(decoder_layers.back());
     }
     norm =
@@ -129,13 +133,16 @@ class LlamaModel : public Module {
   at::Tensor forward(const CausalLMInputs& inputs, std::vector<at::Tensor>* hidden_states) {
     at::Tensor h = embed_tokens->forward(inputs.input_ids);
     const int64_t b = h.size(0), t = h.size(1);
-    auto [cos, sin] = rotary_.CosSin(DefaultPositionIds(inputs).to(h.device()), h.scalar_type());
-    at::Tensor mask = CausalMask(b, t, /*past=*/0, inputs.attention_mask, /*sliding_window=*/0,
+    const int64_t past = inputs.cache ? inputs.cache->length : 0;
+    auto [cos, sin] =
+        rotary_.CosSin(DefaultPositionIds(inputs, past).to(h.device()), h.scalar_type());
+    at::Tensor mask = CausalMask(b, t, past, inputs.attention_mask, /*sliding_window=*/0,
                                  h.scalar_type(), h.device());
     for (auto& layer : decoder_layers) {
       if (hidden_states) hidden_states->push_back(h);
-      h = layer->forward(h, cos, sin, mask);
+      h = layer->forward(h, cos, sin, mask, inputs.cache);
     }
+    if (inputs.cache) inputs.cache->length += t;
     h = norm->forward(h);
     if (hidden_states) hidden_states->push_back(h);
     return h;

@@ -4,9 +4,12 @@
 // gradients 1e-4 absolute + 1e-3 relative.
 #include <ATen/ATen.h>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include "checkpoint/safetensors.h"
 #include "gtest/gtest.h"
+
 #include "models/attention.h"
+#include "models/generate.h"
 #include "models/pretrained.h"
 
 namespace weft {
@@ -132,6 +135,71 @@ TEST(Masks, PaddingAndSlidingWindow) {
   at::Tensor want1 = want0.clone();
   want1.select(1, 0).zero_();
   EXPECT_TRUE(at::equal(keep[1], want1)) << keep[1];
+}
+
+}  // namespace
+}  // namespace weft
+
+namespace weft {
+namespace {
+
+class Generation : public ::testing::TestWithParam<std::string> {};
+
+// Greedy generation with the KV cache reproduces transformers' generate().
+TEST_P(Generation, GreedyMatchesTransformers) {
+  const std::string fixture = GetParam();
+  auto model =
+      FromPretrained("tests/data/hf/" + fixture, {at::kFloat, c10::Device(c10::kCPU), "sdpa"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  Reference ref = LoadReference(fixture);
+  at::Tensor want = ref.Get("generated_ids");
+  GenerateOptions options;
+  options.max_new_tokens = 8;
+  at::Tensor got = Generate(**model, want.narrow(1, 0, 8), options);
+  EXPECT_TRUE(at::equal(got, want)) << got << want;
+  // The cache changes nothing: a full re-forward gives the same last logits.
+  KVCache cache;
+  CausalLMInputs step;
+  step.input_ids = want.narrow(1, 0, 12);
+  step.cache = &cache;
+  (*model)->Forward(step);
+  step.input_ids = want.narrow(1, 12, 4);
+  at::Tensor cached = (*model)->Forward(step).logits;
+  CausalLMInputs full;
+  full.input_ids = want;
+  at::Tensor uncached = (*model)->Forward(full).logits.narrow(1, 12, 4);
+  EXPECT_LT(MaxDiff(cached, uncached), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, Generation,
+                         ::testing::Values("llama", "mistral", "qwen2", "llama-bf16"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           for (char& c : name)
+                             if (c == '-') c = '_';
+                           return name;
+                         });
+
+TEST(Sampling, TopKTopPAndSeeds) {
+  at::Tensor logits = at::tensor({0.0f, 1.0f, 2.0f, 3.0f, 4.0f}).view({1, 5});
+  GenerateOptions o;
+  o.greedy = false;
+  o.top_k = 2;
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(1);
+  for (int i = 0; i < 50; ++i) {
+    int64_t t = ChooseNextTokens(logits, o, g).item<int64_t>();
+    EXPECT_TRUE(t == 3 || t == 4) << t;
+  }
+  o.top_k = 0;
+  o.top_p = 0.5;  // p(4) = 0.64 alone reaches 0.5
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(ChooseNextTokens(logits, o, g).item<int64_t>(), 4);
+  o.top_p = 1.0;
+  at::Generator a = at::make_generator<at::CPUGeneratorImpl>(7);
+  at::Generator b = at::make_generator<at::CPUGeneratorImpl>(7);
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(ChooseNextTokens(logits, o, a).item<int64_t>(),
+              ChooseNextTokens(logits, o, b).item<int64_t>());
+  }
 }
 
 }  // namespace
