@@ -1,0 +1,44 @@
+// `weft forward` and `weft generate`.
+//
+//   weft forward --model DIR --input IN.safetensors --output OUT.safetensors
+//                [--hidden-states] [--dtype float32|bfloat16] [--attn eager|sdpa]
+//                [--trace TRACE.json]
+//   weft generate --model DIR --prompt-ids 1,2,3 --max-new-tokens N
+//                 [--greedy | --temperature T --top-k K --top-p P --seed S]
+//
+// Both return the exit code: 0, or 2 with one line on stderr.
+#pragma once
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+
+namespace weft {
+
+struct ForwardCommand {
+  std::string model;
+  std::string input;
+  std::string output;
+  bool hidden_states = false;
+  std::string dtype = "float32";
+  std::string attn = "sdpa";
+  std::string trace;
+};
+
+struct GenerateCommand {
+  std::string model;
+  std::string prompt_ids;
+  int64_t max_new_tokens = 16;
+  bool greedy = true;
+  double temperature = 1.0;
+  int64_t top_k = 0;
+  double top_p = 1.0;
+  uint64_t seed = 0;
+  std::string dtype = "float32";
+  std::string attn = "sdpa";
+};
+
+int RunForward(const ForwardCommand& command, std::ostream& err);
+int RunGenerate(const GenerateCommand& command, std::ostream& out, std::ostream& err);
+
+}  // namespace weft
