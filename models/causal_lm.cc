@@ -39,11 +39,6 @@ std::pair<at::Tensor, at::Tensor> KVCache::Update(size_t layer, const at::Tensor
 at::Tensor DefaultPositionIds(const CausalLMInputs& inputs, int64_t past) {
   if (inputs.position_ids.defined()) return inputs.position_ids;
   const int64_t b = inputs.input_ids.size(0), t = inputs.input_ids.size(1);
-  if (inputs.attention_mask.defined()) {
-    at::Tensor pos = inputs.attention_mask.to(at::kLong).cumsum(-1) - 1;
-    pos = pos.masked_fill(inputs.attention_mask.to(at::kBool).logical_not(), 1);
-    return pos.narrow(1, pos.size(1) - t, t);
-  }
   return at::arange(past, past + t, inputs.input_ids.options().dtype(at::kLong))
       .unsqueeze(0)
       .expand({b, t});

@@ -32,7 +32,7 @@ struct CausalLMInputs {
   at::Tensor input_ids;       // int64 [B, T]
   at::Tensor attention_mask;  // optional [B, T] (1 keep, 0 padding)
   at::Tensor labels;          // optional int64 [B, T]; -100 is ignored
-  at::Tensor position_ids;    // optional [B, T]; default: 0..T-1 (after padding: cumsum)
+  at::Tensor position_ids;    // optional [B, T]; default: past..past+T-1
   bool output_hidden_states = false;
   /// Optional; with a cache, input_ids are the new tokens only and
   /// attention_mask (if any) covers the cached ones too.
@@ -65,8 +65,8 @@ class CausalLM : public Module {
 /// cross-entropy in float32, ignore_index -100, mean over counted tokens.
 at::Tensor CausalLMLoss(const at::Tensor& logits, const at::Tensor& labels);
 
-/// Default positions of the new tokens: past..past+T-1, or with a padding
-/// mask cumsum(mask) - 1 (the last T columns).
+/// Default positions of the new tokens: past..past+T-1, padding or not, as
+/// transformers' forward does (pass position_ids for left-padded batches).
 at::Tensor DefaultPositionIds(const CausalLMInputs& inputs, int64_t past);
 
 using CausalLMFactory =

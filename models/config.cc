@@ -117,6 +117,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text) {
   RETURN_IF_ERROR(Double(root, "rms_norm_eps", c.rms_norm_eps));
   RETURN_IF_ERROR(Double(root, "rope_theta", c.rope_theta));
   RETURN_IF_ERROR(ParseRopeScaling(root.Find("rope_scaling"), c.rope_scaling));
+  // transformers 5 writes rope_parameters (rope_theta and the scaling together).
+  if (const JsonValue* params = root.Find("rope_parameters"); params && params->is_object()) {
+    RETURN_IF_ERROR(Double(*params, "rope_theta", c.rope_theta));
+    RETURN_IF_ERROR(ParseRopeScaling(params, c.rope_scaling));
+  }
   RETURN_IF_ERROR(Bool(root, "tie_word_embeddings", c.tie_word_embeddings));
   RETURN_IF_ERROR(Bool(root, "attention_bias", c.attention_bias));
   RETURN_IF_ERROR(Bool(root, "mlp_bias", c.mlp_bias));
