@@ -142,6 +142,16 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text) {
     RETURN_IF_ERROR(Int(root, "eos_token_id", id, false));
     c.eos_token_id = id;
   }
+  double partial_rotary = 1.0;
+  RETURN_IF_ERROR(Double(root, "partial_rotary_factor", partial_rotary));
+  if (const JsonValue* params = root.Find("rope_parameters"); params && params->is_object()) {
+    RETURN_IF_ERROR(Double(*params, "partial_rotary_factor", partial_rotary));
+  }
+  if (partial_rotary != 1.0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: partial_rotary_factor is ", partial_rotary,
+                     " (expected 1.0: partial rotary embeddings are not supported yet)"));
+  }
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("config.json: num_attention_heads ", c.num_attention_heads,

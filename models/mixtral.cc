@@ -1,0 +1,239 @@
+// Mixtral (Mixtral 2 and 3): MixtralForCausalLM with transformers' module names.
+//
+// model.embed_tokens -> model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj,
+// post_attention_layernorm, mlp.{gate,up,down}_proj} -> model.norm -> lm_head.
+// The whole forward is in this file, top to bottom.
+#include <ATen/ATen.h>
+#include <torch/nn/modules/container/modulelist.h>
+
+#include "checkpoint/json.h"
+#include "models/attention.h"
+#include "models/causal_lm.h"
+#include "models/layers.h"
+
+namespace weft {
+namespace {
+
+class MixtralAttention : public Module {
+ public:
+  MixtralAttention(const ModelConfig& c, const ModelOptions& o, int64_t layer)
+      : Module("MixtralAttention"),
+        layer_(layer),
+        heads_(c.num_attention_heads),
+        kv_heads_(c.num_key_value_heads),
+        head_dim_(c.head_dim),
+        attn_(o.attn_implementation) {
+    q_proj = register_module("q_proj", std::make_shared<Linear>(c.hidden_size, heads_ * head_dim_,
+                                                                c.attention_bias, o.dtype));
+    k_proj = register_module(
+        "k_proj",
+        std::make_shared<Linear>(c.hidden_size, kv_heads_ * head_dim_, c.attention_bias, o.dtype));
+    v_proj = register_module(
+        "v_proj",
+        std::make_shared<Linear>(c.hidden_size, kv_heads_ * head_dim_, c.attention_bias, o.dtype));
+    o_proj = register_module("o_proj", std::make_shared<Linear>(heads_ * head_dim_, c.hidden_size,
+                                                                c.attention_bias, o.dtype));
+  }
+
+  // hidden [B, T, hidden]; cos, sin [B, T, head_dim]; mask [B, 1, T, S].
+  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
+                     const at::Tensor& mask, KVCache* cache) {
+    return Hooked({hidden, cos, sin, mask}, [&](const Tensors& in) {
+      const int64_t b = in[0].size(0), t = in[0].size(1);
+      // Head counts come from the projections' outputs, so a sharded
+      // projection (fewer local heads) needs no change here.
+      at::Tensor q = q_proj->forward(in[0]).view({b, t, -1, head_dim_}).transpose(1, 2);
+      at::Tensor k = k_proj->forward(in[0]).view({b, t, -1, head_dim_}).transpose(1, 2);
+      at::Tensor v = v_proj->forward(in[0]).view({b, t, -1, head_dim_}).transpose(1, 2);
+      q = RotaryEmbedding::Apply(q, in[1], in[2]);
+      k = RotaryEmbedding::Apply(k, in[1], in[2]);
+      if (cache != nullptr) std::tie(k, v) = cache->Update(layer_, k, v);
+      at::Tensor out =
+          GetAttention(attn_)(q, k, v, in[3], 1.0 / std::sqrt(static_cast<double>(head_dim_)));
+      out = out.transpose(1, 2).reshape({b, t, -1});
+      return o_proj->forward(out);
+    });
+  }
+
+  std::shared_ptr<Linear> q_proj, k_proj, v_proj, o_proj;
+
+ private:
+  int64_t layer_;
+  int64_t heads_, kv_heads_, head_dim_;
+  std::string attn_;
+};
+
+class MixtralExpert : public Module {
+ public:
+  MixtralExpert(const ModelConfig& c, const ModelOptions& o)
+      : Module("MixtralExpert"), act_(c.hidden_act) {
+    w1 = register_module(
+        "w1", std::make_shared<Linear>(c.hidden_size, c.intermediate_size, false, o.dtype));
+    w2 = register_module(
+        "w2", std::make_shared<Linear>(c.intermediate_size, c.hidden_size, false, o.dtype));
+    w3 = register_module(
+        "w3", std::make_shared<Linear>(c.hidden_size, c.intermediate_size, false, o.dtype));
+  }
+
+  at::Tensor forward(const at::Tensor& x) {
+    return Hooked({x}, [&](const Tensors& in) {
+      return w2->forward(Activation(act_, w1->forward(in[0])) * w3->forward(in[0]));
+    });
+  }
+
+  std::shared_ptr<Linear> w1, w2, w3;
+
+ private:
+  std::string act_;
+};
+
+class MixtralSparseMoeBlock : public Module {
+ public:
+  MixtralSparseMoeBlock(const ModelConfig& c, const ModelOptions& o)
+      : Module("MixtralSparseMoeBlock") {
+    const JsonValue* experts_key = c.json.Find("num_local_experts");
+    const JsonValue* top_k_key = c.json.Find("num_experts_per_tok");
+    num_experts_ = experts_key && experts_key->AsUint64() ? *experts_key->AsUint64() : 8;
+    top_k_ = top_k_key && top_k_key->AsUint64() ? *top_k_key->AsUint64() : 2;
+    TORCH_CHECK(top_k_ >= 1 && top_k_ <= num_experts_, "config.json: num_experts_per_tok is ",
+                top_k_, " (expected 1..num_local_experts = ", num_experts_, ")");
+    gate = register_module("gate",
+                           std::make_shared<Linear>(c.hidden_size, num_experts_, false, o.dtype));
+    experts = register_module("experts", torch::nn::ModuleList());
+    for (int64_t e = 0; e < num_experts_; ++e) {
+      expert_list.push_back(std::make_shared<MixtralExpert>(c, o));
+      experts->push_back(expert_list.back());
+    }
+  }
+
+  at::Tensor forward(const at::Tensor& x) {
+    return Hooked({x}, [&](const Tensors& in) {
+      const int64_t hidden = in[0].size(-1);
+      at::Tensor tokens = in[0].reshape({-1, hidden});
+      at::Tensor router_logits = gate->forward(tokens);
+      at::Tensor probs = at::softmax(router_logits, -1, at::kFloat);
+      auto [weights, chosen] = probs.topk(top_k_, -1);
+      weights = (weights / weights.sum(-1, /*keepdim=*/true)).to(tokens.scalar_type());
+      at::Tensor out = at::zeros_like(tokens);
+      for (int64_t e = 0; e < num_experts_; ++e) {
+        at::Tensor hits = (chosen == e).nonzero();  // [n, 2]: token, slot
+        if (hits.size(0) == 0) continue;
+        at::Tensor token_index = hits.select(1, 0);
+        at::Tensor weight = weights.index({token_index, hits.select(1, 1)}).unsqueeze(-1);
+        at::Tensor y = expert_list[e]->forward(tokens.index_select(0, token_index)) * weight;
+        out = out.index_add(0, token_index, y);
+      }
+      return out.view(in[0].sizes());
+    });
+  }
+
+  std::shared_ptr<Linear> gate;
+  torch::nn::ModuleList experts;
+  std::vector<std::shared_ptr<MixtralExpert>> expert_list;
+
+ private:
+  int64_t num_experts_;
+  int64_t top_k_;
+};
+
+class MixtralDecoderLayer : public Module {
+ public:
+  MixtralDecoderLayer(const ModelConfig& c, const ModelOptions& o, int64_t layer)
+      : Module("MixtralDecoderLayer") {
+    self_attn = register_module("self_attn", std::make_shared<MixtralAttention>(c, o, layer));
+    block_sparse_moe =
+        register_module("block_sparse_moe", std::make_shared<MixtralSparseMoeBlock>(c, o));
+    input_layernorm = register_module(
+        "input_layernorm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
+    post_attention_layernorm =
+        register_module("post_attention_layernorm",
+                        std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
+  }
+
+  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
+                     const at::Tensor& mask, KVCache* cache) {
+    return Hooked({hidden, cos, sin, mask}, [&](const Tensors& in) {
+      at::Tensor h =
+          in[0] + self_attn->forward(input_layernorm->forward(in[0]), in[1], in[2], in[3], cache);
+      return h + block_sparse_moe->forward(post_attention_layernorm->forward(h));
+    });
+  }
+
+  std::shared_ptr<MixtralAttention> self_attn;
+  std::shared_ptr<MixtralSparseMoeBlock> block_sparse_moe;
+  std::shared_ptr<RMSNorm> input_layernorm, post_attention_layernorm;
+};
+
+class MixtralModel : public Module {
+ public:
+  MixtralModel(const ModelConfig& c, const ModelOptions& o)
+      : Module("MixtralModel"), rotary_(c), sliding_window_(c.sliding_window.value_or(0)) {
+    embed_tokens = register_module(
+        "embed_tokens", std::make_shared<Embedding>(c.vocab_size, c.hidden_size, o.dtype));
+    layers = register_module("layers", torch::nn::ModuleList());
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      decoder_layers.push_back(std::make_shared<MixtralDecoderLayer>(c, o, i));
+      layers->push_back(decoder_layers.back());
+    }
+    norm =
+        register_module("norm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
+  }
+
+  at::Tensor forward(const CausalLMInputs& inputs, std::vector<at::Tensor>* hidden_states) {
+    at::Tensor h = embed_tokens->forward(inputs.input_ids);
+    const int64_t b = h.size(0), t = h.size(1);
+    const int64_t past = inputs.cache ? inputs.cache->length : 0;
+    auto [cos, sin] =
+        rotary_.CosSin(DefaultPositionIds(inputs, past).to(h.device()), h.scalar_type());
+    at::Tensor mask =
+        CausalMask(b, t, past, inputs.attention_mask, sliding_window_, h.scalar_type(), h.device());
+    for (auto& layer : decoder_layers) {
+      if (hidden_states) hidden_states->push_back(h);
+      h = layer->forward(h, cos, sin, mask, inputs.cache);
+    }
+    if (inputs.cache) inputs.cache->length += t;
+    h = norm->forward(h);
+    if (hidden_states) hidden_states->push_back(h);
+    return h;
+  }
+
+  std::shared_ptr<Embedding> embed_tokens;
+  torch::nn::ModuleList layers;
+  std::vector<std::shared_ptr<MixtralDecoderLayer>> decoder_layers;
+  std::shared_ptr<RMSNorm> norm;
+
+ private:
+  RotaryEmbedding rotary_;
+  int64_t sliding_window_;
+};
+
+class MixtralForCausalLM : public CausalLM {
+ public:
+  MixtralForCausalLM(const ModelConfig& c, const ModelOptions& o)
+      : CausalLM("MixtralForCausalLM", c, o) {
+    model = register_module("model", std::make_shared<MixtralModel>(c, o));
+    lm_head = register_module(
+        "lm_head", std::make_shared<Linear>(c.hidden_size, c.vocab_size, false, o.dtype));
+  }
+
+  CausalLMOutput Forward(const CausalLMInputs& inputs) override {
+    CausalLMOutput out;
+    at::Tensor h =
+        model->forward(inputs, inputs.output_hidden_states ? &out.hidden_states : nullptr);
+    out.logits = lm_head->forward(h);
+    if (inputs.labels.defined()) out.loss = CausalLMLoss(out.logits, inputs.labels);
+    return out;
+  }
+
+  std::shared_ptr<MixtralModel> model;
+  std::shared_ptr<Linear> lm_head;
+};
+
+const bool kRegistered = RegisterArchitecture(
+    "MixtralForCausalLM",
+    [](const ModelConfig& c, const ModelOptions& o) -> std::shared_ptr<CausalLM> {
+      return std::make_shared<MixtralForCausalLM>(c, o);
+    });
+
+}  // namespace
+}  // namespace weft
