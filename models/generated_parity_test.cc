@@ -81,8 +81,8 @@ TEST_P(Generated, MatchesTransformers) {
 INSTANTIATE_TEST_SUITE_P(Cases, Generated,
                          ::testing::Values("llama-padded", "llama-tied", "llama-rope-linear",
                                            "llama-rope-dynamic", "llama-rope-llama3",
-                                           "llama-rope-yarn", "mistral-window", "qwen3", "phi3",
-                                           "mixtral"),
+                                           "llama-rope-yarn", "mistral-window", "qwen2-window",
+                                           "qwen3", "phi3", "mixtral"),
                          [](const auto& info) {
                            std::string name = info.param;
                            for (char& c : name)

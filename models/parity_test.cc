@@ -8,6 +8,8 @@
 #include "checkpoint/safetensors.h"
 #include "gtest/gtest.h"
 
+#include <ATen/core/grad_mode.h>
+
 #include "models/attention.h"
 #include "models/generate.h"
 #include "models/pretrained.h"
@@ -200,6 +202,57 @@ TEST(Sampling, TopKTopPAndSeeds) {
     EXPECT_EQ(ChooseNextTokens(logits, o, a).item<int64_t>(),
               ChooseNextTokens(logits, o, b).item<int64_t>());
   }
+}
+
+}  // namespace
+}  // namespace weft
+
+namespace weft {
+namespace {
+
+TEST(Bfloat16, ComputeStaysCloseToTransformersBf16) {
+  auto model =
+      FromPretrained("tests/data/hf/llama-bf16", {at::kBFloat16, c10::Device(c10::kCPU), "eager"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  Reference ref = LoadReference("llama-bf16");
+  CausalLMInputs inputs;
+  inputs.input_ids = ref.Get("input_ids");
+  at::NoGradGuard no_grad;
+  at::Tensor logits = (*model)->Forward(inputs).logits;
+  EXPECT_EQ(logits.scalar_type(), at::kBFloat16);
+  // transformers' bf16 run (torch 1.13) differs from its fp32 run by 0.182.
+  EXPECT_LT(MaxDiff(logits, ref.Get("logits_bf16_compute")), 0.1);
+  EXPECT_LT(MaxDiff(logits, ref.Get("logits")), 0.25);
+}
+
+TEST(AttentionRegistry, UsersRegisterTheirOwn) {
+  int calls = 0;
+  RegisterAttention("counting",
+                    [&calls](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const at::Tensor& mask, double scaling) {
+                      ++calls;
+                      return GetAttention("eager")(q, k, v, mask, scaling);
+                    });
+  auto model =
+      FromPretrained("tests/data/hf/llama", {at::kFloat, c10::Device(c10::kCPU), "counting"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  Reference ref = LoadReference("llama");
+  CausalLMInputs inputs;
+  inputs.input_ids = ref.Get("input_ids");
+  EXPECT_LT(MaxDiff((*model)->Forward(inputs).logits, ref.Get("logits")), 1e-4);
+  EXPECT_EQ(calls, 2);  // one per layer
+}
+
+TEST(Architectures, UnknownOneIsNamed) {
+  auto config = ParseModelConfig(R"({"architectures": ["GPT2LMHeadModel"], "hidden_size": 8,
+      "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 8})");
+  ASSERT_TRUE(config.ok());
+  auto model = CreateCausalLM(*config, {});
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().message(),
+            "config.json: architectures[0] is \"GPT2LMHeadModel\" (expected one of: "
+            "LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Phi3ForCausalLM, "
+            "Qwen2ForCausalLM, Qwen3ForCausalLM)");
 }
 
 }  // namespace

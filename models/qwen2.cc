@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <torch/nn/modules/container/modulelist.h>
 
+#include "checkpoint/json.h"
 #include "models/attention.h"
 #include "models/causal_lm.h"
 #include "models/layers.h"
@@ -114,13 +115,19 @@ class Qwen2DecoderLayer : public Module {
 class Qwen2Model : public Module {
  public:
   Qwen2Model(const ModelConfig& c, const ModelOptions& o) : Module("Qwen2Model"), rotary_(c) {
-    // Layers from max_window_layers on use the window (when enabled).
+    // Which layers use the window: config.json's layer_types when present
+    // (transformers 5), else the layers from max_window_layers on.
+    const JsonValue* types = c.json.Find("layer_types");
     int64_t first_windowed = c.num_hidden_layers;
     if (const JsonValue* v = c.json.Find("max_window_layers"); v && v->AsUint64()) {
       first_windowed = static_cast<int64_t>(*v->AsUint64());
     }
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-      windows_.push_back(c.sliding_window && i >= first_windowed ? *c.sliding_window : 0);
+      bool windowed = i >= first_windowed;
+      if (types && types->is_array() && static_cast<int64_t>(types->items.size()) > i) {
+        windowed = types->items[i].text == "sliding_attention";
+      }
+      windows_.push_back(c.sliding_window && windowed ? *c.sliding_window : 0);
     }
     embed_tokens = register_module(
         "embed_tokens", std::make_shared<Embedding>(c.vocab_size, c.hidden_size, o.dtype));

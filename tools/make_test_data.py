@@ -44,6 +44,8 @@ CASES = [
     case("llama-rope-yarn", "Llama", rope_scaling={
         "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}),
     case("mistral-window", "Mistral", seq=12, sliding_window=4),
+    case("qwen2-window", "Qwen2", seq=12, use_sliding_window=True, sliding_window=4,
+         max_window_layers=1),
     case("qwen3", "Qwen3", head_dim=8),
     case("phi3", "Phi3", num_key_value_heads=2, pad_token_id=None),
     case("mixtral", "Mixtral", num_local_experts=4, num_experts_per_tok=2),
