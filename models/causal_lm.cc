@@ -59,7 +59,12 @@ absl::StatusOr<std::shared_ptr<CausalLM>> CreateCausalLM(const ModelConfig& conf
         absl::StrCat("config.json: architectures[0] is \"", config.architecture,
                      "\" (expected one of: ", absl::StrJoin(known, ", "), ")"));
   }
-  return it->second(config, options);
+  try {
+    return it->second(config, options);
+  } catch (const std::exception& e) {  // a model file rejecting an option
+    std::string what = e.what();
+    return absl::InvalidArgumentError(what.substr(0, what.find('\n')));
+  }
 }
 
 }  // namespace weft

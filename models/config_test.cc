@@ -59,3 +59,30 @@ TEST(ModelConfig, ErrorsNameKeyAndValue) {
 
 }  // namespace
 }  // namespace weft
+
+#include "models/causal_lm.h"
+
+namespace weft {
+namespace {
+
+TEST(ModelConfig, UnsupportedOptionsAreErrors) {
+  auto c = ParseModelConfig(R"({"architectures": ["Qwen3ForCausalLM"], "hidden_size": 64,
+      "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 256,
+      "use_sliding_window": true, "sliding_window": 8})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto model = CreateCausalLM(*c, {});
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().message(),
+            "config.json: use_sliding_window is true with sliding_window 8 (expected false: Qwen3 "
+            "sliding-window layers are not supported yet)");
+  auto partial = ParseModelConfig(R"({"hidden_size": 64, "intermediate_size": 128,
+      "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 256,
+      "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}})");
+  ASSERT_FALSE(partial.ok());
+  EXPECT_EQ(partial.status().message(),
+            "config.json: partial_rotary_factor is 0.5 (expected 1.0: partial rotary embeddings "
+            "are not supported yet)");
+}
+
+}  // namespace
+}  // namespace weft

@@ -126,6 +126,9 @@ class Qwen3DecoderLayer : public Module {
 class Qwen3Model : public Module {
  public:
   Qwen3Model(const ModelConfig& c, const ModelOptions& o) : Module("Qwen3Model"), rotary_(c) {
+    TORCH_CHECK(!c.sliding_window.has_value(), "config.json: use_sliding_window is true with ",
+                "sliding_window ", c.sliding_window.value_or(0),
+                " (expected false: Qwen3 sliding-window layers are not supported yet)");
     embed_tokens = register_module(
         "embed_tokens", std::make_shared<Embedding>(c.vocab_size, c.hidden_size, o.dtype));
     layers = register_module("layers", torch::nn::ModuleList());
