@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs weft's whole test suite on this machine, after its own idempotent
-# setup, and ends with the line `N passed, N failed` (test cases).
+# setup: every Bazel test, then a one-minute fuzzing run of the safetensors
+# header parser (tools/fuzz.sh). Ends with the line `N passed, N failed`
+# (test cases).
 #
 #   bash tools/test.sh [extra bazel test flags or targets]
 set -uo pipefail
@@ -15,6 +17,16 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 bazel test --keep_going "${targets[@]}" 2>&1 | tee "$log"
 bazel_rc=${PIPESTATUS[0]}
-python3 tools/test_summary.py "$log" "$(bazel info bazel-testlogs 2>/dev/null)"
+# The whole suite also fuzzes the safetensors header parser for a minute
+# (WEFT_FUZZ_SECONDS; 0 skips it). It counts as one more test case.
+extra=()
+if (($# == 0)) && ((${WEFT_FUZZ_SECONDS:-60} > 0)); then
+  if bash tools/fuzz.sh "${WEFT_FUZZ_SECONDS:-60}"; then
+    extra=(--extra "fuzz:safetensors_header=passed")
+  else
+    extra=(--extra "fuzz:safetensors_header=failed")
+  fi
+fi
+python3 tools/test_summary.py "$log" "$(bazel info bazel-testlogs 2>/dev/null)" "${extra[@]}"
 summary_rc=$?
 ((bazel_rc == 0 && summary_rc == 0)) || exit 1

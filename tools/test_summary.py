@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Counts test cases from a `bazel test` run and prints `N passed, N failed`.
 
+Usage: test_summary.py LOG TESTLOGS [--extra NAME=passed|failed ...]
+
 Reads Bazel's per-target lines from the log given as argv[1] and, for every
 target that ran, the test.xml it left under bazel-testlogs/ (one <testcase>
 per GoogleTest case; one for an sh_test). A target that failed to build, timed
@@ -33,6 +35,16 @@ def main():
     log, testlogs = sys.argv[1], sys.argv[2]
     passed = failed = 0
     failed_names = []
+    # --extra NAME=passed|failed: a check run outside Bazel (tools/fuzz.sh).
+    args = sys.argv[3:]
+    for flag, value in zip(args[::2], args[1::2]):
+        if flag == "--extra":
+            name, _, result = value.partition("=")
+            if result == "passed":
+                passed += 1
+            else:
+                failed += 1
+                failed_names.append(name)
     seen = set()
     with open(log, errors="replace") as f:
         for line in f:
