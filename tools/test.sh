@@ -15,7 +15,8 @@ targets=("$@")
 ((${#targets[@]})) || targets=(//...)
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-bazel test --keep_going "${targets[@]}" 2>&1 | tee "$log"
+# --nocache_test_results: the disk cache would otherwise replay earlier results.
+bazel test --keep_going --nocache_test_results "${targets[@]}" 2>&1 | tee "$log"
 bazel_rc=${PIPESTATUS[0]}
 # The whole suite also fuzzes the safetensors header parser for a minute
 # (WEFT_FUZZ_SECONDS; 0 skips it). It counts as one more test case.
