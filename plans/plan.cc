@@ -1,0 +1,199 @@
+#include "plans/plan.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "checkpoint/json.h"
+#include "parallel/status.h"
+
+namespace weft {
+namespace {
+
+struct StyleEntry {
+  const char* name;
+  Style style;
+};
+
+// Canonical names first; aliases after.
+constexpr StyleEntry kStyles[] = {
+    {"colwise", Style::kColwise},
+    {"rowwise", Style::kRowwise},
+    {"colwise_gather_output", Style::kColwiseGatherOutput},
+    {"rowwise_split_input", Style::kRowwiseSplitInput},
+    {"embedding_rowwise", Style::kEmbeddingRowwise},
+    {"embedding_colwise", Style::kEmbeddingColwise},
+    {"packed_colwise", Style::kPackedColwise},
+    {"packed_rowwise", Style::kPackedRowwise},
+    {"sequence_parallel", Style::kSequenceParallel},
+    {"replicated_with_grad_allreduce", Style::kReplicatedWithGradAllreduce},
+    {"all_reduce", Style::kAllReduce},
+    {"local_colwise", Style::kLocalColwise},
+    {"local_rowwise", Style::kLocalRowwise},
+    {"local", Style::kLocal},
+    {"gather", Style::kGather},
+    {"grouped_gemm", Style::kGroupedGemm},
+    {"moe_tp_experts", Style::kMoeTpExperts},
+    {"ep_router", Style::kEpRouter},
+    {"colwise_rep", Style::kColwiseGatherOutput},
+    {"rowwise_rep", Style::kRowwiseSplitInput},
+};
+
+std::vector<std::string> Segments(absl::string_view s) { return absl::StrSplit(s, '.'); }
+
+bool HasWildcard(absl::string_view pattern) { return pattern.find('*') != absl::string_view::npos; }
+
+}  // namespace
+
+const char* StyleName(Style style) {
+  for (const auto& s : kStyles) {
+    if (s.style == style) return s.name;
+  }
+  return "?";
+}
+
+absl::StatusOr<Style> ParseStyle(absl::string_view text) {
+  for (const auto& s : kStyles) {
+    if (text == s.name) return s.style;
+  }
+  std::vector<std::string> names;
+  for (const auto& s : kStyles) names.push_back(s.name);
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown style '", text, "' (expected one of: ", absl::StrJoin(names, ", "), ")"));
+}
+
+bool MatchPattern(absl::string_view pattern, absl::string_view name) {
+  std::vector<std::string> p = Segments(pattern), n = Segments(name);
+  if (p.size() != n.size()) return false;
+  for (size_t i = 0; i < p.size(); ++i) {
+    if (p[i] != "*" && p[i] != n[i]) return false;
+  }
+  return true;
+}
+
+absl::StatusOr<Plan> ParsePlan(absl::string_view text, const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(text));
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg));
+  }
+  if (!root.IsMap() || !root["tp_plan"]) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": no tp_plan mapping (expected tp_plan: {pattern: style})"));
+  }
+  YAML::Node tp = root["tp_plan"];
+  if (!tp.IsMap()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": tp_plan is not a mapping (expected pattern: style)"));
+  }
+  Plan plan;
+  std::map<std::string, std::string> seen;
+  for (const auto& item : tp) {
+    std::string key = item.first.as<std::string>();
+    if (!item.second.IsScalar()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": tp_plan key '", key, "' has no style string"));
+    }
+    std::string value = item.second.as<std::string>();
+    auto style = ParseStyle(value);
+    if (!style.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": tp_plan key '", key, "': ", style.status().message()));
+    }
+    if (!seen.emplace(key, value).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": tp_plan key '", key, "' appears twice"));
+    }
+    plan.tp.push_back({key, *style});
+  }
+  return plan;
+}
+
+absl::StatusOr<Plan> LoadPlanFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot read the plan file"));
+  std::stringstream text;
+  text << in.rdbuf();
+  return ParsePlan(text.str(), path);
+}
+
+absl::StatusOr<Plan> PlanFromConfigJson(absl::string_view config_json) {
+  ASSIGN_OR_RETURN(JsonValue json, ParseJson(config_json));
+  const JsonValue* base = json.is_object() ? json.Find("base_model_tp_plan") : nullptr;
+  if (base == nullptr || !base->is_object() || base->members.empty()) {
+    return absl::NotFoundError("config.json has no base_model_tp_plan");
+  }
+  Plan plan;
+  for (const auto& [key, value] : base->members) {
+    if (!value.is_string()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config.json: base_model_tp_plan key '", key, "' has no style string"));
+    }
+    auto style = ParseStyle(value.text);
+    if (!style.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("config.json: base_model_tp_plan key '", key,
+                                                     "': ", style.status().message()));
+    }
+    plan.tp.push_back({"model." + key, *style});
+  }
+  plan.tp.push_back({"lm_head", Style::kColwiseGatherOutput});  // the head's _tp_plan
+  return plan;
+}
+
+absl::StatusOr<std::map<std::string, ResolvedStyle>> ResolvePlan(
+    const Plan& plan, const std::vector<std::string>& parameter_names,
+    const ResolveOptions& options) {
+  // Rank of a match: 0 exact parameter key, 1 wildcard parameter key,
+  // 2 exact module key, 3 wildcard module key. Lower wins.
+  struct Best {
+    int rank = 4;
+    const PlanEntry* entry = nullptr;
+  };
+  std::map<std::string, Best> best;
+  std::vector<bool> used(plan.tp.size(), false);
+  for (const std::string& param : parameter_names) {
+    size_t dot = param.rfind('.');
+    std::string module = dot == std::string::npos ? "" : param.substr(0, dot);
+    for (size_t i = 0; i < plan.tp.size(); ++i) {
+      const PlanEntry& e = plan.tp[i];
+      int rank;
+      if (MatchPattern(e.pattern, param)) {
+        rank = HasWildcard(e.pattern) ? 1 : 0;
+      } else if (!module.empty() && MatchPattern(e.pattern, module)) {
+        rank = HasWildcard(e.pattern) ? 3 : 2;
+      } else {
+        continue;
+      }
+      used[i] = true;
+      Best& b = best[param];
+      if (rank < b.rank) {
+        b = {rank, &e};
+      } else if (rank == b.rank && b.entry->style != e.style) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "plan keys '", b.entry->pattern, "' (", StyleName(b.entry->style), ") and '", e.pattern,
+            "' (", StyleName(e.style), ") give parameter ", param, " two styles (expected one)"));
+      }
+    }
+  }
+  if (!options.allow_unmatched) {
+    for (size_t i = 0; i < plan.tp.size(); ++i) {
+      if (!used[i]) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("plan key '", plan.tp[i].pattern, "' (", StyleName(plan.tp[i].style),
+                         ") matches no module or parameter of the model"));
+      }
+    }
+  }
+  std::map<std::string, ResolvedStyle> out;
+  for (const auto& [param, b] : best) out[param] = {b.entry->style, b.entry->pattern};
+  return out;
+}
+
+}  // namespace weft
