@@ -4,11 +4,11 @@
 
 namespace weft {
 
-void Module::ReplaceParameter(const std::string& param, at::Tensor value) {
+void Module::ReplaceParameter(const std::string& param, at::Tensor value, bool allow_new_shape) {
   at::Tensor* slot = parameters_.find(param);
   TORCH_CHECK(slot != nullptr, name(), " has no parameter '", param, "'");
-  TORCH_CHECK(value.sizes() == slot->sizes(), "parameter '", param, "' has shape ", slot->sizes(),
-              " but the replacement has ", value.sizes());
+  TORCH_CHECK(allow_new_shape || value.sizes() == slot->sizes(), "parameter '", param,
+              "' has shape ", slot->sizes(), " but the replacement has ", value.sizes());
   *slot = value.requires_grad() == slot->requires_grad()
               ? value
               : value.set_requires_grad(slot->requires_grad());

@@ -38,8 +38,9 @@ class Module : public torch::nn::Module {
   bool has_hooks() const { return !pre_hooks_.empty() || !post_hooks_.empty(); }
 
   /// Replaces this module's own parameter `name` (not a submodule's) with
-  /// `value`, e.g. a meta placeholder with the loaded weight.
-  void ReplaceParameter(const std::string& name, at::Tensor value);
+  /// `value`, e.g. a meta placeholder with the loaded weight. The shape must
+  /// match unless `allow_new_shape` (a tensor-parallel shard).
+  void ReplaceParameter(const std::string& name, at::Tensor value, bool allow_new_shape = false);
 
  protected:
   /// Runs `body(inputs)` with this module's hooks around it.

@@ -13,6 +13,12 @@ namespace weft {
 
 absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
                                                          const PretrainedOptions& options) {
+  return FromPretrained(dir, options, LoadHooks{});
+}
+
+absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
+                                                         const PretrainedOptions& options,
+                                                         const LoadHooks& hooks) {
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
   ModelOptions model_options;
   model_options.attn_implementation = options.attn_implementation;
@@ -25,6 +31,7 @@ absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
   }
   ASSIGN_OR_RETURN(std::shared_ptr<CausalLM> model, CreateCausalLM(config, model_options));
   ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(dir));
+  if (hooks.before_load) RETURN_IF_ERROR(hooks.before_load(*model));
 
   struct Slot {
     Module* module;
@@ -53,12 +60,13 @@ absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
             "] (check config.json)"));
       }
       slots.push_back({name, {module, item.key()}});
-      requests.push_back({name, model_options.dtype, options.device, {}});
+      requests.push_back({name, model_options.dtype, options.device,
+                          hooks.slice_of ? hooks.slice_of(name) : Slice{}});
     }
   }
   ASSIGN_OR_RETURN(LoadResult loaded, LoadCheckpoint(*ckpt, requests));
   for (auto& [name, slot] : slots)
-    slot.module->ReplaceParameter(slot.local, loaded.tensors.at(name));
+    slot.module->ReplaceParameter(slot.local, loaded.tensors.at(name), /*allow_new_shape=*/true);
   if (tie) {
     at::Tensor embed = loaded.tensors.at("model.embed_tokens.weight");
     for (auto& [prefix, module] : NamedWeftModules(*model)) {

@@ -11,10 +11,12 @@
 
 #include <c10/core/Device.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "checkpoint/loader.h"
 #include "models/causal_lm.h"
 
 namespace weft {
@@ -29,5 +31,16 @@ struct PretrainedOptions {
 
 absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
                                                          const PretrainedOptions& options = {});
+
+/// For the plan engine (plans/engine.h): `before_load` sees the model built
+/// on the meta device and may reject it; `slice_of` gives the part of each
+/// parameter (by name) this rank loads (an empty Slice: all of it).
+struct LoadHooks {
+  std::function<absl::Status(CausalLM& model)> before_load;
+  std::function<Slice(const std::string& name)> slice_of;
+};
+absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
+                                                         const PretrainedOptions& options,
+                                                         const LoadHooks& hooks);
 
 }  // namespace weft

@@ -1,0 +1,205 @@
+#include "plans/engine.h"
+
+#include <ATen/ATen.h>
+
+#include <map>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "parallel/autograd_collectives.h"
+#include "parallel/status.h"
+
+namespace weft {
+namespace {
+
+struct Shard {
+  Style style;
+  std::string key;
+  Slice slice;
+  // KV heads replicated over ranks: which head this rank holds, of how many.
+  int64_t kv_head = -1;
+  int64_t kv_heads = 0;
+};
+
+std::string ModuleOf(const std::string& param) { return param.substr(0, param.rfind('.')); }
+std::string LocalName(const std::string& param) { return param.substr(param.rfind('.') + 1); }
+
+absl::Status NotDivisible(const std::string& param, int dim, int64_t size, int tp) {
+  return absl::InvalidArgumentError(absl::StrCat("module ", ModuleOf(param), " parameter ",
+                                                 LocalName(param), " dim ", dim, " has size ", size,
+                                                 ", not divisible by tp ", tp));
+}
+
+// Even split of [0, size) into `tp` parts: part `rank`.
+std::vector<Range> EvenPart(int64_t begin, int64_t size, int tp, int rank) {
+  int64_t s = size / tp;
+  return {{begin + rank * s, begin + (rank + 1) * s}};
+}
+
+absl::StatusOr<Shard> PlanShard(const std::string& name, const std::vector<int64_t>& shape,
+                                const ResolvedStyle& resolved, const ModelConfig& c, int tp,
+                                int rank) {
+  Shard shard{resolved.style, resolved.key, {}};
+  const std::string module = ModuleOf(name);
+  const bool is_weight = LocalName(name) == "weight";
+  const int64_t d = c.head_dim;
+  switch (resolved.style) {
+    case Style::kColwise:
+    case Style::kColwiseGatherOutput: {
+      const int64_t rows = shape[0];
+      const bool kv = absl::EndsWith(module, "k_proj") || absl::EndsWith(module, "v_proj");
+      if (kv && c.num_key_value_heads < tp && rows == c.num_key_value_heads * d) {
+        if (tp % c.num_key_value_heads != 0) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "tp ", tp, " is larger than num_key_value_heads ", c.num_key_value_heads,
+              " and not a multiple of it (expected tp to divide or be a multiple of it)"));
+        }
+        // Rank r's query heads use KV head r / (tp / kv_heads): replicate it.
+        shard.kv_heads = c.num_key_value_heads;
+        shard.kv_head = rank / (tp / c.num_key_value_heads);
+        shard.slice.push_back({{shard.kv_head * d, (shard.kv_head + 1) * d}});
+      } else {
+        if (rows % tp != 0) return NotDivisible(name, 0, rows, tp);
+        shard.slice.push_back(EvenPart(0, rows, tp, rank));
+      }
+      if (is_weight) shard.slice.push_back({});
+      return shard;
+    }
+    case Style::kPackedColwise: {
+      std::vector<int64_t> parts;
+      if (absl::EndsWith(module, "qkv_proj")) {
+        parts = {c.num_attention_heads * d, c.num_key_value_heads * d, c.num_key_value_heads * d};
+        if (c.num_key_value_heads % tp != 0) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "module ", module, ": num_key_value_heads ", c.num_key_value_heads,
+              " is not divisible by tp ", tp, " (packed q | k | v cannot replicate KV heads)"));
+        }
+      } else {
+        if (shape[0] % 2 != 0) return NotDivisible(name, 0, shape[0], 2);
+        parts = {shape[0] / 2, shape[0] / 2};
+      }
+      std::vector<Range> ranges;
+      int64_t begin = 0;
+      for (int64_t part : parts) {
+        if (part % tp != 0) return NotDivisible(name, 0, part, tp);
+        ranges.push_back(EvenPart(begin, part, tp, rank)[0]);
+        begin += part;
+      }
+      shard.slice.push_back(ranges);
+      if (is_weight) shard.slice.push_back({});
+      return shard;
+    }
+    case Style::kRowwise:
+      if (!is_weight) return shard;  // bias: replicated, added once (see hooks)
+      if (shape[1] % tp != 0) return NotDivisible(name, 1, shape[1], tp);
+      shard.slice = {{}, EvenPart(0, shape[1], tp, rank)};
+      return shard;
+    case Style::kReplicatedWithGradAllreduce:
+      return shard;
+    default:
+      return absl::UnimplementedError(absl::StrCat("plan key '", resolved.key, "': style ",
+                                                   StyleName(resolved.style),
+                                                   " is not supported by the plan engine yet"));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrainedTensorParallel(
+    const std::string& dir, const PretrainedOptions& options, const Plan& plan,
+    const ProcessGroup& tp, const ResolveOptions& resolve) {
+  const int n = tp.size(), rank = tp.rank();
+  std::map<std::string, Shard> shards;
+  LoadHooks hooks;
+  hooks.before_load = [&](CausalLM& model) -> absl::Status {
+    const ModelConfig& c = model.config;
+    if (c.num_attention_heads % n != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("num_attention_heads ", c.num_attention_heads,
+                                                     " is not divisible by tp ", n));
+    }
+    std::vector<std::string> names;
+    std::map<std::string, std::vector<int64_t>> shapes;
+    for (const auto& item : model.named_parameters()) {
+      names.push_back(item.key());
+      shapes[item.key()] = item.value().sizes().vec();
+    }
+    ASSIGN_OR_RETURN(auto styles, ResolvePlan(plan, names, resolve));
+    if (c.tie_word_embeddings && styles.count("lm_head.weight")) {
+      return absl::UnimplementedError(
+          "tie_word_embeddings with a sharded lm_head is not supported yet (remove lm_head from "
+          "the plan)");
+    }
+    for (const auto& [name, style] : styles) {
+      ASSIGN_OR_RETURN(Shard shard, PlanShard(name, shapes[name], style, c, n, rank));
+      shards.emplace(name, std::move(shard));
+    }
+    return absl::OkStatus();
+  };
+  hooks.slice_of = [&](const std::string& name) {
+    auto it = shards.find(name);
+    return it == shards.end() ? Slice{} : it->second.slice;
+  };
+  ASSIGN_OR_RETURN(std::shared_ptr<CausalLM> model, FromPretrained(dir, options, hooks));
+
+  // Wire the collectives through hooks, once per module.
+  std::map<std::string, Module*> modules;
+  for (auto& [name, module] : NamedWeftModules(*model)) modules[name] = module;
+  std::map<std::string, std::pair<Style, bool>> wired;  // module -> style, has bias
+  for (const auto& [name, shard] : shards) {
+    auto& w = wired[ModuleOf(name)];
+    w.first = shard.style;
+    w.second = w.second || LocalName(name) == "bias";
+  }
+  const ProcessGroup* group = &tp;
+  for (const auto& [module_name, style_bias] : wired) {
+    Module* m = modules.at(module_name);
+    const Style style = style_bias.first;
+    if (style == Style::kColwise || style == Style::kPackedColwise ||
+        style == Style::kColwiseGatherOutput) {
+      m->AddPreHook([group](Module&, Module::Tensors& in) { in[0] = CopyToGroup(in[0], *group); });
+    }
+    if (style == Style::kColwiseGatherOutput) {
+      m->AddPostHook([group](Module&, const Module::Tensors&, at::Tensor& out) {
+        out = GatherFromGroup(out, *group, -1);
+      });
+    }
+    if (style == Style::kRowwise) {
+      at::Tensor bias = style_bias.second ? m->named_parameters(false)["bias"] : at::Tensor();
+      m->AddPostHook([group, bias](Module&, const Module::Tensors&, at::Tensor& out) {
+        // Every rank added the bias to its partial sum: take it out before
+        // the all-reduce and add it once after.
+        out = bias.defined() ? ReduceFromGroup(out - bias, *group) + bias
+                             : ReduceFromGroup(out, *group);
+      });
+    }
+  }
+  // Gradients that must be summed over tp: replicated parameters used on
+  // sharded activations, and KV heads replicated over several ranks.
+  for (auto& item : model->named_parameters()) {
+    auto it = shards.find(item.key());
+    if (it == shards.end()) continue;
+    const Shard& shard = it->second;
+    if (shard.style == Style::kReplicatedWithGradAllreduce) {
+      item.value().register_hook([group](at::Tensor grad) {
+        at::Tensor sum = grad.clone();
+        group->AllReduce(sum);
+        return sum;
+      });
+    } else if (shard.kv_head >= 0) {
+      const int64_t head = shard.kv_head, heads = shard.kv_heads;
+      item.value().register_hook([group, head, heads](at::Tensor grad) {
+        // Each rank's grad covers only its query heads' use of the KV head:
+        // sum over the ranks sharing it (slots of a [heads, ...] buffer).
+        std::vector<int64_t> shape = grad.sizes().vec();
+        shape.insert(shape.begin(), heads);
+        at::Tensor buffer = at::zeros(shape, grad.options());
+        buffer[head].copy_(grad);
+        group->AllReduce(buffer);
+        return buffer[head].clone();
+      });
+    }
+  }
+  return model;
+}
+
+}  // namespace weft

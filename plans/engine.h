@@ -1,0 +1,33 @@
+// The plan engine: a Hugging Face checkpoint + a tp_plan -> this rank's shard
+// of an unmodified model, with the collectives wired through module hooks.
+//
+//   ASSIGN_OR_RETURN(Plan plan, LoadPlanFile("plans/llama.yaml"));
+//   ASSIGN_OR_RETURN(auto model, FromPretrainedTensorParallel(dir, options, plan, mesh["tp"]));
+//   CausalLMOutput out = model->Forward({.input_ids = ids});  // logits as at TP=1
+//
+// Steps: build the module tree on the meta device; resolve the plan against
+// its parameter names; validate every sharded dim (before any allocation);
+// load only this rank's slices; install hooks. Styles implemented so far:
+// colwise, rowwise, colwise_gather_output, packed_colwise (equal parts, and
+// Phi-3's q | k | v), replicated_with_grad_allreduce. Others are rejected
+// with a clear error. Shards are even (a dim not divisible by tp is an error).
+// tp larger than num_key_value_heads (a multiple of it) replicates KV heads:
+// each rank loads the KV head its query heads use.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "models/causal_lm.h"
+#include "models/pretrained.h"
+#include "parallel/process_group.h"
+#include "plans/plan.h"
+
+namespace weft {
+
+absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrainedTensorParallel(
+    const std::string& dir, const PretrainedOptions& options, const Plan& plan,
+    const ProcessGroup& tp, const ResolveOptions& resolve = {});
+
+}  // namespace weft
