@@ -42,6 +42,8 @@ int main(int argc, char** argv) {
   forward_cmd->add_option("--dtype", forward.dtype, "float32 or bfloat16");
   forward_cmd->add_option("--attn", forward.attn, "attention implementation: eager or sdpa");
   forward_cmd->add_option("--trace", forward.trace, "write every module call as JSON here");
+  forward_cmd->add_option("--tp-plan", forward.tp_plan,
+                          "tensor parallelism over the world: a plan file, or auto");
 
   weft::GenerateCommand generate;
   CLI::App* generate_cmd =
@@ -59,6 +61,8 @@ int main(int argc, char** argv) {
   auto* seed = generate_cmd->add_option("--seed", generate.seed, "sampling seed");
   generate_cmd->add_option("--dtype", generate.dtype, "float32 or bfloat16");
   generate_cmd->add_option("--attn", generate.attn, "attention implementation: eager or sdpa");
+  generate_cmd->add_option("--tp-plan", generate.tp_plan,
+                           "tensor parallelism over the world: a plan file, or auto");
 
   try {
     app.parse(argc, argv);

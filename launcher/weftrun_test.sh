@@ -94,6 +94,15 @@ rc=$?
 [[ $rc -ne 0 ]] || fail "mismatched world exited 0"
 expect_contains "world mismatch" "$out" "weft smoke: rendezvous at 127.0.0.1:29577 timed out after 2s: 1 of 3 ranks never arrived: 2"
 
+# 9. Tensor parallelism from the CLI: weft generate --tp-plan under weftrun
+#    reproduces transformers' greedy ids (TP=4 replicates the 2 KV heads).
+for n in 2 4; do
+  out="$("$WEFTRUN" --standalone --nproc-per-node "$n" "$WEFT" generate --model tests/data/hf/llama \
+        --prompt-ids 47,211,38,53,204,116,152,249 --max-new-tokens 8 --tp-plan auto 2>&1)"
+  [[ "$out" == "[rank0]:47,211,38,53,204,116,152,249,32,133,19,92,175,88,175,233" ]] ||
+    fail "TP=$n generate: $out"
+done
+
 if ((failures)); then
   echo "$failures check(s) failed" >&2
   exit 1

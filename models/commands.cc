@@ -13,6 +13,10 @@
 #include "models/generate.h"
 #include "models/pretrained.h"
 #include "models/trace.h"
+#include "parallel/runtime.h"
+#include "parallel/status.h"
+#include "plans/engine.h"
+#include "plans/shipped_plans.h"
 
 namespace weft {
 namespace {
@@ -27,6 +31,31 @@ absl::StatusOr<at::ScalarType> ComputeDtype(const std::string& name) {
 int Fail(std::ostream& err, const char* command, absl::string_view message) {
   err << "weft " << command << ": " << message << std::endl;
   return 2;
+}
+
+// The model, whole or (with a tp plan) this rank's shard; `runtime` keeps
+// the process groups alive as long as the model.
+struct Loaded {
+  std::unique_ptr<Runtime> runtime;
+  std::shared_ptr<CausalLM> model;
+  bool writer = true;  // rank 0 (or the only process) writes the output
+};
+
+absl::StatusOr<Loaded> Load(const std::string& dir, const PretrainedOptions& options,
+                            const std::string& tp_plan) {
+  Loaded loaded;
+  if (tp_plan.empty()) {
+    ASSIGN_OR_RETURN(loaded.model, FromPretrained(dir, options));
+    return loaded;
+  }
+  RuntimeOptions runtime_options;
+  runtime_options.device = options.device.is_cuda() ? "cuda" : "cpu";
+  ASSIGN_OR_RETURN(loaded.runtime, Runtime::Init(runtime_options));
+  ASSIGN_OR_RETURN(Plan plan, ResolvePlanArgument(tp_plan, dir));
+  ASSIGN_OR_RETURN(loaded.model,
+                   FromPretrainedTensorParallel(dir, options, plan, loaded.runtime->world()));
+  loaded.writer = loaded.runtime->rank() == 0;
+  return loaded;
 }
 
 }  // namespace
@@ -44,8 +73,9 @@ int RunForward(const ForwardCommand& c, std::ostream& err) {
     PretrainedOptions options;
     options.dtype = *dtype;
     options.attn_implementation = c.attn;
-    auto model = FromPretrained(c.model, options);
-    if (!model.ok()) return Fail(err, "forward", model.status().message());
+    auto loaded = Load(c.model, options, c.tp_plan);
+    if (!loaded.ok()) return Fail(err, "forward", loaded.status().message());
+    std::shared_ptr<CausalLM>* model = &loaded->model;
 
     CausalLMInputs inputs;
     inputs.input_ids = (*input)->Get(*ids).clone();
@@ -62,6 +92,7 @@ int RunForward(const ForwardCommand& c, std::ostream& err) {
     for (size_t i = 0; c.hidden_states && i < out.hidden_states.size(); ++i) {
       tensors.emplace_back(absl::StrCat("hidden_states_", i), out.hidden_states[i].to(at::kFloat));
     }
+    if (!loaded->writer) return 0;
     if (absl::Status s = WriteSafetensors(c.output, tensors); !s.ok()) {
       return Fail(err, "forward", s.message());
     }
@@ -94,8 +125,9 @@ int RunGenerate(const GenerateCommand& c, std::ostream& out, std::ostream& err) 
     PretrainedOptions options;
     options.dtype = *dtype;
     options.attn_implementation = c.attn;
-    auto model = FromPretrained(c.model, options);
-    if (!model.ok()) return Fail(err, "generate", model.status().message());
+    auto loaded = Load(c.model, options, c.tp_plan);
+    if (!loaded.ok()) return Fail(err, "generate", loaded.status().message());
+    std::shared_ptr<CausalLM>* model = &loaded->model;
     for (int64_t id : prompt) {
       if (id >= (*model)->config.vocab_size) {
         return Fail(err, "generate",
@@ -114,7 +146,7 @@ int RunGenerate(const GenerateCommand& c, std::ostream& out, std::ostream& err) 
     at::Tensor result = Generate(**model, ids, g);
     std::vector<int64_t> all(result.data_ptr<int64_t>(),
                              result.data_ptr<int64_t>() + result.numel());
-    out << absl::StrJoin(all, ",") << std::endl;
+    if (loaded->writer) out << absl::StrJoin(all, ",") << std::endl;
     return 0;
   } catch (const std::exception& e) {
     std::string what = e.what();

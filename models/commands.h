@@ -2,9 +2,12 @@
 //
 //   weft forward --model DIR --input IN.safetensors --output OUT.safetensors
 //                [--hidden-states] [--dtype float32|bfloat16] [--attn eager|sdpa]
-//                [--trace TRACE.json]
+//                [--trace TRACE.json] [--tp-plan FILE|auto]
 //   weft generate --model DIR --prompt-ids 1,2,3 --max-new-tokens N
-//                 [--greedy | --temperature T --top-k K --top-p P --seed S]
+//                 [--greedy | --temperature T --top-k K --top-p P --seed S] [--tp-plan FILE|auto]
+//
+// With --tp-plan the command is one rank of a tensor-parallel job (start it
+// under weftrun, mpirun or srun; the mesh is the whole world); rank 0 writes.
 //
 // Both return the exit code: 0, or 2 with one line on stderr.
 #pragma once
@@ -23,6 +26,7 @@ struct ForwardCommand {
   std::string dtype = "float32";
   std::string attn = "sdpa";
   std::string trace;
+  std::string tp_plan;
 };
 
 struct GenerateCommand {
@@ -36,6 +40,7 @@ struct GenerateCommand {
   uint64_t seed = 0;
   std::string dtype = "float32";
   std::string attn = "sdpa";
+  std::string tp_plan;
 };
 
 int RunForward(const ForwardCommand& command, std::ostream& err);

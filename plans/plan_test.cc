@@ -1,4 +1,5 @@
 #include "plans/plan.h"
+#include "plans/shipped_plans.h"
 
 #include "gtest/gtest.h"
 #include "models/causal_lm.h"
@@ -114,6 +115,17 @@ TEST(ShippedPlans, ResolveAgainstTheirModels) {
   auto qwen2 =
       ResolvePlan(*LoadPlanFile("plans/qwen2.yaml"), ParameterNames("tests/data/hf/qwen2"));
   EXPECT_EQ(qwen2->at("model.layers.1.self_attn.k_proj.bias").style, Style::kColwise);
+}
+
+TEST(ShippedPlans, CompiledInAndAuto) {
+  EXPECT_EQ(ShippedPlans().size(), 6u);
+  auto plan = ResolvePlanArgument("auto", "tests/data/gen/phi3");  // no base_model_tp_plan
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->tp[0].pattern, "model.layers.*.self_attn.qkv_proj");
+  EXPECT_EQ(plan->tp[0].style, Style::kPackedColwise);
+  auto file = ResolvePlanArgument("plans/llama.yaml", "tests/data/hf/llama");
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(file->tp.size(), 8u);
 }
 
 }  // namespace

@@ -1,0 +1,34 @@
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "models/config.h"
+#include "parallel/status.h"
+#include "plans/shipped_plans.h"
+
+namespace weft {
+
+absl::StatusOr<Plan> ResolvePlanArgument(const std::string& argument,
+                                         const std::string& model_dir) {
+  if (argument != "auto") return LoadPlanFile(argument);
+  std::ifstream in(model_dir + "/config.json");
+  std::stringstream text;
+  text << in.rdbuf();
+  auto from_config = PlanFromConfigJson(text.str());
+  if (from_config.ok() || from_config.status().code() != absl::StatusCode::kNotFound) {
+    return from_config;
+  }
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
+  std::vector<std::string> names;
+  for (const auto& [name, yaml] : ShippedPlans()) {
+    if (name == config.model_type) return ParsePlan(yaml, absl::StrCat("plans/", name, ".yaml"));
+    names.push_back(name);
+  }
+  return absl::NotFoundError(absl::StrCat(
+      "--tp-plan auto: config.json has no base_model_tp_plan and weft ships no plan for "
+      "model_type '",
+      config.model_type, "' (shipped: ", absl::StrJoin(names, ", "), ")"));
+}
+
+}  // namespace weft
