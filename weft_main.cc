@@ -4,12 +4,14 @@
 //   weft inspect PATH                     tensors of a safetensors file or checkpoint
 //   weft forward --model DIR --input IN --output OUT [...]   logits (and hidden states)
 //   weft generate --model DIR --prompt-ids 1,2,3 [...]       KV-cached generation
+//   weft plan explain --model DIR --plan FILE|auto --tp N [--dp M]   TP dry run
 #include <CLI/CLI.hpp>
 #include <iostream>
 
 #include "checkpoint/inspect.h"
 #include "launcher/smoke.h"
 #include "models/commands.h"
+#include "plans/explain.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"weft: train and fine-tune Hugging Face transformer models on many GPUs.", "weft"};
@@ -64,6 +66,16 @@ int main(int argc, char** argv) {
   generate_cmd->add_option("--tp-plan", generate.tp_plan,
                            "tensor parallelism over the world: a plan file, or auto");
 
+  weft::ExplainCommand explain;
+  CLI::App* plan_cmd = app.add_subcommand("plan", "Tensor-parallel plans.");
+  plan_cmd->require_subcommand(1);
+  CLI::App* explain_cmd = plan_cmd->add_subcommand(
+      "explain", "Dry run: per parameter the style, shapes, bytes per rank and collectives.");
+  explain_cmd->add_option("--model", explain.model, "checkpoint directory")->required();
+  explain_cmd->add_option("--plan", explain.plan, "a plan file, or auto");
+  explain_cmd->add_option("--tp", explain.tp, "tensor-parallel size")->required();
+  explain_cmd->add_option("--dp", explain.dp, "data-parallel size");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -72,6 +84,7 @@ int main(int argc, char** argv) {
   if (smoke_cmd->parsed()) return weft::RunSmoke(smoke);
   if (inspect_cmd->parsed()) return weft::RunInspect(inspect_path, std::cout, std::cerr);
   if (forward_cmd->parsed()) return weft::RunForward(forward, std::cerr);
+  if (explain_cmd->parsed()) return weft::RunPlanExplain(explain, std::cout, std::cerr);
   if (generate_cmd->parsed()) {
     bool sampling = temperature->count() + top_k->count() + top_p->count() + seed->count() > 0;
     if (sampling && greedy_flag) {

@@ -12,14 +12,7 @@
 namespace weft {
 namespace {
 
-struct Shard {
-  Style style;
-  std::string key;
-  Slice slice;
-  // KV heads replicated over ranks: which head this rank holds, of how many.
-  int64_t kv_head = -1;
-  int64_t kv_heads = 0;
-};
+using Shard = ShardSpec;
 
 std::string ModuleOf(const std::string& param) { return param.substr(0, param.rfind('.')); }
 std::string LocalName(const std::string& param) { return param.substr(param.rfind('.') + 1); }
@@ -39,7 +32,7 @@ std::vector<Range> EvenPart(int64_t begin, int64_t size, int tp, int rank) {
 absl::StatusOr<Shard> PlanShard(const std::string& name, const std::vector<int64_t>& shape,
                                 const ResolvedStyle& resolved, const ModelConfig& c, int tp,
                                 int rank) {
-  Shard shard{resolved.style, resolved.key, {}};
+  Shard shard{resolved.style, resolved.key, {}, {}};
   const std::string module = ModuleOf(name);
   const bool is_weight = LocalName(name) == "weight";
   const int64_t d = c.head_dim;
@@ -105,6 +98,41 @@ absl::StatusOr<Shard> PlanShard(const std::string& name, const std::vector<int64
 
 }  // namespace
 
+absl::StatusOr<std::map<std::string, ShardSpec>> PlanShards(CausalLM& model, const Plan& plan,
+                                                            int n, int rank,
+                                                            const ResolveOptions& resolve) {
+  const ModelConfig& c = model.config;
+  if (c.num_attention_heads % n != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_attention_heads ", c.num_attention_heads, " is not divisible by tp ", n));
+  }
+  std::vector<std::string> names;
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const auto& item : model.named_parameters()) {
+    names.push_back(item.key());
+    shapes[item.key()] = item.value().sizes().vec();
+  }
+  ASSIGN_OR_RETURN(auto styles, ResolvePlan(plan, names, resolve));
+  if (c.tie_word_embeddings && styles.count("lm_head.weight")) {
+    return absl::UnimplementedError(
+        "tie_word_embeddings with a sharded lm_head is not supported yet (remove lm_head from "
+        "the plan)");
+  }
+  std::map<std::string, ShardSpec> shards;
+  for (const auto& [name, style] : styles) {
+    ASSIGN_OR_RETURN(Shard shard, PlanShard(name, shapes[name], style, c, n, rank));
+    shard.local_shape = shapes[name];
+    for (size_t d = 0; d < shard.slice.size(); ++d) {
+      if (shard.slice[d].empty()) continue;
+      int64_t length = 0;
+      for (const Range& r : shard.slice[d]) length += r.end - r.start;
+      shard.local_shape[d] = length;
+    }
+    shards.emplace(name, std::move(shard));
+  }
+  return shards;
+}
+
 absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrainedTensorParallel(
     const std::string& dir, const PretrainedOptions& options, const Plan& plan,
     const ProcessGroup& tp, const ResolveOptions& resolve) {
@@ -112,27 +140,7 @@ absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrainedTensorParallel(
   std::map<std::string, Shard> shards;
   LoadHooks hooks;
   hooks.before_load = [&](CausalLM& model) -> absl::Status {
-    const ModelConfig& c = model.config;
-    if (c.num_attention_heads % n != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("num_attention_heads ", c.num_attention_heads,
-                                                     " is not divisible by tp ", n));
-    }
-    std::vector<std::string> names;
-    std::map<std::string, std::vector<int64_t>> shapes;
-    for (const auto& item : model.named_parameters()) {
-      names.push_back(item.key());
-      shapes[item.key()] = item.value().sizes().vec();
-    }
-    ASSIGN_OR_RETURN(auto styles, ResolvePlan(plan, names, resolve));
-    if (c.tie_word_embeddings && styles.count("lm_head.weight")) {
-      return absl::UnimplementedError(
-          "tie_word_embeddings with a sharded lm_head is not supported yet (remove lm_head from "
-          "the plan)");
-    }
-    for (const auto& [name, style] : styles) {
-      ASSIGN_OR_RETURN(Shard shard, PlanShard(name, shapes[name], style, c, n, rank));
-      shards.emplace(name, std::move(shard));
-    }
+    ASSIGN_OR_RETURN(shards, PlanShards(model, plan, n, rank, resolve));
     return absl::OkStatus();
   };
   hooks.slice_of = [&](const std::string& name) {

@@ -15,6 +15,7 @@
 // each rank loads the KV head its query heads use.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 
@@ -25,6 +26,23 @@
 #include "plans/plan.h"
 
 namespace weft {
+
+/// How one parameter is split for one rank.
+struct ShardSpec {
+  Style style;
+  std::string key;                   // the plan key that decided the style
+  Slice slice;                       // what the rank loads (empty: all)
+  std::vector<int64_t> local_shape;  // this rank's shape
+  int64_t kv_head = -1;              // KV head replicated on this rank, or -1
+  int64_t kv_heads = 0;
+};
+
+/// Resolves and validates `plan` for rank `rank` of `tp` ranks against a
+/// model built on the meta device. Errors name module, parameter, dim, size
+/// and tp. Parameters the plan does not cover are absent (replicated).
+absl::StatusOr<std::map<std::string, ShardSpec>> PlanShards(CausalLM& model, const Plan& plan,
+                                                            int tp, int rank,
+                                                            const ResolveOptions& resolve = {});
 
 absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrainedTensorParallel(
     const std::string& dir, const PretrainedOptions& options, const Plan& plan,

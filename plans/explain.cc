@@ -1,0 +1,138 @@
+#include "plans/explain.h"
+
+#include <c10/core/ScalarType.h>
+
+#include <algorithm>
+#include <iomanip>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "checkpoint/checkpoint_dir.h"
+#include "models/layers.h"
+#include "plans/engine.h"
+#include "plans/shipped_plans.h"
+
+namespace weft {
+namespace {
+
+struct Collectives {
+  const char* forward;
+  const char* backward;
+};
+
+Collectives Of(const ShardSpec& s) {
+  switch (s.style) {
+    case Style::kColwise:
+    case Style::kPackedColwise:
+      return {"-", "all-reduce(input grad)"};
+    case Style::kColwiseGatherOutput:
+      return {"all-gather(output)", "all-reduce(input grad)"};
+    case Style::kRowwise:
+      return {"all-reduce(output)", "-"};
+    case Style::kReplicatedWithGradAllreduce:
+      return {"-", "all-reduce(param grad)"};
+    default:
+      return {"?", "?"};
+  }
+}
+
+std::string Shape(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+std::string Human(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 3) bytes /= 1024, ++u;
+  return absl::StrFormat("%.1f %s", bytes, units[u]);
+}
+
+}  // namespace
+
+int RunPlanExplain(const ExplainCommand& c, std::ostream& out, std::ostream& err) {
+  auto fail = [&err](absl::string_view message) {
+    err << "weft plan explain: " << message << std::endl;
+    return 2;
+  };
+  try {
+    if (c.tp < 1 || c.dp < 1) {
+      return fail(absl::StrCat("--tp ", c.tp, " --dp ", c.dp, " (expected both >= 1)"));
+    }
+    auto config = LoadModelConfig(c.model);
+    if (!config.ok()) return fail(config.status().message());
+    ModelOptions options;
+    options.dtype = DtypeFromName(config->torch_dtype);
+    auto model = CreateCausalLM(*config, options);  // meta device: no memory
+    if (!model.ok()) return fail(model.status().message());
+    auto ckpt = Checkpoint::Open(c.model);  // maps the files; reads the headers only
+    if (!ckpt.ok()) return fail(ckpt.status().message());
+    auto plan = ResolvePlanArgument(c.plan, c.model);
+    if (!plan.ok()) return fail(plan.status().message());
+    auto shards = PlanShards(**model, *plan, c.tp, /*rank=*/0);
+    if (!shards.ok()) return fail(shards.status().message());
+
+    std::vector<std::vector<std::string>> rows = {
+        {"parameter", "style", "global", "local", "bytes/rank", "forward", "backward"}};
+    double full_bytes = 0, local_bytes = 0;
+    int forward_collectives = 0, backward_collectives = 0;
+    std::map<std::string, bool> module_counted;
+    const size_t element = c10::elementSize(options.dtype);
+    for (const auto& item : (*model)->named_parameters()) {
+      const std::string& name = item.key();
+      if ((*ckpt)->Find(name) == nullptr &&
+          !(name == "lm_head.weight" && config->tie_word_embeddings)) {
+        return fail(absl::StrCat(c.model, ": the checkpoint has no tensor '", name, "'"));
+      }
+      std::vector<int64_t> global = item.value().sizes().vec();
+      int64_t numel = 1;
+      for (int64_t d : global) numel *= d;
+      full_bytes += static_cast<double>(numel) * element;
+      auto it = shards->find(name);
+      std::vector<int64_t> local = it == shards->end() ? global : it->second.local_shape;
+      int64_t local_numel = 1;
+      for (int64_t d : local) local_numel *= d;
+      local_bytes += static_cast<double>(local_numel) * element;
+      if (it == shards->end()) continue;
+      Collectives coll = Of(it->second);
+      std::string backward = coll.backward;
+      if (it->second.kv_head >= 0) backward += " + all-reduce(param grad, shared KV head)";
+      std::string module = name.substr(0, name.rfind('.'));
+      if (!module_counted[module]) {
+        module_counted[module] = true;
+        forward_collectives += std::string(coll.forward) != "-";
+        backward_collectives += std::string(coll.backward) != "-";
+      }
+      if (it->second.kv_head >= 0 || it->second.style == Style::kReplicatedWithGradAllreduce) {
+        backward_collectives += it->second.style != Style::kReplicatedWithGradAllreduce;
+      }
+      rows.push_back({name, StyleName(it->second.style), Shape(global), Shape(local),
+                      absl::StrCat(local_numel * element), coll.forward, backward});
+    }
+    std::vector<size_t> width(rows[0].size(), 0);
+    for (const auto& row : rows) {
+      for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+    }
+    for (const auto& row : rows) {
+      for (size_t i = 0; i < row.size(); ++i) {
+        out << std::left << std::setw(i + 1 < row.size() ? width[i] : 0) << row[i]
+            << (i + 1 < row.size() ? "  " : "\n");
+      }
+    }
+    out << "mesh: dp(" << c.dp << ") * tp(" << c.tp << ") = " << c.dp * c.tp << " ranks; "
+        << config->architecture << ", " << c10::toString(options.dtype) << "\n";
+    out << "per rank: parameters " << Human(local_bytes) << " of " << Human(full_bytes) << " ("
+        << absl::StrFormat("%.1f", 100.0 * local_bytes / full_bytes) << "%); "
+        << forward_collectives << " collectives per forward, " << backward_collectives
+        << " per backward";
+    if (c.dp > 1) out << ", plus the dp gradient all-reduce of " << Human(local_bytes);
+    out << "\n";
+    return 0;
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    return fail(what.substr(0, what.find('\n')));
+  }
+}
+
+}  // namespace weft

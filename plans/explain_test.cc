@@ -1,0 +1,48 @@
+#include "plans/explain.h"
+
+#include <sstream>
+
+#include "gtest/gtest.h"
+
+namespace weft {
+namespace {
+
+TEST(PlanExplain, ShapesBytesAndCollectivesPerRank) {
+  ExplainCommand c;
+  c.model = "tests/data/hf/llama";
+  c.plan = "auto";
+  c.tp = 4;
+  c.dp = 2;
+  std::ostringstream out, err;
+  ASSERT_EQ(RunPlanExplain(c, out, err), 0) << err.str();
+  std::string text = out.str();
+  // q_proj rows split 4 ways; k_proj's 2 KV heads replicated over 4 ranks.
+  EXPECT_NE(text.find("model.layers.0.self_attn.q_proj.weight  colwise"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("[64, 64]   [16, 64]"), std::string::npos) << text;
+  EXPECT_NE(text.find("[32, 64]   [16, 64]"), std::string::npos) << text;
+  EXPECT_NE(text.find("shared KV head"), std::string::npos) << text;
+  EXPECT_NE(text.find("lm_head.weight"), std::string::npos);
+  EXPECT_NE(text.find("mesh: dp(2) * tp(4) = 8 ranks; LlamaForCausalLM, Float"), std::string::npos)
+      << text;
+  // 2 layers x (o_proj + down_proj) + lm_head gather = 5 per forward.
+  EXPECT_NE(text.find("collectives per forward"), std::string::npos);
+  EXPECT_NE(text.find(" 5 collectives per forward"), std::string::npos) << text;
+}
+
+TEST(PlanExplain, ValidationErrors) {
+  ExplainCommand c;
+  c.model = "tests/data/hf/llama";
+  c.tp = 3;
+  std::ostringstream out, err;
+  EXPECT_EQ(RunPlanExplain(c, out, err), 2);
+  EXPECT_EQ(err.str(), "weft plan explain: num_attention_heads 4 is not divisible by tp 3\n");
+  c.tp = 2;
+  c.plan = "plans/nope.yaml";
+  std::ostringstream err2;
+  EXPECT_EQ(RunPlanExplain(c, out, err2), 2);
+  EXPECT_EQ(err2.str(), "weft plan explain: plans/nope.yaml: cannot read the plan file\n");
+}
+
+}  // namespace
+}  // namespace weft
