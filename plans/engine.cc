@@ -38,6 +38,7 @@ absl::StatusOr<Shard> PlanShard(const std::string& name, const std::vector<int64
   const int64_t d = c.head_dim;
   switch (resolved.style) {
     case Style::kColwise:
+    case Style::kLocalColwise:
     case Style::kColwiseGatherOutput: {
       const int64_t rows = shape[0];
       const bool kv = absl::EndsWith(module, "k_proj") || absl::EndsWith(module, "v_proj");
@@ -82,7 +83,20 @@ absl::StatusOr<Shard> PlanShard(const std::string& name, const std::vector<int64
       if (is_weight) shard.slice.push_back({});
       return shard;
     }
+    case Style::kEmbeddingRowwise:  // vocab-parallel: rows of the table
+      if (shape[0] % tp != 0) return NotDivisible(name, 0, shape[0], tp);
+      shard.slice = {EvenPart(0, shape[0], tp, rank), {}};
+      return shard;
+    case Style::kEmbeddingColwise:  // the embedding dim
+      if (shape[1] % tp != 0) return NotDivisible(name, 1, shape[1], tp);
+      shard.slice = {{}, EvenPart(0, shape[1], tp, rank)};
+      return shard;
+    case Style::kAllReduce:
+    case Style::kLocal:
+      return shard;
     case Style::kRowwise:
+    case Style::kRowwiseSplitInput:
+    case Style::kLocalRowwise:
       if (!is_weight) return shard;  // bias: replicated, added once (see hooks)
       if (shape[1] % tp != 0) return NotDivisible(name, 1, shape[1], tp);
       shard.slice = {{}, EvenPart(0, shape[1], tp, rank)};
@@ -171,13 +185,43 @@ absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrainedTensorParallel(
         out = GatherFromGroup(out, *group, -1);
       });
     }
-    if (style == Style::kRowwise) {
+    if (style == Style::kRowwiseSplitInput) {
+      m->AddPreHook(
+          [group](Module&, Module::Tensors& in) { in[0] = ScatterToGroup(in[0], *group, -1); });
+    }
+    if (style == Style::kRowwise || style == Style::kRowwiseSplitInput) {
       at::Tensor bias = style_bias.second ? m->named_parameters(false)["bias"] : at::Tensor();
       m->AddPostHook([group, bias](Module&, const Module::Tensors&, at::Tensor& out) {
         // Every rank added the bias to its partial sum: take it out before
         // the all-reduce and add it once after.
         out = bias.defined() ? ReduceFromGroup(out - bias, *group) + bias
                              : ReduceFromGroup(out, *group);
+      });
+    }
+    if (style == Style::kAllReduce) {
+      m->AddPostHook([group](Module&, const Module::Tensors&, at::Tensor& out) {
+        out = ReduceFromGroup(out, *group);
+      });
+    }
+    if (style == Style::kEmbeddingColwise) {
+      m->AddPostHook([group](Module&, const Module::Tensors&, at::Tensor& out) {
+        out = GatherFromGroup(out, *group, -1);
+      });
+    }
+    if (style == Style::kEmbeddingRowwise) {
+      // Ids outside this rank's vocab rows look up row 0, their rows are
+      // zeroed, and the all-reduce adds the one rank that owns each id.
+      const Shard& shard = shards.at(module_name + ".weight");
+      const int64_t start = shard.slice[0][0].start, rows = shard.slice[0][0].end - start;
+      auto outside = std::make_shared<at::Tensor>();
+      m->AddPreHook([start, rows, outside](Module&, Module::Tensors& in) {
+        at::Tensor local = in[0] - start;
+        *outside = (local < 0).logical_or(local >= rows);
+        in[0] = local.masked_fill(*outside, 0);
+      });
+      m->AddPostHook([group, outside](Module&, const Module::Tensors&, at::Tensor& out) {
+        out = ReduceFromGroup(out.masked_fill(outside->unsqueeze(-1), 0), *group);
+        outside->reset();
       });
     }
   }

@@ -8,9 +8,11 @@
 // Steps: build the module tree on the meta device; resolve the plan against
 // its parameter names; validate every sharded dim (before any allocation);
 // load only this rank's slices; install hooks. Styles implemented so far:
-// colwise, rowwise, colwise_gather_output, packed_colwise (equal parts, and
-// Phi-3's q | k | v), replicated_with_grad_allreduce. Others are rejected
-// with a clear error. Shards are even (a dim not divisible by tp is an error).
+// colwise, rowwise, colwise_gather_output, rowwise_split_input,
+// embedding_rowwise (vocab-parallel), embedding_colwise, packed_colwise
+// (equal parts, and Phi-3's q | k | v), replicated_with_grad_allreduce,
+// all_reduce, local_colwise, local_rowwise, local. Others are rejected with
+// a clear error. Shards are even (a dim not divisible by tp is an error).
 // tp larger than num_key_value_heads (a multiple of it) replicates KV heads:
 // each rank loads the KV head its query heads use.
 #pragma once

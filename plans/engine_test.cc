@@ -98,22 +98,28 @@ TEST_P(TensorParallel, MatchesSingleProcess) {
   EXPECT_TRUE(result.AllSucceeded()) << result.Describe();
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, TensorParallel,
-                         ::testing::Values(Case{"tests/data/hf/llama", "plans/llama.yaml", 2},
-                                           Case{"tests/data/hf/llama", "plans/llama.yaml", 4},
-                                           Case{"tests/data/hf/mistral", "plans/mistral.yaml", 2},
-                                           Case{"tests/data/hf/qwen2", "plans/qwen2.yaml", 2},
-                                           Case{"tests/data/hf/qwen2", "plans/qwen2.yaml", 4},
-                                           Case{"tests/data/gen/qwen3", "plans/qwen3.yaml", 2},
-                                           Case{"tests/data/gen/phi3", "plans/phi3.yaml", 2},
-                                           Case{"tests/data/gen/mixtral", "plans/mixtral.yaml", 2}),
-                         [](const auto& info) {
-                           std::string name = info.param.dir.substr(info.param.dir.rfind('/') + 1) +
-                                              "_tp" + std::to_string(info.param.tp);
-                           for (char& ch : name)
-                             if (ch == '-') ch = '_';
-                           return name;
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Models, TensorParallel,
+    ::testing::Values(Case{"tests/data/hf/llama", "plans/llama.yaml", 2},
+                      Case{"tests/data/hf/llama", "plans/llama.yaml", 4},
+                      Case{"tests/data/hf/mistral", "plans/mistral.yaml", 2},
+                      Case{"tests/data/hf/qwen2", "plans/qwen2.yaml", 2},
+                      Case{"tests/data/hf/qwen2", "plans/qwen2.yaml", 4},
+                      Case{"tests/data/gen/qwen3", "plans/qwen3.yaml", 2},
+                      Case{"tests/data/gen/phi3", "plans/phi3.yaml", 2},
+                      Case{"tests/data/gen/mixtral", "plans/mixtral.yaml", 2},
+                      Case{"tests/data/hf/llama", "tests/data/plans/llama_variant_a.yaml", 2},
+                      Case{"tests/data/hf/llama", "tests/data/plans/llama_variant_a.yaml", 4},
+                      Case{"tests/data/hf/llama", "tests/data/plans/llama_variant_b.yaml", 2}),
+    [](const auto& info) {
+      std::string name = info.param.dir.substr(info.param.dir.rfind('/') + 1) + "_tp" +
+                         std::to_string(info.param.tp);
+      size_t variant = info.param.plan.find("variant_");
+      if (variant != std::string::npos) name += "_" + info.param.plan.substr(variant, 9);
+      for (char& ch : name)
+        if (ch == '-') ch = '_';
+      return name;
+    });
 
 // DP=2 x TP=2 on 4 ranks: each dp replica takes one sequence of the batch;
 // after backward and the bucketed dp all-reduce, every rank's gradient is the
