@@ -52,6 +52,10 @@ struct ModelOptions {
   std::string attn_implementation = "sdpa";
 };
 
+/// transformers' causal-LM loss: logits[:, :-1] against labels[:, 1:],
+/// cross-entropy in float32, ignore_index -100, mean over counted tokens.
+at::Tensor CausalLMLoss(const at::Tensor& logits, const at::Tensor& labels);
+
 class CausalLM : public Module {
  public:
   CausalLM(std::string type_name, ModelConfig config, ModelOptions options)
@@ -59,11 +63,11 @@ class CausalLM : public Module {
   virtual CausalLMOutput Forward(const CausalLMInputs& inputs) = 0;
   const ModelConfig config;
   ModelOptions options;
+  /// The loss of (logits, labels); the plan engine swaps in a vocab-parallel
+  /// one (loss_parallel) that never gathers the logits.
+  std::function<at::Tensor(const at::Tensor& logits, const at::Tensor& labels)> loss_function =
+      CausalLMLoss;
 };
-
-/// transformers' causal-LM loss: logits[:, :-1] against labels[:, 1:],
-/// cross-entropy in float32, ignore_index -100, mean over counted tokens.
-at::Tensor CausalLMLoss(const at::Tensor& logits, const at::Tensor& labels);
 
 /// Default positions of the new tokens: past..past+T-1, padding or not, as
 /// transformers' forward does (pass position_ids for left-padded batches).

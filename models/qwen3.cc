@@ -181,7 +181,7 @@ class Qwen3ForCausalLM : public CausalLM {
     at::Tensor h =
         model->forward(inputs, inputs.output_hidden_states ? &out.hidden_states : nullptr);
     out.logits = lm_head->forward(h);
-    if (inputs.labels.defined()) out.loss = CausalLMLoss(out.logits, inputs.labels);
+    if (inputs.labels.defined()) out.loss = loss_function(out.logits, inputs.labels);
     return out;
   }
 

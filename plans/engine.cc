@@ -147,9 +147,31 @@ absl::StatusOr<std::map<std::string, ShardSpec>> PlanShards(CausalLM& model, con
   return shards;
 }
 
+at::Tensor VocabParallelCausalLMLoss(const at::Tensor& logits, const at::Tensor& labels,
+                                     const ProcessGroup& group) {
+  const int64_t t = logits.size(1), v_local = logits.size(2);
+  const int64_t start = group.rank() * v_local;
+  at::Tensor x = logits.narrow(1, 0, t - 1).to(at::kFloat).reshape({-1, v_local});
+  at::Tensor target = labels.narrow(1, 1, t - 1).reshape({-1}).to(x.device());
+  at::Tensor counted = target != -100;
+  // Global max for stability (a constant for autograd).
+  at::Tensor max = std::get<0>(x.detach().max(-1));
+  group.AllReduce(max, ReduceOp::kMax);
+  at::Tensor shifted = x - max.unsqueeze(-1);
+  at::Tensor sum_exp = ReduceFromGroup(shifted.exp().sum(-1), group);
+  // The target's logit lives on one rank; the others contribute 0.
+  at::Tensor local = target - start;
+  at::Tensor mine = (local >= 0).logical_and(local < v_local).logical_and(counted);
+  at::Tensor picked = shifted.gather(1, local.clamp(0, v_local - 1).unsqueeze(1)).squeeze(1);
+  at::Tensor target_logit = ReduceFromGroup(picked * mine.to(picked.scalar_type()), group);
+  at::Tensor per_token = (sum_exp.log() - target_logit) * counted.to(at::kFloat);
+  return per_token.sum() / counted.sum().clamp_min(1);
+}
+
 absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrainedTensorParallel(
     const std::string& dir, const PretrainedOptions& options, const Plan& plan,
-    const ProcessGroup& tp, const ResolveOptions& resolve) {
+    const ProcessGroup& tp, const TensorParallelOptions& tp_options) {
+  const ResolveOptions& resolve = tp_options.resolve;
   const int n = tp.size(), rank = tp.rank();
   std::map<std::string, Shard> shards;
   LoadHooks hooks;
@@ -173,6 +195,18 @@ absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrainedTensorParallel(
     w.second = w.second || LocalName(name) == "bias";
   }
   const ProcessGroup* group = &tp;
+  if (tp_options.loss_parallel) {
+    auto head = wired.find("lm_head");
+    if (head == wired.end() || (head->second.first != Style::kColwise &&
+                                head->second.first != Style::kColwiseGatherOutput)) {
+      return absl::InvalidArgumentError(
+          "loss_parallel needs lm_head in the plan as colwise or colwise_gather_output");
+    }
+    head->second.first = Style::kColwise;  // keep the logits sharded
+    model->loss_function = [group](const at::Tensor& logits, const at::Tensor& labels) {
+      return VocabParallelCausalLMLoss(logits, labels, *group);
+    };
+  }
   for (const auto& [module_name, style_bias] : wired) {
     Module* m = modules.at(module_name);
     const Style style = style_bias.first;

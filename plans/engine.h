@@ -46,8 +46,22 @@ absl::StatusOr<std::map<std::string, ShardSpec>> PlanShards(CausalLM& model, con
                                                             int tp, int rank,
                                                             const ResolveOptions& resolve = {});
 
+struct TensorParallelOptions {
+  ResolveOptions resolve;
+  /// Vocab-parallel cross-entropy: lm_head stays column-parallel (no gather),
+  /// Forward returns this rank's slice of the logits, and the loss is
+  /// computed from the shards (max, sum of exponentials and the target logit
+  /// all-reduced), so the full logits never exist.
+  bool loss_parallel = false;
+};
+
 absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrainedTensorParallel(
     const std::string& dir, const PretrainedOptions& options, const Plan& plan,
-    const ProcessGroup& tp, const ResolveOptions& resolve = {});
+    const ProcessGroup& tp, const TensorParallelOptions& tp_options = {});
+
+/// The vocab-parallel causal-LM loss over `group` (logits: this rank's vocab
+/// shard, [B, T, V/tp], rows [rank * V/tp, (rank + 1) * V/tp)).
+at::Tensor VocabParallelCausalLMLoss(const at::Tensor& logits, const at::Tensor& labels,
+                                     const ProcessGroup& group);
 
 }  // namespace weft

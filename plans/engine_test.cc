@@ -169,6 +169,48 @@ TEST(DataAndTensorParallel, TwoByTwoMesh) {
   EXPECT_TRUE(result.AllSucceeded()) << result.Describe();
 }
 
+// loss_parallel: the logits stay sharded; the loss and every gradient slice
+// still equal the single-process ones.
+TEST(LossParallel, MatchesSingleProcessWithoutGatheringLogits) {
+  RankResults result = RunRanks(2, [] {
+    RuntimeOptions ro;
+    ro.device = "cpu";
+    ro.timeout = std::chrono::seconds(60);
+    auto rt = Runtime::Init(ro);
+    ASSERT_TRUE(rt.ok()) << rt.status();
+    const std::string dir = "tests/data/hf/qwen2";
+    PretrainedOptions options;
+    options.dtype = at::kFloat;
+    options.attn_implementation = "eager";
+    TensorParallelOptions tp_options;
+    tp_options.loss_parallel = true;
+    auto plan = LoadPlanFile("plans/qwen2.yaml");
+    auto sharded = FromPretrainedTensorParallel(dir, options, *plan, (*rt)->world(), tp_options);
+    ASSERT_TRUE(sharded.ok()) << sharded.status();
+    auto full = FromPretrained(dir, options);
+    auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
+    CausalLMInputs inputs;
+    inputs.input_ids = (*ref)->Get("input_ids").clone();
+    inputs.labels = inputs.input_ids.clone();
+    inputs.labels.index_put_({0, 3}, -100);  // an ignored token too
+    CausalLMOutput a = (*sharded)->Forward(inputs);
+    CausalLMOutput b = (*full)->Forward(inputs);
+    EXPECT_EQ(a.logits.size(2), 128);  // this rank's half of the vocab
+    EXPECT_LT(MaxDiff(a.logits, b.logits.narrow(2, 128 * (*rt)->rank(), 128)), 1e-5);
+    EXPECT_LT(MaxDiff(a.loss, b.loss), 1e-5);
+    a.loss.backward();
+    b.loss.backward();
+    auto full_params = (*full)->named_parameters();
+    for (const auto& item : (*sharded)->named_parameters()) {
+      const at::Tensor& whole = full_params[item.key()];
+      at::Tensor want = MatchingSlice(whole.detach(), item.value().detach(), whole.grad());
+      EXPECT_TRUE(at::allclose(item.value().grad(), want, 1e-4, 1e-5))
+          << item.key() << " max diff " << MaxDiff(item.value().grad(), want);
+    }
+  });
+  EXPECT_TRUE(result.AllSucceeded()) << result.Describe();
+}
+
 TEST(PlanValidation, ErrorsBeforeAllocating) {
   RankResults result = RunRanks(3, [] {
     RuntimeOptions ro;
