@@ -3,7 +3,8 @@
 the loading benchmark: config.json, model-0000i-of-0000N.safetensors and
 model.safetensors.index.json, as save_pretrained lays them out.
 
-    python bench/make_checkpoint.py OUT_DIR [--max-shard-mb 600]
+    python bench/make_checkpoint.py OUT_DIR [--max-shard-mb 600] [--layers N --hidden H
+        --intermediate I --vocab V --dtype bfloat16|float32]
 
 2.2 GB in 4 files with the default shard size. Idempotent: an existing
 complete checkpoint in OUT_DIR is kept.
@@ -58,7 +59,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--max-shard-mb", type=int, default=600)
+    ap.add_argument("--layers", type=int, default=CONFIG["num_hidden_layers"])
+    ap.add_argument("--hidden", type=int, default=CONFIG["hidden_size"])
+    ap.add_argument("--intermediate", type=int, default=CONFIG["intermediate_size"])
+    ap.add_argument("--vocab", type=int, default=CONFIG["vocab_size"])
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     args = ap.parse_args()
+    CONFIG.update(num_hidden_layers=args.layers, hidden_size=args.hidden,
+                  intermediate_size=args.intermediate, vocab_size=args.vocab, torch_dtype=args.dtype)
     os.makedirs(args.out, exist_ok=True)
     index_path = os.path.join(args.out, "model.safetensors.index.json")
     if os.path.exists(index_path):
@@ -68,8 +76,8 @@ def main():
     limit = args.max_shard_mb * 1_000_000
     shards, current, size = [], {}, 0
     for name, shape in shapes(CONFIG):
-        t = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
-        nbytes = t.numel() * 2
+        t = (torch.randn(shape, generator=gen) * 0.02).to(getattr(torch, args.dtype))
+        nbytes = t.numel() * t.element_size()
         if current and size + nbytes > limit:
             shards.append(current)
             current, size = {}, 0
@@ -82,7 +90,7 @@ def main():
         save_file(shard, os.path.join(args.out, fname), metadata={"format": "pt"})
         for name, t in shard.items():
             weight_map[name] = fname
-            total += t.numel() * 2
+            total += t.numel() * t.element_size()
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(CONFIG, f, indent=2)
     with open(index_path + ".tmp", "w") as f:

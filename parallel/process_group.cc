@@ -4,12 +4,34 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 
 #include "parallel/backends.h"
 #include "parallel/chunk.h"
 
 namespace weft {
 namespace {
+
+std::atomic<int64_t> g_collective_ns{0};
+
+thread_local int t_collective_depth = 0;
+
+// Adds the lifetime of the outermost such scope to the process-wide
+// collective time (collectives built from other collectives count once).
+class CollectiveTimer {
+ public:
+  CollectiveTimer() : start_(std::chrono::steady_clock::now()) { ++t_collective_depth; }
+  ~CollectiveTimer() {
+    if (--t_collective_depth > 0) return;
+    g_collective_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::steady_clock::now() - start_)
+                           .count();
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_;
+};
 
 c10d::ReduceOp ToC10d(ReduceOp op) {
   switch (op) {
@@ -73,6 +95,7 @@ void ProcessGroup::CheckPeer(int peer, const char* what) const {
 }
 
 void ProcessGroup::AllReduce(const at::Tensor& tensor, ReduceOp op) const {
+  CollectiveTimer timer;
   c10d::Backend& backend = BackendFor(tensor);
   bool emulate_avg = op == ReduceOp::kAvg && !tensor.is_cuda();  // Gloo has no AVG.
   c10d::AllreduceOptions options;
@@ -88,6 +111,7 @@ void ProcessGroup::AllReduce(const at::Tensor& tensor, ReduceOp op) const {
 }
 
 at::Tensor ProcessGroup::AllGather(const at::Tensor& local, int64_t dim) const {
+  CollectiveTimer timer;
   dim = NormalizeDim(local, dim);
   if (size() == 1) return local.clone();
   at::Tensor mine = at::full({1}, local.size(dim), local.options().dtype(at::kLong));
@@ -100,6 +124,7 @@ at::Tensor ProcessGroup::AllGather(const at::Tensor& local, int64_t dim) const {
 
 at::Tensor ProcessGroup::AllGather(const at::Tensor& local, int64_t dim,
                                    const std::vector<int64_t>& sizes) const {
+  CollectiveTimer timer;
   dim = NormalizeDim(local, dim);
   TORCH_CHECK(static_cast<int>(sizes.size()) == size(), "AllGather on group ", name_, ": ",
               sizes.size(), " sizes for ", size(), " members");
@@ -122,6 +147,7 @@ at::Tensor ProcessGroup::AllGather(const at::Tensor& local, int64_t dim,
 }
 
 at::Tensor ProcessGroup::ReduceScatter(const at::Tensor& input, int64_t dim, ReduceOp op) const {
+  CollectiveTimer timer;
   dim = NormalizeDim(input, dim);
   int64_t n = input.size(dim);
   ChunkSpan mine = ChunkOf(n, size(), rank());
@@ -141,6 +167,7 @@ at::Tensor ProcessGroup::ReduceScatter(const at::Tensor& input, int64_t dim, Red
 }
 
 void ProcessGroup::Broadcast(const at::Tensor& tensor, int src) const {
+  CollectiveTimer timer;
   CheckPeer(src, "Broadcast");
   c10d::BroadcastOptions options;
   options.rootRank = src;
@@ -150,6 +177,7 @@ void ProcessGroup::Broadcast(const at::Tensor& tensor, int src) const {
 }
 
 void ProcessGroup::Send(const at::Tensor& tensor, int peer, int tag) const {
+  CollectiveTimer timer;
   CheckPeer(peer, "Send");
   TORCH_CHECK(peer != rank(), "Send to self on group ", name_);
   std::vector<at::Tensor> buffers{tensor.contiguous()};
@@ -157,6 +185,7 @@ void ProcessGroup::Send(const at::Tensor& tensor, int peer, int tag) const {
 }
 
 void ProcessGroup::Recv(const at::Tensor& tensor, int peer, int tag) const {
+  CollectiveTimer timer;
   CheckPeer(peer, "Recv");
   TORCH_CHECK(peer != rank(), "Recv from self on group ", name_);
   std::vector<at::Tensor> buffers{tensor.is_contiguous() ? tensor : tensor.contiguous()};
@@ -165,8 +194,13 @@ void ProcessGroup::Recv(const at::Tensor& tensor, int peer, int tag) const {
 }
 
 void ProcessGroup::Barrier() const {
+  CollectiveTimer timer;
   if (size() == 1) return;
   backends_->gloo->barrier(c10d::BarrierOptions())->wait();
 }
+
+double ProcessGroup::CollectiveSeconds() { return g_collective_ns.load() / 1e9; }
+
+void ProcessGroup::ResetCollectiveSeconds() { g_collective_ns = 0; }
 
 }  // namespace weft

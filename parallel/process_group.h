@@ -76,6 +76,11 @@ class ProcessGroup {
   /// Returns when every member has called Barrier.
   void Barrier() const;
 
+  /// Wall time this process has spent inside collectives of any group (for
+  /// benchmarks: the share of a step spent communicating).
+  static double CollectiveSeconds();
+  static void ResetCollectiveSeconds();
+
  private:
   c10d::Backend& BackendFor(const at::Tensor& tensor) const;
   void CheckPeer(int peer, const char* what) const;
