@@ -8,15 +8,20 @@
 #include <unistd.h>
 
 #include <dirent.h>
+#include <sys/stat.h>
+
 #include <CLI/CLI.hpp>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <fstream>
 #include <iostream>
+#include <memory>
 #include <random>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "parallel/net.h"
@@ -78,7 +83,20 @@ struct Worker {
   std::deque<std::string> err_tail;
   bool exited = false;
   int status = 0;
+  bool show = true;                                 // console output (--local-ranks-filter)
+  std::shared_ptr<std::ofstream> out_log, err_log;  // --log-dir
 };
+
+// mkdir -p; false on failure.
+bool MakeDirs(const std::string& path) {
+  std::string built;
+  for (absl::string_view part : absl::StrSplit(path, '/')) {
+    built += std::string(part) + "/";
+    if (part.empty()) continue;
+    if (::mkdir(built.c_str(), 0755) != 0 && errno != EEXIST) return false;
+  }
+  return true;
+}
 
 void EmitLines(Worker& w, std::string& partial, const char* data, size_t n, bool is_err,
                bool flush) {
@@ -88,7 +106,9 @@ void EmitLines(Worker& w, std::string& partial, const char* data, size_t n, bool
     size_t nl = partial.find('\n', start);
     if (nl == std::string::npos) break;
     std::string line = partial.substr(start, nl - start);
-    (is_err ? std::cerr : std::cout) << "[rank" << w.global_rank << "]:" << line << "\n";
+    if (auto& log = is_err ? w.err_log : w.out_log) *log << line << "\n" << std::flush;
+    if (w.show)
+      (is_err ? std::cerr : std::cout) << "[rank" << w.global_rank << "]:" << line << "\n";
     if (is_err) {
       w.err_tail.push_back(line);
       if (w.err_tail.size() > kTailLines) w.err_tail.pop_front();
@@ -97,7 +117,9 @@ void EmitLines(Worker& w, std::string& partial, const char* data, size_t n, bool
   }
   partial.erase(0, start);
   if (flush && !partial.empty()) {
-    (is_err ? std::cerr : std::cout) << "[rank" << w.global_rank << "]:" << partial << "\n";
+    if (auto& log = is_err ? w.err_log : w.out_log) *log << partial << "\n" << std::flush;
+    if (w.show)
+      (is_err ? std::cerr : std::cout) << "[rank" << w.global_rank << "]:" << partial << "\n";
     if (is_err) w.err_tail.push_back(partial);
     partial.clear();
   }
@@ -124,6 +146,20 @@ bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt,
     Worker& w = workers[lr];
     w.local_rank = lr;
     w.global_rank = o.node_rank * o.nproc_per_node + lr;
+    w.show = o.local_ranks_filter.empty() ||
+             std::find(o.local_ranks_filter.begin(), o.local_ranks_filter.end(), lr) !=
+                 o.local_ranks_filter.end();
+    if (!o.log_dir.empty()) {
+      std::string dir =
+          absl::StrCat(o.log_dir, "/", o.run_id, "/attempt_", attempt, "/", w.global_rank);
+      if (!MakeDirs(dir)) {
+        std::cerr << "weftrun: cannot create log directory " << dir << ": " << std::strerror(errno)
+                  << std::endl;
+        return false;
+      }
+      w.out_log = std::make_shared<std::ofstream>(dir + "/stdout.log");
+      w.err_log = std::make_shared<std::ofstream>(dir + "/stderr.log");
+    }
     int out[2], err[2];
     if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) return false;
     std::vector<std::pair<std::string, std::string>> env = {
@@ -256,6 +292,11 @@ absl::StatusOr<WeftrunOptions> ParseWeftrunArgs(int argc, char** argv) {
                  "Restart the workers this many times after a failure.");
   app.add_option("--monitor-interval,--monitor_interval", o.monitor_interval,
                  "Seconds between checks of the workers.");
+  app.add_option("--log-dir,--log_dir", o.log_dir,
+                 "Also write <log-dir>/<run-id>/attempt_<n>/<rank>/{stdout,stderr}.log.");
+  std::string filter;
+  app.add_option("--local-ranks-filter,--local_ranks_filter", filter,
+                 "Comma-separated local ranks whose output reaches the console (default: all).");
   app.prefix_command();
   try {
     app.parse(argc, argv);
@@ -265,6 +306,17 @@ absl::StatusOr<WeftrunOptions> ParseWeftrunArgs(int argc, char** argv) {
     return absl::InvalidArgumentError(absl::StrCat("weftrun: ", e.what()));
   }
   o.program = app.remaining();
+  if (!filter.empty()) {
+    for (absl::string_view piece : absl::StrSplit(filter, ',')) {
+      int r = -1;
+      if (!absl::SimpleAtoi(piece, &r) || r < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("weftrun: --local-ranks-filter=", filter, " has '", piece,
+                         "' (expected comma-separated local ranks, e.g. 0,1)"));
+      }
+      o.local_ranks_filter.push_back(r);
+    }
+  }
   if (o.program.empty()) {
     return absl::InvalidArgumentError(
         "weftrun: no program given (expected: weftrun [OPTIONS] PROGRAM [ARGS...])");

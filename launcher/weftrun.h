@@ -12,7 +12,8 @@
 // whole group restarts up to --max-restarts times; weftrun then exits non-zero
 // with a summary naming the first failing rank, its exit code or signal and
 // the tail of its stderr. Signals sent to weftrun reach the workers; no worker
-// outlives weftrun.
+// outlives weftrun. --log-dir keeps per-rank log files; --local-ranks-filter
+// limits the console to some local ranks.
 #pragma once
 
 #include <string>
@@ -30,8 +31,13 @@ struct WeftrunOptions {
   int master_port = 29500;
   std::string run_id = "none";
   int max_restarts = 0;
-  double monitor_interval = 0.1;     // seconds
-  double grace_period = 5.0;         // seconds between SIGTERM and SIGKILL
+  double monitor_interval = 0.1;  // seconds
+  double grace_period = 5.0;      // seconds between SIGTERM and SIGKILL
+  /// Also write each worker's output to
+  /// <log_dir>/<run_id>/attempt_<n>/<rank>/{stdout,stderr}.log.
+  std::string log_dir;
+  /// Local ranks whose output reaches the console (empty: all).
+  std::vector<int> local_ranks_filter;
   std::vector<std::string> program;  // PROGRAM ARGS...
 };
 

@@ -94,7 +94,16 @@ rc=$?
 [[ $rc -ne 0 ]] || fail "mismatched world exited 0"
 expect_contains "world mismatch" "$out" "weft smoke: rendezvous at 127.0.0.1:29577 timed out after 2s: 1 of 3 ranks never arrived: 2"
 
-# 9. Tensor parallelism from the CLI: weft generate --tp-plan under weftrun
+# 9. --log-dir files per attempt and rank; --local-ranks-filter on the console.
+out="$("$WEFTRUN" --nproc-per-node 2 --rdzv-id jobL --log-dir "$tmp/logs" --local-ranks-filter 1 \
+      sh -c 'echo "out$RANK"; echo "err$RANK" >&2' 2>&1)"
+[[ "$out" == *"[rank1]:out1"* && "$out" != *"[rank0]"* ]] || fail "local-ranks-filter: $out"
+[[ "$(cat "$tmp/logs/jobL/attempt_0/0/stdout.log" 2>&1)" == "out0" ]] || fail "log-dir stdout of rank 0"
+[[ "$(cat "$tmp/logs/jobL/attempt_0/1/stderr.log" 2>&1)" == "err1" ]] || fail "log-dir stderr of rank 1"
+check_error "weftrun: --local-ranks-filter=0,x has 'x' (expected comma-separated local ranks, e.g. 0,1)" \
+  --local-ranks-filter 0,x true
+
+# 10. Tensor parallelism from the CLI: weft generate --tp-plan under weftrun
 #    reproduces transformers' greedy ids (TP=4 replicates the 2 KV heads).
 for n in 2 4; do
   out="$("$WEFTRUN" --standalone --nproc-per-node "$n" "$WEFT" generate --model tests/data/hf/llama \
