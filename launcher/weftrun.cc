@@ -84,6 +84,7 @@ struct Worker {
   bool exited = false;
   int status = 0;
   bool show = true;                                 // console output (--local-ranks-filter)
+  int redirect = 0;                                 // 1 stdout, 2 stderr: files only
   std::shared_ptr<std::ofstream> out_log, err_log;  // --log-dir
 };
 
@@ -107,7 +108,7 @@ void EmitLines(Worker& w, std::string& partial, const char* data, size_t n, bool
     if (nl == std::string::npos) break;
     std::string line = partial.substr(start, nl - start);
     if (auto& log = is_err ? w.err_log : w.out_log) *log << line << "\n" << std::flush;
-    if (w.show)
+    if (w.show && !(w.redirect & (is_err ? 2 : 1)))
       (is_err ? std::cerr : std::cout) << "[rank" << w.global_rank << "]:" << line << "\n";
     if (is_err) {
       w.err_tail.push_back(line);
@@ -118,7 +119,7 @@ void EmitLines(Worker& w, std::string& partial, const char* data, size_t n, bool
   partial.erase(0, start);
   if (flush && !partial.empty()) {
     if (auto& log = is_err ? w.err_log : w.out_log) *log << partial << "\n" << std::flush;
-    if (w.show)
+    if (w.show && !(w.redirect & (is_err ? 2 : 1)))
       (is_err ? std::cerr : std::cout) << "[rank" << w.global_rank << "]:" << partial << "\n";
     if (is_err) w.err_tail.push_back(partial);
     partial.clear();
@@ -149,6 +150,7 @@ bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt,
     w.show = o.local_ranks_filter.empty() ||
              std::find(o.local_ranks_filter.begin(), o.local_ranks_filter.end(), lr) !=
                  o.local_ranks_filter.end();
+    if (lr < static_cast<int>(o.redirects.size())) w.redirect = o.redirects[lr];
     if (!o.log_dir.empty()) {
       std::string dir =
           absl::StrCat(o.log_dir, "/", o.run_id, "/attempt_", attempt, "/", w.global_rank);
@@ -294,6 +296,13 @@ absl::StatusOr<WeftrunOptions> ParseWeftrunArgs(int argc, char** argv) {
                  "Seconds between checks of the workers.");
   app.add_option("--log-dir,--log_dir", o.log_dir,
                  "Also write <log-dir>/<run-id>/attempt_<n>/<rank>/{stdout,stderr}.log.");
+  std::string redirects, tee;
+  app.add_option("--redirects,-r", redirects,
+                 "Send streams only to the log files: 1 stdout, 2 stderr, 3 both; one value for "
+                 "all local ranks or per rank as 0:3,1:2 (needs --log-dir).");
+  app.add_option("--tee,-t", tee,
+                 "Streams to the log files and the console (what --log-dir does by default); "
+                 "same format as --redirects.");
   std::string filter;
   app.add_option("--local-ranks-filter,--local_ranks_filter", filter,
                  "Comma-separated local ranks whose output reaches the console (default: all).");
@@ -324,6 +333,42 @@ absl::StatusOr<WeftrunOptions> ParseWeftrunArgs(int argc, char** argv) {
   if (!o.program[0].empty() && o.program[0][0] == '-') {
     return absl::InvalidArgumentError(
         absl::StrCat("weftrun: unknown flag '", o.program[0], "' (see weftrun --help)"));
+  }
+  // "3" or "0:3,1:2" -> mask per local rank.
+  auto parse_streams = [&](const std::string& flag, const std::string& spec,
+                           std::vector<int>& masks) -> absl::Status {
+    if (spec.empty()) return absl::OkStatus();
+    auto bad = [&](absl::string_view piece) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("weftrun: ", flag, "=", spec, " has '", piece,
+                       "' (expected 0-3, or local_rank:0-3 pairs such as 0:3,1:2)"));
+    };
+    int all = -1;
+    std::vector<std::pair<int, int>> pairs;
+    for (absl::string_view piece : absl::StrSplit(spec, ',')) {
+      std::vector<absl::string_view> kv = absl::StrSplit(piece, ':');
+      int rank = -1, mask = -1;
+      if (kv.size() == 1 && absl::SimpleAtoi(kv[0], &mask) && mask >= 0 && mask <= 3) {
+        all = mask;
+      } else if (kv.size() == 2 && absl::SimpleAtoi(kv[0], &rank) && rank >= 0 &&
+                 absl::SimpleAtoi(kv[1], &mask) && mask >= 0 && mask <= 3) {
+        pairs.emplace_back(rank, mask);
+      } else {
+        return bad(piece);
+      }
+    }
+    masks.assign(1024, all < 0 ? 0 : all);
+    for (auto [rank, mask] : pairs) {
+      if (rank < 1024) masks[rank] = mask;
+    }
+    return absl::OkStatus();
+  };
+  std::vector<int> tee_masks;
+  if (absl::Status s = parse_streams("--redirects", redirects, o.redirects); !s.ok()) return s;
+  if (absl::Status s = parse_streams("--tee", tee, tee_masks); !s.ok()) return s;
+  if (!redirects.empty() && o.log_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "weftrun: --redirects needs --log-dir (expected a directory for the log files)");
   }
   if (nproc == "auto") {
     int gpus = CountGpus();

@@ -38,6 +38,10 @@ struct WeftrunOptions {
   std::string log_dir;
   /// Local ranks whose output reaches the console (empty: all).
   std::vector<int> local_ranks_filter;
+  /// torchrun's --redirects: per local rank, streams sent only to the log
+  /// files (1 stdout, 2 stderr, 3 both); needs --log-dir. --tee (log files
+  /// and console) is what --log-dir does by default.
+  std::vector<int> redirects;        // indexed by local rank; empty: none
   std::vector<std::string> program;  // PROGRAM ARGS...
 };
 

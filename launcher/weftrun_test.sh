@@ -102,6 +102,14 @@ out="$("$WEFTRUN" --nproc-per-node 2 --rdzv-id jobL --log-dir "$tmp/logs" --loca
 [[ "$(cat "$tmp/logs/jobL/attempt_0/1/stderr.log" 2>&1)" == "err1" ]] || fail "log-dir stderr of rank 1"
 check_error "weftrun: --local-ranks-filter=0,x has 'x' (expected comma-separated local ranks, e.g. 0,1)" \
   --local-ranks-filter 0,x true
+# --redirects: rank 1's stdout only in its file, stderr still on the console.
+out="$("$WEFTRUN" --nproc-per-node 2 --rdzv-id jobR --log-dir "$tmp/logs" --redirects 1:1 \
+      sh -c 'echo "out$RANK"; echo "err$RANK" >&2' 2>&1)"
+[[ "$out" == *"[rank0]:out0"* && "$out" != *"[rank1]:out1"* && "$out" == *"[rank1]:err1"* ]] ||
+  fail "redirects: $out"
+[[ "$(cat "$tmp/logs/jobR/attempt_0/1/stdout.log" 2>&1)" == "out1" ]] || fail "redirects file"
+check_error "weftrun: --redirects needs --log-dir (expected a directory for the log files)" --redirects 3 true
+check_error "weftrun: --tee=5 has '5' (expected 0-3, or local_rank:0-3 pairs such as 0:3,1:2)" --tee 5 true
 
 # 10. Tensor parallelism from the CLI: weft generate --tp-plan under weftrun
 #    reproduces transformers' greedy ids (TP=4 replicates the 2 KV heads).
