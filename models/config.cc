@@ -116,6 +116,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text) {
   RETURN_IF_ERROR(Int(root, "head_dim", c.head_dim, false));
   RETURN_IF_ERROR(Double(root, "rms_norm_eps", c.rms_norm_eps));
   RETURN_IF_ERROR(Double(root, "rope_theta", c.rope_theta));
+  RETURN_IF_ERROR(Double(root, "initializer_range", c.initializer_range));
   RETURN_IF_ERROR(ParseRopeScaling(root.Find("rope_scaling"), c.rope_scaling));
   // transformers 5 writes rope_parameters (rope_theta and the scaling together).
   if (const JsonValue* params = root.Find("rope_parameters"); params && params->is_object()) {

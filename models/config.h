@@ -45,6 +45,8 @@ struct ModelConfig {
   int64_t max_position_embeddings = 2048;
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
+  /// Standard deviation of the normal initialisation (models/init.h).
+  double initializer_range = 0.02;
   RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v/o biases (Qwen2: q/k/v always)

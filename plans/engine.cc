@@ -6,6 +6,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "parallel/autograd_collectives.h"
 #include "parallel/status.h"
 
@@ -135,6 +136,7 @@ absl::StatusOr<std::map<std::string, ShardSpec>> PlanShards(CausalLM& model, con
   std::map<std::string, ShardSpec> shards;
   for (const auto& [name, style] : styles) {
     ASSIGN_OR_RETURN(Shard shard, PlanShard(name, shapes[name], style, c, n, rank));
+    shard.global_shape = shapes[name];
     shard.local_shape = shapes[name];
     for (size_t d = 0; d < shard.slice.size(); ++d) {
       if (shard.slice[d].empty()) continue;
@@ -171,12 +173,11 @@ at::Tensor VocabParallelCausalLMLoss(const at::Tensor& logits, const at::Tensor&
 absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrainedTensorParallel(
     const std::string& dir, const PretrainedOptions& options, const Plan& plan,
     const ProcessGroup& tp, const TensorParallelOptions& tp_options) {
-  const ResolveOptions& resolve = tp_options.resolve;
   const int n = tp.size(), rank = tp.rank();
   std::map<std::string, Shard> shards;
   LoadHooks hooks;
   hooks.before_load = [&](CausalLM& model) -> absl::Status {
-    ASSIGN_OR_RETURN(shards, PlanShards(model, plan, n, rank, resolve));
+    ASSIGN_OR_RETURN(shards, PlanShards(model, plan, n, rank, tp_options.resolve));
     return absl::OkStatus();
   };
   hooks.slice_of = [&](const std::string& name) {
@@ -184,7 +185,25 @@ absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrainedTensorParallel(
     return it == shards.end() ? Slice{} : it->second.slice;
   };
   ASSIGN_OR_RETURN(std::shared_ptr<CausalLM> model, FromPretrained(dir, options, hooks));
+  RETURN_IF_ERROR(ApplyTensorParallel(*model, shards, tp, tp_options));
+  return model;
+}
 
+absl::Status ApplyTensorParallel(CausalLM& model_ref,
+                                 const std::map<std::string, ShardSpec>& shards,
+                                 const ProcessGroup& tp, const TensorParallelOptions& tp_options) {
+  CausalLM* model = &model_ref;
+  for (const auto& [name, shard] : shards) {
+    at::Tensor* p = model->named_parameters().find(name);
+    if (p == nullptr)
+      return absl::NotFoundError(absl::StrCat("the model has no parameter '", name, "'"));
+    if (p->sizes().vec() != shard.local_shape) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("parameter '", name, "' has shape [", absl::StrJoin(p->sizes(), ", "),
+                       "] but its shard for rank ", tp.rank(), " is [",
+                       absl::StrJoin(shard.local_shape, ", "), "]"));
+    }
+  }
   // Wire the collectives through hooks, once per module.
   std::map<std::string, Module*> modules;
   for (auto& [name, module] : NamedWeftModules(*model)) modules[name] = module;
@@ -285,7 +304,7 @@ absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrainedTensorParallel(
       });
     }
   }
-  return model;
+  return absl::OkStatus();
 }
 
 }  // namespace weft

@@ -32,10 +32,11 @@ namespace weft {
 /// How one parameter is split for one rank.
 struct ShardSpec {
   Style style;
-  std::string key;                   // the plan key that decided the style
-  Slice slice;                       // what the rank loads (empty: all)
-  std::vector<int64_t> local_shape;  // this rank's shape
-  int64_t kv_head = -1;              // KV head replicated on this rank, or -1
+  std::string key;                    // the plan key that decided the style
+  Slice slice;                        // what the rank loads (empty: all)
+  std::vector<int64_t> global_shape;  // the full parameter's shape
+  std::vector<int64_t> local_shape;   // this rank's shape
+  int64_t kv_head = -1;               // KV head replicated on this rank, or -1
   int64_t kv_heads = 0;
 };
 
@@ -58,6 +59,16 @@ struct TensorParallelOptions {
 absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrainedTensorParallel(
     const std::string& dir, const PretrainedOptions& options, const Plan& plan,
     const ProcessGroup& tp, const TensorParallelOptions& tp_options = {});
+
+/// Wires the collectives of `plan` into `model`, whose parameters already
+/// hold this rank's slices (`shards`, from PlanShards for this rank of `tp`):
+/// module hooks for the styles' forward/backward collectives, gradient hooks
+/// summing replicated_with_grad_allreduce parameters and replicated KV heads
+/// over tp, and the vocab-parallel loss when asked. A parameter whose shape
+/// is not its shard's local shape is an error. For models not loaded from a
+/// checkpoint (e.g. initialised from a config, see models/init.h).
+absl::Status ApplyTensorParallel(CausalLM& model, const std::map<std::string, ShardSpec>& shards,
+                                 const ProcessGroup& tp, const TensorParallelOptions& options = {});
 
 /// The vocab-parallel causal-LM loss over `group` (logits: this rank's vocab
 /// shard, [B, T, V/tp], rows [rank * V/tp, (rank + 1) * V/tp)).
