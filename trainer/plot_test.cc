@@ -133,5 +133,26 @@ TEST(Plot, WriteErrorsNameTheFile) {
   EXPECT_TRUE(absl::StartsWith(s.message(), "open(/nonexistent-dir/loss.svg.tmp.")) << s.message();
 }
 
+// Writes sample charts where Bazel keeps test outputs
+// (bazel-testlogs/trainer/plot_test/test.outputs/) for a human to look at:
+// rsvg-convert -o loss.png loss_long.svg
+TEST(Plot, WritesExamplesForHumans) {
+  const char* dir = std::getenv("TEST_UNDECLARED_OUTPUTS_DIR");
+  if (dir == nullptr) GTEST_SKIP() << "TEST_UNDECLARED_OUTPUTS_DIR is not set";
+  std::vector<std::pair<int64_t, double>> long_run, short_run;
+  uint64_t state = 1;
+  for (int64_t step = 1; step <= 600; ++step) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    const double noise = static_cast<double>(state >> 11) / 9007199254740992.0 - 0.5;
+    const double loss = 5.6 * std::exp(-step / 120.0) + 1.35 + 0.25 * noise;
+    long_run.push_back({step, step == 300 ? std::numeric_limits<double>::quiet_NaN() : loss});
+    if (step <= 12) short_run.push_back({step * 5, loss});
+  }
+  ASSERT_TRUE(
+      WriteLossCurveSvg(std::string(dir) + "/loss_long.svg", long_run, "finetune_tiny: loss").ok());
+  ASSERT_TRUE(WriteLossCurveSvg(std::string(dir) + "/loss_short.svg", short_run, "12 steps").ok());
+  ASSERT_TRUE(WriteLossCurveSvg(std::string(dir) + "/loss_one.svg", {{1, 5.5}}, "one step").ok());
+}
+
 }  // namespace
 }  // namespace weft
