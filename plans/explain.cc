@@ -23,6 +23,14 @@ struct Collectives {
 };
 
 Collectives Of(const ShardSpec& s) {
+  if (!s.region.empty()) {
+    // Inside a region (gather, moe_tp_experts, grouped_gemm, ep_router): the
+    // region's module communicates, once (see RegionCollectives).
+    if (s.style == Style::kReplicatedWithGradAllreduce || s.style == Style::kEpRouter) {
+      return {"-", "all-reduce(param grad)"};
+    }
+    return {"-", "-"};
+  }
   switch (s.style) {
     case Style::kColwise:
     case Style::kPackedColwise:
@@ -30,11 +38,22 @@ Collectives Of(const ShardSpec& s) {
     case Style::kColwiseGatherOutput:
       return {"all-gather(output)", "all-reduce(input grad)"};
     case Style::kRowwise:
+    case Style::kPackedRowwise:
       return {"all-reduce(output)", "-"};
+    case Style::kRowwiseSplitInput:
+      return {"all-reduce(output)", "all-gather(input grad)"};
+    case Style::kEmbeddingRowwise:
+    case Style::kAllReduce:
+      return {"all-reduce(output)", "-"};
+    case Style::kEmbeddingColwise:
+      return {"all-gather(output)", "-"};
+    case Style::kSequenceParallel:
+      return {"all-gather(output, seq)", "all-reduce(param grad)"};
     case Style::kReplicatedWithGradAllreduce:
+    case Style::kEpRouter:
       return {"-", "all-reduce(param grad)"};
-    default:
-      return {"?", "?"};
+    default:  // local styles: the module communicates itself
+      return {"-", "-"};
   }
 }
 
@@ -73,8 +92,9 @@ int RunPlanExplain(const ExplainCommand& c, std::ostream& out, std::ostream& err
     auto shards = PlanShards(**model, *plan, c.tp, /*rank=*/0);
     if (!shards.ok()) return fail(shards.status().message());
 
-    std::vector<std::vector<std::string>> rows = {
-        {"parameter", "style", "global", "local", "bytes/rank", "forward", "backward"}};
+    std::vector<std::vector<std::string>> rows = {{"parameter", "style", "global", "local",
+                                                   "bytes/rank", "forward", "backward",
+                                                   "placement"}};
     double full_bytes = 0, local_bytes = 0;
     int forward_collectives = 0, backward_collectives = 0;
     std::map<std::string, bool> module_counted;
@@ -99,16 +119,29 @@ int RunPlanExplain(const ExplainCommand& c, std::ostream& out, std::ostream& err
       std::string backward = coll.backward;
       if (it->second.kv_head >= 0) backward += " + all-reduce(param grad, shared KV head)";
       std::string module = name.substr(0, name.rfind('.'));
+      const std::string& region = it->second.region;
+      if (!region.empty() && !module_counted["region " + region]) {
+        module_counted["region " + region] = true;  // all-reduce out, input grad in
+        ++forward_collectives;
+        ++backward_collectives;
+      }
       if (!module_counted[module]) {
         module_counted[module] = true;
         forward_collectives += std::string(coll.forward) != "-";
         backward_collectives += std::string(coll.backward) != "-";
       }
-      if (it->second.kv_head >= 0 || it->second.style == Style::kReplicatedWithGradAllreduce) {
-        backward_collectives += it->second.style != Style::kReplicatedWithGradAllreduce;
+      if (it->second.kv_head >= 0) ++backward_collectives;
+      std::string forward = coll.forward;
+      if (!region.empty()) forward = absl::StrCat("(", region, ": all-reduce(output))");
+      std::string placement = it->second.dtensor.placements.empty()
+                                  ? "Replicate()"
+                                  : it->second.dtensor.placements[0].ToString();
+      if (it->second.dtensor.expert >= 0) {
+        absl::StrAppend(&placement, " expert ", it->second.dtensor.expert, " on rank ",
+                        it->second.dtensor.owner);
       }
       rows.push_back({name, StyleName(it->second.style), Shape(global), Shape(local),
-                      absl::StrCat(local_numel * element), coll.forward, backward});
+                      absl::StrCat(local_numel * element), forward, backward, placement});
     }
     std::vector<size_t> width(rows[0].size(), 0);
     for (const auto& row : rows) {
