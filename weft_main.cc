@@ -5,6 +5,7 @@
 //   weft forward --model DIR --input IN --output OUT [...]   logits (and hidden states)
 //   weft generate --model DIR --prompt-ids 1,2,3 [...]       KV-cached generation
 //   weft plan explain --model DIR --plan FILE|auto --tp N [--dp M]   TP dry run
+//   weft train --config FILE.yaml [--set key=value ...] [--resume]   training
 #include <CLI/CLI.hpp>
 #include <iostream>
 
@@ -12,6 +13,7 @@
 #include "launcher/smoke.h"
 #include "models/commands.h"
 #include "plans/explain.h"
+#include "trainer/trainer.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"weft: train and fine-tune Hugging Face transformer models on many GPUs.", "weft"};
@@ -76,6 +78,18 @@ int main(int argc, char** argv) {
   explain_cmd->add_option("--tp", explain.tp, "tensor-parallel size")->required();
   explain_cmd->add_option("--dp", explain.dp, "data-parallel size");
 
+  weft::TrainCommand train;
+  CLI::App* train_cmd = app.add_subcommand(
+      "train",
+      "Train or fine-tune a model as configured by a YAML file (under weftrun, mpirun "
+      "or srun for several ranks).");
+  train_cmd->add_option("--config", train.config, "the training configuration (YAML)")->required();
+  train_cmd->add_option("--set", train.overrides,
+                        "override a key of the configuration: --set optimizer.lr=3e-4 "
+                        "(repeatable)");
+  train_cmd->add_flag("--resume", train.resume,
+                      "continue from the latest checkpoint in output_dir");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -84,6 +98,7 @@ int main(int argc, char** argv) {
   if (smoke_cmd->parsed()) return weft::RunSmoke(smoke);
   if (inspect_cmd->parsed()) return weft::RunInspect(inspect_path, std::cout, std::cerr);
   if (forward_cmd->parsed()) return weft::RunForward(forward, std::cerr);
+  if (train_cmd->parsed()) return weft::RunTrain(train, std::cout, std::cerr);
   if (explain_cmd->parsed()) return weft::RunPlanExplain(explain, std::cout, std::cerr);
   if (generate_cmd->parsed()) {
     bool sampling = temperature->count() + top_k->count() + top_p->count() + seed->count() > 0;

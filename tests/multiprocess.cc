@@ -60,7 +60,9 @@ RankResults RunRanks(int world, const std::function<void()>& body, const RunOpti
   }
   const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
   std::string filter =
-      std::string("--gtest_filter=") + info->test_suite_name() + "." + info->name();
+      std::string("--gtest_filter=") +
+      (options.test.empty() ? std::string(info->test_suite_name()) + "." + info->name()
+                            : options.test);
   int port = PickFreePort();
   int processes = options.processes < 0 ? world : options.processes;
   std::string tmp = std::getenv("TEST_TMPDIR") ? std::getenv("TEST_TMPDIR") : "/tmp";

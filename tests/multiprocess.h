@@ -40,6 +40,10 @@ struct RunOptions {
   std::map<int, std::map<std::string, std::string>> rank_env;
   /// Start this many processes (defaults to the world size).
   int processes = -1;
+  /// The test ("Suite.Name") the children run instead of the current one:
+  /// for tests that start several jobs one after another (each child test
+  /// calls RunRanks once and reads what to do from `env`).
+  std::string test;
 };
 
 /// See the file comment. `world` sets WORLD_SIZE.

@@ -1,0 +1,306 @@
+#include "trainer/checkpointing.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "checkpoint/atomic_file.h"
+#include "checkpoint/checkpoint_dir.h"
+#include "checkpoint/json.h"
+#include "checkpoint/safetensors.h"
+#include "parallel/device_mesh.h"
+#include "parallel/status.h"
+
+namespace weft {
+namespace fs = std::filesystem;
+namespace {
+
+std::string ShardFile(const char* kind, int tp_rank, int tp) {
+  return absl::StrFormat("%s-tp%05d-of-%05d.safetensors", kind, tp_rank, tp);
+}
+
+absl::Status WriteText(const std::string& path, const std::string& text) {
+  ASSIGN_OR_RETURN(AtomicFile file, AtomicFile::Create(path));
+  RETURN_IF_ERROR(file.Write(text.data(), text.size()));
+  return file.Commit();
+}
+
+absl::StatusOr<std::string> ReadText(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat(path, ": cannot be opened (", std::strerror(errno), ")"));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+absl::Status FsyncDir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return absl::InternalError(absl::StrCat("open ", dir, ": ", std::strerror(errno)));
+  int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return absl::InternalError(absl::StrCat("fsync ", dir, ": ", std::strerror(errno)));
+  return absl::OkStatus();
+}
+
+std::string ShardsJson(const std::vector<std::pair<std::string, at::Tensor>>& params,
+                       const std::map<std::string, ShardSpec>* shards) {
+  std::vector<std::string> items;
+  for (const auto& [name, tensor] : params) {
+    std::vector<int64_t> global = tensor.sizes().vec();
+    Slice slice;
+    if (shards != nullptr) {
+      auto it = shards->find(name);
+      if (it != shards->end()) {
+        global = it->second.global_shape;
+        slice = it->second.slice;
+      }
+    }
+    std::vector<std::string> dims;
+    for (size_t d = 0; d < global.size(); ++d) {
+      std::vector<std::string> ranges;
+      if (d < slice.size()) {
+        for (const Range& r : slice[d])
+          ranges.push_back(absl::StrCat("[", r.start, ",", r.end, "]"));
+      }
+      if (ranges.empty()) ranges.push_back(absl::StrCat("[0,", global[d], "]"));
+      dims.push_back(absl::StrCat("[", absl::StrJoin(ranges, ","), "]"));
+    }
+    items.push_back(absl::StrCat("\"", name, "\":{\"global_shape\":[", absl::StrJoin(global, ","),
+                                 "],\"slice\":[", absl::StrJoin(dims, ","), "]}"));
+  }
+  return absl::StrCat("{", absl::StrJoin(items, ","), "}");
+}
+
+// Fault injection for the crash test: WEFT_TEST_KILL_DURING_SAVE=<step>
+// kills this process (SIGKILL) after its shard files of that step are written.
+void MaybeDieDuringSave(int64_t step) {
+  const char* at = std::getenv("WEFT_TEST_KILL_DURING_SAVE");
+  int64_t kill_step = 0;
+  if (at != nullptr && absl::SimpleAtoi(at, &kill_step) && kill_step == step) ::raise(SIGKILL);
+}
+
+absl::StatusOr<int64_t> Int(const JsonValue& root, const char* key, const std::string& source) {
+  const JsonValue* v = root.Find(key);
+  int64_t out = 0;
+  if (v == nullptr || !v->is_number() || !absl::SimpleAtoi(v->text, &out)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": ", key, " is missing or not an integer"));
+  }
+  return out;
+}
+
+std::string Hex(const at::Tensor& bytes) {
+  at::Tensor b = bytes.contiguous();
+  const uint8_t* p = b.data_ptr<uint8_t>();
+  std::string out;
+  static const char* kDigits = "0123456789abcdef";
+  for (int64_t i = 0; i < b.numel(); ++i) {
+    out.push_back(kDigits[p[i] >> 4]);
+    out.push_back(kDigits[p[i] & 15]);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string TrainerState::ToJson() const {
+  return absl::StrCat("{\n  \"step\": ", step, ",\n  \"data\": ", data.ToJson(),
+                      ",\n  \"tp\": ", tp, ",\n  \"dp\": ", dp, ",\n  \"seed\": ", seed,
+                      ",\n  \"rng_state\": \"", rng_state_hex, "\"\n}\n");
+}
+
+absl::StatusOr<TrainerState> TrainerState::FromJson(absl::string_view json,
+                                                    const std::string& source) {
+  auto parsed = ParseJson(json);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", parsed.status().message()));
+  }
+  TrainerState s;
+  ASSIGN_OR_RETURN(s.step, Int(*parsed, "step", source));
+  ASSIGN_OR_RETURN(int64_t tp, Int(*parsed, "tp", source));
+  ASSIGN_OR_RETURN(int64_t dp, Int(*parsed, "dp", source));
+  ASSIGN_OR_RETURN(s.seed, Int(*parsed, "seed", source));
+  s.tp = static_cast<int>(tp);
+  s.dp = static_cast<int>(dp);
+  const JsonValue* data = parsed->Find("data");
+  if (data == nullptr || !data->is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": data is missing"));
+  }
+  ASSIGN_OR_RETURN(int64_t epoch, Int(*data, "epoch", source));
+  ASSIGN_OR_RETURN(int64_t offset, Int(*data, "offset", source));
+  s.data.epoch = epoch;
+  s.data.offset = offset;
+  if (const JsonValue* rng = parsed->Find("rng_state"); rng != nullptr && rng->is_string()) {
+    s.rng_state_hex = rng->text;
+  }
+  return s;
+}
+
+std::string CheckpointDir(const std::string& output_dir, int64_t step) {
+  return absl::StrFormat("%s/checkpoints/step_%08d", output_dir, step);
+}
+
+namespace {
+// Complete checkpoints (step_NNNNNNNN with a trainer_state.json), oldest first.
+std::vector<std::pair<int64_t, std::string>> CompleteCheckpoints(const std::string& output_dir) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  std::error_code ec;
+  const fs::path root = fs::path(output_dir) / "checkpoints";
+  if (!fs::is_directory(root, ec)) return out;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    const std::string name = entry.path().filename().string();
+    int64_t step = 0;
+    if (name.size() == 13 && name.rfind("step_", 0) == 0 &&
+        absl::SimpleAtoi(name.substr(5), &step) &&
+        fs::exists(entry.path() / "trainer_state.json", ec)) {
+      out.emplace_back(step, entry.path().string());
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+}  // namespace
+
+std::optional<std::string> LatestCheckpoint(const std::string& output_dir) {
+  auto all = CompleteCheckpoints(output_dir);
+  if (all.empty()) return std::nullopt;
+  return all.back().second;
+}
+
+absl::Status SaveCheckpoint(const SaveRequest& r, const DeviceMesh& mesh, int world_rank) {
+  const std::string final_dir = CheckpointDir(r.output_dir, r.state.step);
+  const std::string tmp = final_dir + ".tmp";
+  ProcessGroup& tp_group = mesh["tp"];
+  // Rank 0 prepares the temporary directory; everyone waits for it. The
+  // world barrier is made of the two axes' barriers.
+  auto world_barrier = [&] {
+    mesh["tp"].Barrier();
+    mesh["dp"].Barrier();
+    mesh["tp"].Barrier();
+  };
+  absl::Status prepared = absl::OkStatus();
+  if (world_rank == 0) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    fs::create_directories(tmp, ec);
+    if (ec) prepared = absl::InternalError(absl::StrCat("cannot create ", tmp, ": ", ec.message()));
+  }
+  world_barrier();
+  RETURN_IF_ERROR(prepared);
+  if (mesh.coordinate("dp") == 0) {
+    const int tp = tp_group.size(), rank = tp_group.rank();
+    RETURN_IF_ERROR(WriteSafetensors(tmp + "/" + ShardFile("model", rank, tp), r.params,
+                                     {{"format", "pt"},
+                                      {"weft_shards", ShardsJson(r.params, r.shards)},
+                                      {"tp_rank", std::to_string(rank)},
+                                      {"tp", std::to_string(tp)}}));
+    RETURN_IF_ERROR(WriteSafetensors(tmp + "/" + ShardFile("optimizer", rank, tp), r.optimizer,
+                                     {{"format", "pt"}, {"step", std::to_string(r.state.step)}}));
+  }
+  MaybeDieDuringSave(r.state.step);
+  world_barrier();
+  if (world_rank == 0) {
+    RETURN_IF_ERROR(WriteText(tmp + "/config.yaml", r.config_yaml));
+    RETURN_IF_ERROR(WriteText(tmp + "/trainer_state.json", r.state.ToJson()));
+    RETURN_IF_ERROR(FsyncDir(tmp));
+    std::error_code ec;
+    fs::remove_all(final_dir, ec);
+    if (::rename(tmp.c_str(), final_dir.c_str()) != 0) {
+      return absl::InternalError(
+          absl::StrCat("rename ", tmp, " -> ", final_dir, ": ", std::strerror(errno)));
+    }
+    RETURN_IF_ERROR(FsyncDir(fs::path(final_dir).parent_path().string()));
+    auto all = CompleteCheckpoints(r.output_dir);
+    for (size_t i = 0; i + r.keep < all.size(); ++i) fs::remove_all(all[i].second, ec);
+  }
+  world_barrier();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(const std::string& dir, int tp, int dp,
+                                                   int tp_rank) {
+  LoadedCheckpoint out;
+  ASSIGN_OR_RETURN(std::string json, ReadText(dir + "/trainer_state.json"));
+  ASSIGN_OR_RETURN(out.state, TrainerState::FromJson(json, dir + "/trainer_state.json"));
+  if (out.state.tp != tp || out.state.dp != dp) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, ": written with tp ", out.state.tp, " x dp ", out.state.dp,
+                     ", but this run has tp ", tp, " x dp ", dp, " (resume with the same mesh)"));
+  }
+  for (auto [kind, target] :
+       {std::pair<const char*, std::map<std::string, at::Tensor>*>{"model", &out.params},
+        {"optimizer", &out.optimizer}}) {
+    ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(dir + "/" + ShardFile(kind, tp_rank, tp)));
+    for (const TensorEntry& e : file->tensors()) (*target)[e.name] = file->Get(e);
+  }
+  return out;
+}
+
+absl::Status ExportHuggingFace(const std::string& dir, const std::string& config_json,
+                               const std::vector<std::pair<std::string, at::Tensor>>& params,
+                               const std::vector<std::map<std::string, ShardSpec>>& all_shards,
+                               const DeviceMesh& mesh, int world_rank) {
+  if (mesh.coordinate("dp") != 0) return absl::OkStatus();
+  ProcessGroup& tp = mesh["tp"];
+  std::vector<std::pair<std::string, at::Tensor>> full;
+  for (const auto& [name, local_param] : params) {
+    at::Tensor local = local_param.detach().to(at::kCPU);
+    const ShardSpec* mine = nullptr;
+    if (!all_shards.empty()) {
+      auto it = all_shards[tp.rank()].find(name);
+      if (it != all_shards[tp.rank()].end() && !it->second.slice.empty()) mine = &it->second;
+    }
+    if (mine == nullptr) {
+      if (world_rank == 0) full.emplace_back(name, local.contiguous());
+      continue;
+    }
+    // Every rank's shard has the same number of elements (even shards).
+    at::Tensor gathered = tp.AllGather(local.contiguous().view({-1}), 0);
+    if (world_rank != 0) continue;
+    at::Tensor whole = at::zeros(mine->global_shape, local.options());
+    const int64_t numel = local.numel();
+    for (int r = 0; r < tp.size(); ++r) {
+      const ShardSpec& spec = all_shards[r].at(name);
+      at::Tensor part = gathered.narrow(0, r * numel, numel).view(spec.local_shape);
+      int sliced = -1;
+      for (size_t d = 0; d < spec.slice.size(); ++d) {
+        if (spec.slice[d].empty()) continue;
+        if (sliced >= 0) {
+          return absl::UnimplementedError(
+              absl::StrCat("export: parameter '", name, "' is sliced on more than one dim"));
+        }
+        sliced = static_cast<int>(d);
+      }
+      std::vector<int64_t> index;
+      for (const Range& range : spec.slice[sliced])
+        for (int64_t i = range.start; i < range.end; ++i) index.push_back(i);
+      whole.index_copy_(sliced, at::tensor(index, at::kLong), part);
+    }
+    full.emplace_back(name, whole);
+  }
+  if (world_rank != 0) return absl::OkStatus();
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  RETURN_IF_ERROR(WriteCheckpoint(dir, full));
+  return WriteText(dir + "/config.json", config_json);
+}
+
+}  // namespace weft

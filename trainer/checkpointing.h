@@ -1,0 +1,92 @@
+// Training checkpoints and the Hugging Face export.
+//
+// A checkpoint is a directory `<output_dir>/checkpoints/step_00000100/`:
+//   model-tp00000-of-00002.safetensors      this tp rank's parameter shards; the
+//                                           metadata `weft_shards` gives, per tensor,
+//                                           its global shape and this rank's slice
+//   optimizer-tp00000-of-00002.safetensors  AdamW state (exp_avg, exp_avg_sq, master)
+//   trainer_state.json                      step, data position, RNG, mesh, seed
+//   config.yaml                             the resolved training configuration
+// Data-parallel replicas hold identical shards, so the ranks of dp index 0
+// write them (one file per tp rank). The directory is written as
+// `step_00000100.tmp`, every file fsynced, then renamed: a crash mid-save
+// leaves the previous checkpoint intact (and the .tmp is ignored and
+// removed by the next save). The last `keep` checkpoints are kept.
+//
+// The export gathers every parameter's shards into the full tensor and
+// writes a consolidated Hugging Face directory (config.json, safetensors,
+// index) that transformers and `weft forward` load.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "plans/engine.h"
+#include "trainer/data_loader.h"
+
+namespace weft {
+
+class DeviceMesh;
+
+struct TrainerState {
+  int64_t step = 0;  // optimizer steps done
+  DataPosition data;
+  int tp = 1;
+  int dp = 1;
+  int64_t seed = 0;
+  std::string rng_state_hex;  // LibTorch's default CPU generator state
+
+  std::string ToJson() const;
+  static absl::StatusOr<TrainerState> FromJson(absl::string_view json, const std::string& source);
+};
+
+/// `<output_dir>/checkpoints/step_%08d`.
+std::string CheckpointDir(const std::string& output_dir, int64_t step);
+
+/// The newest complete checkpoint under `<output_dir>/checkpoints`, if any.
+std::optional<std::string> LatestCheckpoint(const std::string& output_dir);
+
+struct SaveRequest {
+  std::string output_dir;
+  int64_t keep = 2;
+  TrainerState state;
+  std::string config_yaml;
+  /// This rank's parameters and optimizer state (writers only).
+  std::vector<std::pair<std::string, at::Tensor>> params;
+  std::vector<std::pair<std::string, at::Tensor>> optimizer;
+  /// This tp rank's shard specs (empty at tp = 1), for the metadata.
+  const std::map<std::string, ShardSpec>* shards = nullptr;
+};
+
+/// Collective over the world: every rank calls it. Ranks with dp index 0
+/// write their tp rank's files; rank 0 writes the state and commits.
+absl::Status SaveCheckpoint(const SaveRequest& request, const DeviceMesh& mesh, int world_rank);
+
+struct LoadedCheckpoint {
+  TrainerState state;
+  std::map<std::string, at::Tensor> params;
+  std::map<std::string, at::Tensor> optimizer;
+};
+
+/// Reads `dir` for tp rank `tp_rank` of `tp`; a checkpoint written with
+/// another tp or dp is an error naming both.
+absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(const std::string& dir, int tp, int dp,
+                                                   int tp_rank);
+
+/// Gathers each parameter over the tp group of `mesh` and, on world rank 0,
+/// writes `dir` as a Hugging Face checkpoint with `config_json` as its
+/// config.json. `all_shards[r]` are tp rank r's shard specs (empty at
+/// tp = 1). Collective over the tp group (ranks of dp index != 0 return at once).
+absl::Status ExportHuggingFace(const std::string& dir, const std::string& config_json,
+                               const std::vector<std::pair<std::string, at::Tensor>>& params,
+                               const std::vector<std::map<std::string, ShardSpec>>& all_shards,
+                               const DeviceMesh& mesh, int world_rank);
+
+}  // namespace weft

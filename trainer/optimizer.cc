@@ -1,0 +1,140 @@
+#include "trainer/optimizer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace weft {
+
+AdamW::AdamW(std::vector<Param> params, AdamWOptions options)
+    : params_(std::move(params)), options_(options) {
+  for (const Param& p : params_) {
+    Slot slot;
+    const at::Tensor data = p.tensor.detach();
+    slot.master = data.scalar_type() == at::kFloat ? data : data.to(at::kFloat);
+    slot.exp_avg = at::zeros_like(slot.master);
+    slot.exp_avg_sq = at::zeros_like(slot.master);
+    slots_.push_back(std::move(slot));
+  }
+}
+
+void AdamW::Step(double lr) {
+  at::NoGradGuard no_grad;
+  ++steps_;
+  const double b1 = options_.beta1, b2 = options_.beta2;
+  const double bias1 = 1 - std::pow(b1, static_cast<double>(steps_));
+  const double bias2_sqrt = std::sqrt(1 - std::pow(b2, static_cast<double>(steps_)));
+  const double step_size = lr / bias1;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const at::Tensor& grad_any = params_[i].tensor.grad();
+    if (!grad_any.defined()) continue;
+    Slot& s = slots_[i];
+    at::Tensor grad = grad_any.to(at::kFloat);
+    if (params_[i].decay && options_.weight_decay != 0) {
+      s.master.mul_(1 - lr * options_.weight_decay);
+    }
+    s.exp_avg.lerp_(grad, 1 - b1);
+    s.exp_avg_sq.mul_(b2).addcmul_(grad, grad, 1 - b2);
+    at::Tensor denom = (s.exp_avg_sq.sqrt() / bias2_sqrt).add_(options_.eps);
+    s.master.addcdiv_(s.exp_avg, denom, -step_size);
+    at::Tensor data = params_[i].tensor.detach();
+    if (!data.is_same(s.master)) data.copy_(s.master);
+  }
+}
+
+void AdamW::ZeroGrad() {
+  for (Param& p : params_) {
+    if (p.tensor.grad().defined()) p.tensor.mutable_grad() = at::Tensor();
+  }
+}
+
+std::vector<std::pair<std::string, at::Tensor>> AdamW::StateTensors() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    out.emplace_back("exp_avg." + params_[i].name, slots_[i].exp_avg);
+    out.emplace_back("exp_avg_sq." + params_[i].name, slots_[i].exp_avg_sq);
+    if (params_[i].tensor.scalar_type() != at::kFloat) {
+      out.emplace_back("master." + params_[i].name, slots_[i].master);
+    }
+  }
+  return out;
+}
+
+absl::Status AdamW::LoadState(const std::map<std::string, at::Tensor>& state, int64_t steps) {
+  // Check everything before changing anything.
+  std::vector<std::pair<at::Tensor*, at::Tensor>> assign;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    std::vector<std::pair<std::string, at::Tensor*>> wanted = {
+        {"exp_avg." + params_[i].name, &slots_[i].exp_avg},
+        {"exp_avg_sq." + params_[i].name, &slots_[i].exp_avg_sq}};
+    if (params_[i].tensor.scalar_type() != at::kFloat) {
+      wanted.push_back({"master." + params_[i].name, &slots_[i].master});
+    }
+    for (auto& [name, slot] : wanted) {
+      auto it = state.find(name);
+      if (it == state.end()) {
+        return absl::NotFoundError(absl::StrCat("optimizer state has no tensor '", name, "'"));
+      }
+      if (it->second.sizes() != slot->sizes()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "optimizer state '", name, "' has shape [", absl::StrJoin(it->second.sizes(), ", "),
+            "] but the parameter's is [", absl::StrJoin(slot->sizes(), ", "), "]"));
+      }
+      assign.emplace_back(slot, it->second);
+    }
+  }
+  at::NoGradGuard no_grad;
+  for (auto& [slot, value] : assign) slot->copy_(value.to(at::kFloat));
+  for (size_t i = 0; i < params_.size(); ++i) {
+    at::Tensor data = params_[i].tensor.detach();
+    if (!data.is_same(slots_[i].master)) data.copy_(slots_[i].master);
+  }
+  steps_ = steps;
+  return absl::OkStatus();
+}
+
+double LearningRate(const ScheduleOptions& o, int64_t step) {
+  if (step < o.warmup_steps) {
+    return o.lr * static_cast<double>(step) /
+           static_cast<double>(std::max<int64_t>(1, o.warmup_steps));
+  }
+  if (o.decay == "constant") return o.lr;
+  const double progress = static_cast<double>(step - o.warmup_steps) /
+                          static_cast<double>(std::max<int64_t>(1, o.total_steps - o.warmup_steps));
+  double factor;
+  if (o.decay == "linear") {
+    factor = std::max(0.0, 1.0 - progress);
+  } else {
+    factor = std::max(0.0, 0.5 * (1.0 + std::cos(M_PI * progress)));
+  }
+  return o.lr * (factor * (1 - o.min_lr_ratio) + o.min_lr_ratio);
+}
+
+double ClipGradNorm(const std::vector<at::Tensor>& params, const std::vector<int>& replication,
+                    const ProcessGroup* group, double max_norm) {
+  at::NoGradGuard no_grad;
+  at::Tensor sum = at::zeros({1}, at::kDouble);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& g = params[i].grad();
+    if (!g.defined()) continue;
+    at::Tensor sq = g.to(at::kDouble).pow(2).sum();
+    sum += sq.to(sum.device()) / static_cast<double>(replication[i]);
+  }
+  if (group != nullptr && group->size() > 1) group->AllReduce(sum);
+  const double norm = std::sqrt(sum.item<double>());
+  if (max_norm > 0) {
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1) {
+      for (const at::Tensor& p : params) {
+        if (p.grad().defined()) p.grad().mul_(coef);
+      }
+    }
+  }
+  return norm;
+}
+
+}  // namespace weft

@@ -1,0 +1,91 @@
+// TrainConfig: one YAML file configures a training or fine-tuning run; any
+// key can be overridden from the command line with `--set key=value`
+// (dotted keys, YAML values: `--set optimizer.lr=3e-4`,
+// `--set optimizer.betas=[0.9,0.99]`).
+//
+//   model:      {pretrained: DIR}          # fine-tune a Hugging Face checkpoint, or
+//               {config: FILE.json}        # train from scratch (transformers' init)
+//   parallel:   {tp: 2, dp: 1, plan: auto, loss_parallel: false}
+//   data:       {path: PREFIX | text: FILE.txt, seq_len: 256, shuffle: true}
+//   optimizer:  {lr: 3e-4, betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0}
+//   schedule:   {warmup_steps: 100, decay: cosine, min_lr_ratio: 0.1}
+//   train:      {steps: 1000, global_batch: 32, micro_batch: 4, precision: bf16,
+//                activation_checkpointing: false, seed: 0}
+//   checkpoint: {every: 500, keep: 2, export: true}
+//   logging:    {every: 10}
+//   sample:     {prompt: "ROMEO.", max_new_tokens: 200}
+//   output_dir: runs/my-run
+//
+// Every key has a type; a key the trainer does not know, or a value of the
+// wrong type, is an error naming the key (and the known keys of its section).
+//
+//   ASSIGN_OR_RETURN(TrainConfig c, LoadTrainConfig("run.yaml", {"optimizer.lr=1e-3"}));
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace weft {
+
+struct TrainConfig {
+  // model
+  std::string model_pretrained;  // a Hugging Face checkpoint directory
+  std::string model_config;      // a config.json (or a directory holding one)
+  std::string attn_implementation = "sdpa";
+  // parallel
+  int tp = 1;
+  int dp = 0;  // 0: WORLD_SIZE / tp
+  std::string plan = "auto";
+  bool loss_parallel = false;
+  // data
+  std::string data_path;  // a token file prefix (trainer/token_file.h)
+  std::string data_text;  // a text file, tokenised byte-level (vocab 256)
+  int64_t seq_len = 256;
+  bool shuffle = true;
+  // optimizer (AdamW)
+  double lr = 3e-4;
+  std::vector<double> betas = {0.9, 0.95};
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;  // 0: off
+  // schedule
+  int64_t warmup_steps = 0;
+  std::string decay = "cosine";  // cosine, linear or constant
+  double min_lr_ratio = 0.0;
+  // train
+  int64_t steps = 0;
+  int64_t global_batch = 0;  // sequences per optimizer step, over all dp ranks
+  int64_t micro_batch = 0;   // sequences per forward/backward (0: global_batch / dp)
+  std::string precision = "fp32";  // fp32 or bf16 (bf16 weights and compute, fp32 master)
+  bool activation_checkpointing = false;
+  int64_t seed = 0;
+  bool resume = false;  // continue from the latest checkpoint in output_dir
+  std::string device = "auto";  // cpu, cuda or auto
+  // checkpoint
+  int64_t checkpoint_every = 0;  // 0: only at the end
+  int64_t checkpoint_keep = 2;
+  bool checkpoint_export = true;  // a consolidated HF checkpoint at the end
+  // logging
+  int64_t log_every = 10;
+  // sample (greedy, before and after training; byte-level data only)
+  std::string sample_prompt;
+  int64_t sample_max_new_tokens = 0;
+  // where everything is written
+  std::string output_dir = "weft-run";
+
+  /// The resolved configuration as YAML (every key, overrides applied).
+  std::string ToYaml() const;
+};
+
+/// Parses YAML `text` (`source` names it in errors), applies `overrides`
+/// ("key=value", dotted keys) and validates the result.
+absl::StatusOr<TrainConfig> ParseTrainConfig(absl::string_view text, const std::string& source,
+                                             const std::vector<std::string>& overrides = {});
+absl::StatusOr<TrainConfig> LoadTrainConfig(const std::string& path,
+                                            const std::vector<std::string>& overrides = {});
+
+}  // namespace weft

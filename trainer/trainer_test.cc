@@ -1,0 +1,257 @@
+// The trainer end to end on CPU/Gloo with a tiny byte-level Llama: the loss
+// decreases; TP=2 and DP=2 match one process step by step; a kill -9 during
+// a save leaves the previous checkpoint, and resuming from it is exact;
+// run-time errors are one line.
+#include "trainer/trainer.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "gtest/gtest.h"
+#include "tests/multiprocess.h"
+#include "trainer/checkpointing.h"
+#include "trainer/train_config.h"
+
+namespace weft {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::RankResults;
+using testing::RunOptions;
+using testing::RunRanks;
+
+std::string TempDir() {
+  const char* base = std::getenv("TEST_TMPDIR");
+  return base ? base : "/tmp";
+}
+
+// A tiny model and a text whose bytes are easy to learn.
+std::string Fixture() {
+  static const std::string dir = [] {
+    std::string d = TempDir() + "/trainer_fixture";
+    fs::create_directories(d);
+    std::ofstream(d + "/config.json") << R"({
+  "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
+  "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+  "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+  "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "torch_dtype": "float32"})";
+    std::ofstream text(d + "/text.txt");
+    for (int i = 0; i < 120; ++i) {
+      text << "The quick brown fox " << i % 7 << " jumps over the lazy dog.\n";
+      if (i % 10 == 9) text << "\n";
+    }
+    return d;
+  }();
+  return dir;
+}
+
+TrainConfig Tiny(const std::string& name) {
+  TrainConfig c;
+  c.model_config = Fixture() + "/config.json";
+  c.data_text = Fixture() + "/text.txt";
+  c.seq_len = 32;
+  c.global_batch = 8;
+  c.steps = 8;
+  c.lr = 3e-3;
+  c.warmup_steps = 2;
+  c.log_every = 100;
+  c.device = "cpu";
+  c.attn_implementation = "eager";
+  c.output_dir = TempDir() + "/" + name;
+  return c;
+}
+
+// The job every multi-rank run of these tests starts: TrainerJob.Run
+// trains the configuration in WEFT_TEST_TRAIN_CONFIG (a resolved YAML) and
+// rank 0 writes its losses (%.17g) to <output_dir>/losses.txt, or the error
+// to <output_dir>/error.txt.
+TEST(TrainerJob, Run) {
+  const char* path = std::getenv("WEFT_TEST_TRAIN_CONFIG");
+  if (path == nullptr || !testing::IsRankChild()) GTEST_SKIP() << "the job of the other tests";
+  RunRanks(0, [&] {
+    auto config = LoadTrainConfig(path);
+    ASSERT_TRUE(config.ok()) << config.status();
+    std::ostringstream log;
+    auto result = Train(*config, log);
+    const bool lead = std::string(std::getenv("RANK")) == "0";
+    if (!result.ok()) {
+      if (lead) std::ofstream(config->output_dir + "/error.txt") << result.status().message();
+      return;
+    }
+    if (lead) {
+      std::ofstream out(config->output_dir + "/losses.txt");
+      for (const auto& [step, loss] : result->losses) {
+        out << step << " " << absl::StrFormat("%.17g", loss) << "\n";
+      }
+    }
+  });
+}
+
+// Runs `config` as a job of `world` ranks (TrainerJob.Run).
+RankResults RunJob(int world, const TrainConfig& config, RunOptions options = {}) {
+  fs::create_directories(config.output_dir);
+  fs::remove(config.output_dir + "/losses.txt");
+  fs::remove(config.output_dir + "/error.txt");
+  const std::string path = config.output_dir + "/job.yaml";
+  std::ofstream(path) << config.ToYaml();
+  options.test = "TrainerJob.Run";
+  options.env["WEFT_TEST_TRAIN_CONFIG"] = path;
+  return RunRanks(
+      world, [] {}, options);
+}
+
+std::vector<double> RunAndGetLosses(int world, const TrainConfig& config) {
+  RankResults r = RunJob(world, config);
+  EXPECT_TRUE(r.AllSucceeded()) << r.Describe();
+  std::vector<double> losses;
+  std::ifstream in(config.output_dir + "/losses.txt");
+  int64_t step;
+  double loss;
+  while (in >> step >> loss) losses.push_back(loss);
+  return losses;
+}
+
+TEST(Trainer, LossDecreases) {
+  TrainConfig c = Tiny("decreases");
+  c.steps = 40;
+  std::vector<double> losses = RunAndGetLosses(1, c);
+  ASSERT_EQ(losses.size(), 40u);
+  EXPECT_NEAR(losses[0], std::log(256.0), 0.3);  // initialised as transformers: near uniform
+  double last = 0;
+  for (size_t i = 35; i < 40; ++i) last += losses[i] / 5;
+  EXPECT_LT(last, losses[0] - 2.0) << "first " << losses[0] << " last " << last;
+  // The files a user expects.
+  EXPECT_TRUE(fs::exists(c.output_dir + "/metrics.jsonl"));
+  EXPECT_TRUE(fs::exists(c.output_dir + "/loss.svg"));
+  EXPECT_TRUE(fs::exists(c.output_dir + "/hf/config.json"));
+  EXPECT_TRUE(fs::exists(c.output_dir + "/hf/model.safetensors"));
+  EXPECT_TRUE(fs::exists(CheckpointDir(c.output_dir, 40) + "/trainer_state.json"));
+}
+
+TEST(Trainer, Bf16LossDecreases) {
+  TrainConfig c = Tiny("bf16");
+  c.steps = 30;
+  c.precision = "bf16";
+  std::vector<double> losses = RunAndGetLosses(1, c);
+  ASSERT_EQ(losses.size(), 30u);
+  EXPECT_LT(losses.back(), losses[0] - 1.5);
+}
+
+// fp32 on CPU: the sharded matmuls sum in another order, so the runs agree
+// to rounding, and the agreement must hold over every step.
+constexpr double kStepTolerance = 2e-5;
+
+TEST(Trainer, TensorParallelMatchesOneProcessStepByStep) {
+  TrainConfig one = Tiny("tp1"), two = Tiny("tp2");
+  two.tp = 2;
+  std::vector<double> a = RunAndGetLosses(1, one), b = RunAndGetLosses(2, two);
+  ASSERT_EQ(a.size(), 8u);
+  ASSERT_EQ(b.size(), 8u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], kStepTolerance) << "step " << i + 1;
+}
+
+TEST(Trainer, TensorParallelWithLossParallelAndMicroBatches) {
+  TrainConfig one = Tiny("tp1_micro"), two = Tiny("tp2_loss_parallel");
+  one.micro_batch = 2;  // 4 accumulated micro-batches
+  two.tp = 2;
+  two.loss_parallel = true;
+  std::vector<double> a = RunAndGetLosses(1, one), b = RunAndGetLosses(2, two);
+  ASSERT_EQ(a.size(), 8u);
+  ASSERT_EQ(b.size(), 8u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], kStepTolerance) << "step " << i + 1;
+}
+
+TEST(Trainer, DataParallelMatchesOneProcessWithTheWholeBatch) {
+  TrainConfig one = Tiny("dp1"), two = Tiny("dp2");
+  two.dp = 2;  // each rank gets half of the same global batch of 8
+  std::vector<double> a = RunAndGetLosses(1, one), b = RunAndGetLosses(2, two);
+  ASSERT_EQ(a.size(), 8u);
+  ASSERT_EQ(b.size(), 8u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], kStepTolerance) << "step " << i + 1;
+}
+
+TEST(Trainer, KillDuringSaveKeepsThePreviousCheckpointAndResumeIsExact) {
+  TrainConfig c = Tiny("resume");
+  c.tp = 2;
+  c.steps = 10;
+  c.checkpoint_every = 4;
+  c.checkpoint_keep = 3;
+  // Uninterrupted reference.
+  TrainConfig ref = c;
+  ref.output_dir += "_reference";
+  std::vector<double> want = RunAndGetLosses(2, ref);
+  ASSERT_EQ(want.size(), 10u);
+  // Killed (SIGKILL) in the middle of saving step 8.
+  RunOptions kill;
+  kill.env["WEFT_TEST_KILL_DURING_SAVE"] = "8";
+  RankResults killed = RunJob(2, c, kill);
+  ASSERT_EQ(killed.exit_codes[0], -9) << killed.Describe();
+  EXPECT_TRUE(fs::exists(CheckpointDir(c.output_dir, 8) + ".tmp"));
+  EXPECT_FALSE(fs::exists(CheckpointDir(c.output_dir, 8)));
+  auto latest = LatestCheckpoint(c.output_dir);
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(*latest, CheckpointDir(c.output_dir, 4));
+  auto loaded = LoadCheckpointDir(*latest, 2, 1, 1);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->state.step, 4);
+  EXPECT_FALSE(loaded->params.empty());
+  // Resume: steps 5..10 equal the uninterrupted run's, exactly.
+  c.resume = true;
+  std::vector<double> got = RunAndGetLosses(2, c);
+  ASSERT_EQ(got.size(), 6u);
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], want[i + 4]) << "step " << i + 5;
+  EXPECT_FALSE(fs::exists(CheckpointDir(c.output_dir, 8) + ".tmp"));  // cleaned by the next save
+  EXPECT_TRUE(fs::exists(CheckpointDir(c.output_dir, 10)));
+}
+
+std::string TrainError(int world, const TrainConfig& c) {
+  RankResults r = RunJob(world, c);
+  EXPECT_TRUE(r.AllSucceeded()) << r.Describe();
+  std::ifstream in(c.output_dir + "/error.txt");
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+TEST(Trainer, RunTimeErrorsAreOneLine) {
+  TrainConfig c = Tiny("errors");
+  c.global_batch = 7;
+  c.dp = 2;
+  EXPECT_EQ(TrainError(2, c), "train.global_batch 7 is not divisible by dp 2");
+  c = Tiny("errors");
+  c.micro_batch = 3;
+  EXPECT_EQ(TrainError(1, c),
+            "train.micro_batch 3 does not divide the per-rank batch 8 (global_batch 8 / dp 1)");
+  c = Tiny("errors");
+  c.tp = 2;
+  c.dp = 2;
+  EXPECT_EQ(TrainError(2, c), "mesh dp(2) * tp(2) = 4 != WORLD_SIZE 2");
+  c = Tiny("errors_resume");
+  c.resume = true;
+  EXPECT_EQ(TrainError(1, c),
+            absl::StrCat("train.resume: no checkpoint under ", c.output_dir, "/checkpoints"));
+  c = Tiny("errors");
+  c.model_config = "/nonexistent/config.json";
+  EXPECT_EQ(TrainError(1, c),
+            "model.config /nonexistent/config.json: not a config.json or a directory holding one");
+}
+
+TEST(Trainer, ResumeWithAnotherMeshIsAnError) {
+  TrainConfig c = Tiny("mesh_change");
+  c.steps = 2;
+  ASSERT_EQ(RunAndGetLosses(1, c).size(), 2u);
+  c.tp = 2;
+  c.resume = true;
+  EXPECT_EQ(TrainError(2, c),
+            absl::StrCat(CheckpointDir(c.output_dir, 2),
+                         ": written with tp 1 x dp 1, but this run has tp 2 x dp 1 (resume "
+                         "with the same mesh)"));
+}
+
+}  // namespace
+}  // namespace weft
