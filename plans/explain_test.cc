@@ -44,5 +44,31 @@ TEST(PlanExplain, ValidationErrors) {
   EXPECT_EQ(err2.str(), "weft plan explain: plans/nope.yaml: cannot read the plan file\n");
 }
 
+// Expert parallelism and sequence parallelism in the dry run: placements,
+// empty expert shards and the MoE block's one all-reduce.
+TEST(PlanExplain, NewStyles) {
+  ExplainCommand c;
+  c.model = "tests/data/gen/mixtral";
+  c.plan = "tests/data/plans/mixtral_expert_parallel.yaml";
+  c.tp = 2;
+  std::ostringstream out, err;
+  ASSERT_EQ(RunPlanExplain(c, out, err), 0) << err.str();
+  std::string text = out.str();
+  EXPECT_NE(text.find("model.layers.0.block_sparse_moe.experts.3.w1.weight  grouped_gemm"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("[64, 32]   [0, 32]"), std::string::npos) << text;
+  EXPECT_NE(text.find("Shard(0) expert 3 on rank 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("(model.layers.1.block_sparse_moe: all-reduce(output))"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("ep_router"), std::string::npos) << text;
+
+  c.model = "tests/data/hf/llama";
+  c.plan = "tests/data/plans/llama_sequence_parallel.yaml";
+  std::ostringstream out2, err2;
+  ASSERT_EQ(RunPlanExplain(c, out2, err2), 0) << err2.str();
+  EXPECT_NE(out2.str().find("all-gather(output, seq)"), std::string::npos) << out2.str();
+}
+
 }  // namespace
 }  // namespace weft
