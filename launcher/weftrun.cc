@@ -16,6 +16,7 @@
 #include <cstring>
 #include <deque>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <random>
@@ -24,6 +25,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "launcher/node_rendezvous.h"
 #include "parallel/net.h"
 
 extern char** environ;
@@ -137,23 +139,31 @@ std::string DescribeStatus(int status) {
 
 bool Failed(const Worker& w) { return !(WIFEXITED(w.status) && WEXITSTATUS(w.status) == 0); }
 
+// Where this node's workers sit in the job, for one attempt.
+struct WorkerWorld {
+  int rank_offset = 0;  // global rank of local rank 0
+  int world_size = 1;
+  std::string master_addr;
+  int master_port = 0;
+  std::string run_id;
+};
+
 // Starts every worker in one new process group; returns false on fork failure.
-bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt,
+bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt, const WorkerWorld& world,
            std::vector<Worker>& workers) {
-  int world = o.nnodes * o.nproc_per_node;
   pid_t group = 0;
   workers.assign(o.nproc_per_node, Worker());
   for (int lr = 0; lr < o.nproc_per_node; ++lr) {
     Worker& w = workers[lr];
     w.local_rank = lr;
-    w.global_rank = o.node_rank * o.nproc_per_node + lr;
+    w.global_rank = world.rank_offset + lr;
     w.show = o.local_ranks_filter.empty() ||
              std::find(o.local_ranks_filter.begin(), o.local_ranks_filter.end(), lr) !=
                  o.local_ranks_filter.end();
     if (lr < static_cast<int>(o.redirects.size())) w.redirect = o.redirects[lr];
     if (!o.log_dir.empty()) {
       std::string dir =
-          absl::StrCat(o.log_dir, "/", o.run_id, "/attempt_", attempt, "/", w.global_rank);
+          absl::StrCat(o.log_dir, "/", world.run_id, "/attempt_", attempt, "/", w.global_rank);
       if (!MakeDirs(dir)) {
         std::cerr << "weftrun: cannot create log directory " << dir << ": " << std::strerror(errno)
                   << std::endl;
@@ -164,22 +174,41 @@ bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt,
     }
     int out[2], err[2];
     if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) return false;
-    std::vector<std::pair<std::string, std::string>> env = {
+    std::vector<std::pair<std::string, std::string>> vars = {
         {"RANK", std::to_string(w.global_rank)},
         {"LOCAL_RANK", std::to_string(lr)},
-        {"WORLD_SIZE", std::to_string(world)},
+        {"WORLD_SIZE", std::to_string(world.world_size)},
         {"LOCAL_WORLD_SIZE", std::to_string(o.nproc_per_node)},
         {"GROUP_RANK", std::to_string(o.node_rank)},
         {"GROUP_WORLD_SIZE", std::to_string(o.nnodes)},
         {"ROLE_NAME", "default"},
         {"ROLE_RANK", std::to_string(w.global_rank)},
-        {"ROLE_WORLD_SIZE", std::to_string(world)},
-        {"MASTER_ADDR", o.master_addr},
-        {"MASTER_PORT", std::to_string(o.master_port)},
+        {"ROLE_WORLD_SIZE", std::to_string(world.world_size)},
+        {"MASTER_ADDR", world.master_addr},
+        {"MASTER_PORT", std::to_string(world.master_port)},
         {"TORCHELASTIC_RESTART_COUNT", std::to_string(attempt)},
         {"TORCHELASTIC_MAX_RESTARTS", std::to_string(o.max_restarts)},
-        {"TORCHELASTIC_RUN_ID", o.run_id},
+        {"TORCHELASTIC_RUN_ID", world.run_id},
     };
+    if (o.nproc_per_node > 1 && !std::getenv("OMP_NUM_THREADS")) {
+      vars.emplace_back("OMP_NUM_THREADS", "1");
+    }
+    // The environment is built here: after fork the child only calls
+    // async-signal-safe functions (the agent may have store threads).
+    std::vector<std::string> env_strings;
+    for (char** e = environ; *e != nullptr; ++e) {
+      absl::string_view entry(*e);
+      absl::string_view name = entry.substr(0, entry.find('='));
+      bool replaced =
+          std::any_of(vars.begin(), vars.end(), [&](const auto& kv) { return kv.first == name; });
+      if (!replaced) env_strings.emplace_back(entry);
+    }
+    for (const auto& [k, v] : vars) env_strings.push_back(absl::StrCat(k, "=", v));
+    std::vector<char*> envp, argv;
+    for (std::string& e : env_strings) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    for (const std::string& a : o.program) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
     pid_t pid = ::fork();
     if (pid < 0) return false;
     if (pid == 0) {
@@ -187,14 +216,15 @@ bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt,
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       ::dup2(out[1], 1);
       ::dup2(err[1], 2);
-      for (auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
-      if (o.nproc_per_node > 1 && !std::getenv("OMP_NUM_THREADS"))
-        ::setenv("OMP_NUM_THREADS", "1", 1);
-      std::vector<char*> argv;
-      for (const std::string& a : o.program) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      ::execv(exe.c_str(), argv.data());
-      std::fprintf(stderr, "weftrun: cannot execute '%s': %s\n", exe.c_str(), std::strerror(errno));
+      struct sigaction dfl {};
+      dfl.sa_handler = SIG_DFL;
+      for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2}) ::sigaction(sig, &dfl, nullptr);
+      ::execve(exe.c_str(), argv.data(), envp.data());
+      const char* why = std::strerror(errno);
+      for (const char* piece : {"weftrun: cannot execute '", exe.c_str(), "': ", why, "\n"}) {
+        ssize_t ignored = ::write(2, piece, std::strlen(piece));
+        (void)ignored;
+      }
       ::_exit(127);
     }
     if (group == 0) group = pid;
@@ -209,12 +239,27 @@ bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt,
   return true;
 }
 
-// Pumps output until every worker has exited. Returns the index of the first
-// worker that failed, or -1.
-int Supervise(const WeftrunOptions& o, std::vector<Worker>& workers) {
-  int first_failure = -1;
+// What the other nodes have to do with this node's workers (multi-node).
+struct SuperviseHooks {
+  std::function<void(const Worker&)> on_failure;  // this node's first failure
+  std::function<bool()> should_stop;              // another node asks to stop
+};
+
+struct SuperviseResult {
+  int first_failure = -1;         // index of the first worker that failed
+  bool stopped_remotely = false;  // stopped because should_stop() said so
+};
+
+// Pumps output until every worker has exited.
+SuperviseResult Supervise(const WeftrunOptions& o, std::vector<Worker>& workers,
+                          const SuperviseHooks& hooks = {}) {
+  SuperviseResult result;
+  int& first_failure = result.first_failure;
   bool stopping = false;
   auto stop_deadline = std::chrono::steady_clock::time_point::max();
+  // Multi-node agents also poll the store (and send heartbeats) between
+  // checks, so they wake at least once a second.
+  double interval = hooks.should_stop ? std::min(o.monitor_interval, 1.0) : o.monitor_interval;
   char buffer[65536];
   while (true) {
     std::vector<pollfd> fds;
@@ -225,7 +270,11 @@ int Supervise(const WeftrunOptions& o, std::vector<Worker>& workers) {
       if (workers[i].err_fd >= 0)
         fds.push_back({workers[i].err_fd, POLLIN, 0}), owners.push_back({i, true});
     }
-    if (!fds.empty()) ::poll(fds.data(), fds.size(), static_cast<int>(o.monitor_interval * 1000));
+    if (!fds.empty()) {
+      ::poll(fds.data(), fds.size(), static_cast<int>(interval * 1000));
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int>(interval * 1000)));
+    }
     for (size_t k = 0; k < fds.size(); ++k) {
       if (!(fds[k].revents & (POLLIN | POLLHUP | POLLERR))) continue;
       Worker& w = workers[owners[k].first];
@@ -245,13 +294,33 @@ int Supervise(const WeftrunOptions& o, std::vector<Worker>& workers) {
       if (!w.exited) {
         if (::waitpid(w.pid, &w.status, WNOHANG) == w.pid) {
           w.exited = true;
-          if (Failed(w) && first_failure < 0 && !stopping) first_failure = static_cast<int>(i);
+          if (Failed(w) && first_failure < 0 && !stopping) {
+            first_failure = static_cast<int>(i);
+            // Tell the other nodes at once, with the stderr that is already
+            // in the pipe (without blocking: a grandchild may hold it open).
+            if (hooks.on_failure) {
+              for (int fd : {w.out_fd, w.err_fd}) {
+                bool is_err = fd == w.err_fd;
+                pollfd p{fd, POLLIN, 0};
+                while (fd >= 0 && ::poll(&p, 1, 0) > 0 && (p.revents & POLLIN)) {
+                  ssize_t n = ::read(fd, buffer, sizeof(buffer));
+                  if (n <= 0) break;
+                  EmitLines(w, is_err ? w.err_partial : w.out_partial, buffer, n, is_err, false);
+                }
+              }
+              hooks.on_failure(w);
+            }
+          }
         }
       }
       if (!w.exited || w.out_fd >= 0 || w.err_fd >= 0) all_done = false;
     }
     if (all_done) break;
-    if ((first_failure >= 0 || g_signal != 0) && !stopping) {
+    if (!stopping && first_failure < 0 && g_signal == 0 && hooks.should_stop &&
+        hooks.should_stop()) {
+      result.stopped_remotely = true;
+    }
+    if ((first_failure >= 0 || g_signal != 0 || result.stopped_remotely) && !stopping) {
       stopping = true;
       ::killpg(g_worker_group, SIGTERM);
       stop_deadline = std::chrono::steady_clock::now() +
@@ -263,7 +332,22 @@ int Supervise(const WeftrunOptions& o, std::vector<Worker>& workers) {
     }
   }
   g_worker_group = 0;
-  return first_failure;
+  return result;
+}
+
+std::string Summary(const Worker& w, int node_rank, bool multi_node) {
+  if (!multi_node) {
+    return absl::StrCat("rank ", w.global_rank, " (local rank ", w.local_rank, ", pid ", w.pid,
+                        ") failed first with ", DescribeStatus(w.status));
+  }
+  return absl::StrCat("rank ", w.global_rank, " on node ", node_rank, " (local rank ", w.local_rank,
+                      ", pid ", w.pid, ") failed first with ", DescribeStatus(w.status));
+}
+
+std::string Tail(const Worker& w) {
+  std::string tail;
+  for (const std::string& line : w.err_tail) absl::StrAppend(&tail, line, "\n");
+  return tail;
 }
 
 }  // namespace
@@ -273,21 +357,41 @@ absl::StatusOr<WeftrunOptions> ParseWeftrunArgs(int argc, char** argv) {
   CLI::App app{
       "weftrun: start a distributed weft (or any torchrun-style) program.\n"
       "Each worker gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT\n"
-      "and the rest of torchrun's environment.",
+      "and the rest of torchrun's environment.\n"
+      "Several nodes: run one weftrun per node, e.g.\n"
+      "  weftrun --nnodes 2 --node-rank 0|1 --nproc-per-node 4 --rdzv-endpoint node0:29500 PROG\n"
+      "The agents rendezvous through a c10d TCPStore that node 0 hosts on the endpoint; the\n"
+      "workers get MASTER_ADDR=node0 and a MASTER_PORT that node 0 picks for each attempt.",
       "weftrun"};
   std::string nproc = "1";
+  std::string nnodes = "1";
   bool standalone = false;
   std::string rdzv_endpoint;
+  std::string rdzv_backend = "static";
+  std::string rdzv_conf;
+  double rdzv_timeout = 0;
   app.add_option("--nproc-per-node,--nproc_per_node", nproc,
                  "Workers on this node: a number, or 'auto' (one per GPU, else one per CPU).");
-  app.add_option("--nnodes", o.nnodes, "Number of nodes.");
+  app.add_option("--nnodes", nnodes,
+                 "Number of nodes: N (or N:N; elastic ranges are not supported).");
   app.add_option("--node-rank,--node_rank", o.node_rank, "Rank of this node (0..nnodes-1).");
   app.add_option("--master-addr,--master_addr", o.master_addr,
-                 "Address of node 0, where rank 0 hosts the store.");
-  app.add_option("--master-port,--master_port", o.master_port, "Port of the store on node 0.");
+                 "Address of node 0: where rank 0 hosts the store (one node), or where node 0's "
+                 "weftrun hosts the rendezvous store (several nodes).");
+  app.add_option("--master-port,--master_port", o.master_port, "Port of that store on node 0.");
   app.add_option("--rdzv-endpoint,--rdzv_endpoint", rdzv_endpoint,
-                 "host:port of the store (instead of --master-addr/--master-port).");
-  app.add_option("--rdzv-id,--rdzv_id,--run-id", o.run_id, "Job id, set as TORCHELASTIC_RUN_ID.");
+                 "host:port of node 0's store (instead of --master-addr/--master-port).");
+  app.add_option("--rdzv-backend,--rdzv_backend", rdzv_backend,
+                 "Rendezvous backend: c10d or static (both: a c10d TCPStore on node 0).");
+  app.add_option("--rdzv-id,--rdzv_id,--run-id", o.run_id,
+                 "Job id, set as TORCHELASTIC_RUN_ID; nodes left at the default take node 0's.");
+  app.add_option("--rdzv-conf,--rdzv_conf", rdzv_conf,
+                 "Rendezvous settings key=value,...: join_timeout (or timeout) seconds to wait for "
+                 "every node, heartbeat_timeout seconds before a silent node is declared dead "
+                 "(default 30).");
+  app.add_option("--rdzv-timeout,--rdzv_timeout", rdzv_timeout,
+                 "Seconds to wait for every node to arrive (default: WEFTRUN_RDZV_TIMEOUT, else "
+                 "300); a missing node is named in the error.");
   app.add_flag("--standalone", standalone,
                "Single-node job: the store on localhost on a free port.");
   app.add_option("--max-restarts,--max_restarts", o.max_restarts,
@@ -382,19 +486,58 @@ absl::StatusOr<WeftrunOptions> ParseWeftrunArgs(int argc, char** argv) {
     }
     o.nproc_per_node = static_cast<int>(n);
   }
-  if (o.nnodes < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("weftrun: --nnodes=", o.nnodes, " is not a node count (expected >= 1)"));
+  {
+    std::vector<std::string> range = absl::StrSplit(nnodes, ':');
+    int lo = 0, hi = 0;
+    bool ok = range.size() <= 2 && absl::SimpleAtoi(range[0], &lo) &&
+              (range.size() == 1 ? (hi = lo, true) : absl::SimpleAtoi(range[1], &hi));
+    if (!ok || lo < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("weftrun: --nnodes=", nnodes, " is not a node count (expected >= 1)"));
+    }
+    if (lo != hi) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("weftrun: --nnodes=", nnodes,
+                       " is an elastic range (expected a fixed node count N, or N:N)"));
+    }
+    o.nnodes = lo;
   }
   if (o.node_rank < 0 || o.node_rank >= o.nnodes) {
     return absl::InvalidArgumentError(absl::StrCat("weftrun: --node-rank=", o.node_rank,
                                                    " is out of range for --nnodes=", o.nnodes,
                                                    " (expected 0..", o.nnodes - 1, ")"));
   }
-  if (o.nnodes > 1) {
-    return absl::UnimplementedError(absl::StrCat(
-        "weftrun: --nnodes=", o.nnodes, " is not supported yet (expected 1; for several nodes, ",
-        "start one process per rank with srun or mpirun: weft reads their environment)"));
+  if (rdzv_backend != "static" && rdzv_backend != "c10d") {
+    return absl::InvalidArgumentError(absl::StrCat("weftrun: --rdzv-backend=", rdzv_backend,
+                                                   " is not supported (expected c10d or static)"));
+  }
+  if (standalone && o.nnodes > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weftrun: --standalone is a single-node job but --nnodes=", o.nnodes,
+                     " (expected --nnodes 1, or --rdzv-endpoint for several nodes)"));
+  }
+  if (const char* env = std::getenv("WEFTRUN_RDZV_TIMEOUT")) {
+    double seconds = 0;
+    if (!absl::SimpleAtod(env, &seconds) || !(seconds > 0)) {
+      return absl::InvalidArgumentError(absl::StrCat("weftrun: WEFTRUN_RDZV_TIMEOUT=", env,
+                                                     " is not a timeout (expected seconds > 0)"));
+    }
+    o.rdzv_timeout = std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+  }
+  {
+    NodeConfig conf;
+    conf.join_timeout = o.rdzv_timeout;
+    conf.heartbeat_timeout = o.heartbeat_timeout;
+    if (absl::Status s = ParseRdzvConf(rdzv_conf, conf); !s.ok()) return s;
+    o.rdzv_timeout = conf.join_timeout;
+    o.heartbeat_timeout = conf.heartbeat_timeout;
+  }
+  if (app.count("--rdzv-timeout") > 0) {
+    if (!(rdzv_timeout > 0)) {
+      return absl::InvalidArgumentError(absl::StrCat("weftrun: --rdzv-timeout=", rdzv_timeout,
+                                                     " is not a timeout (expected seconds > 0)"));
+    }
+    o.rdzv_timeout = std::chrono::milliseconds(static_cast<int64_t>(rdzv_timeout * 1000));
   }
   if (!rdzv_endpoint.empty()) {
     size_t colon = rdzv_endpoint.rfind(':');
@@ -421,6 +564,133 @@ absl::StatusOr<WeftrunOptions> ParseWeftrunArgs(int argc, char** argv) {
   return o;
 }
 
+namespace {
+
+std::string SignalName(int sig) { return absl::StrCat(sig, " (", strsignal(sig), ")"); }
+
+int RunOneNode(const WeftrunOptions& o, const std::string& exe) {
+  WorkerWorld world{0, o.nproc_per_node, o.master_addr, o.master_port, o.run_id};
+  for (int attempt = 0;; ++attempt) {
+    std::vector<Worker> workers;
+    if (!Spawn(o, exe, attempt, world, workers)) {
+      std::cerr << "weftrun: cannot start workers: " << std::strerror(errno) << std::endl;
+      if (g_worker_group > 0) ::killpg(g_worker_group, SIGKILL);
+      return 1;
+    }
+    int failed = Supervise(o, workers).first_failure;
+    if (g_signal != 0) {
+      std::cerr << "weftrun: received signal " << SignalName(g_signal) << "; workers stopped"
+                << std::endl;
+      return 128 + g_signal;
+    }
+    if (failed < 0) return 0;
+    const Worker& w = workers[failed];
+    std::cerr << "weftrun: attempt " << attempt << ": " << Summary(w, 0, false) << "\n";
+    if (attempt < o.max_restarts) {
+      std::cerr << "weftrun: restarting all workers (" << attempt + 1 << " of " << o.max_restarts
+                << " restarts)" << std::endl;
+      continue;
+    }
+    std::cerr << "weftrun: job failed; last stderr lines of rank " << w.global_rank << ":\n";
+    for (const std::string& line : w.err_tail) std::cerr << "  " << line << "\n";
+    std::cerr.flush();
+    return 1;
+  }
+}
+
+// One agent of a multi-node job: see launcher/node_rendezvous.h.
+int RunMultiNode(const WeftrunOptions& o, const std::string& exe) {
+  NodeConfig config;
+  config.nnodes = o.nnodes;
+  config.node_rank = o.node_rank;
+  config.nproc = o.nproc_per_node;
+  config.max_restarts = o.max_restarts;
+  config.run_id = o.run_id;
+  config.host = o.master_addr;
+  config.port = o.master_port;
+  config.join_timeout = o.rdzv_timeout;
+  config.heartbeat_timeout = o.heartbeat_timeout;
+  config.poll_interval = std::chrono::milliseconds(static_cast<int>(o.monitor_interval * 1000));
+  auto on_signal = [&](NodeRendezvous* nodes) {
+    if (nodes != nullptr) {
+      nodes->Abort(absl::StrCat("received signal ", SignalName(g_signal)));
+      nodes->Leave();
+    }
+    std::cerr << "weftrun: received signal " << SignalName(g_signal) << "; workers stopped"
+              << std::endl;
+    return 128 + g_signal;
+  };
+  // The job is over for a reason every node shares (an abort, a lost store).
+  auto fail = [&](NodeRendezvous* nodes, const absl::Status& status, int code) {
+    if (absl::IsCancelled(status) && g_signal != 0) return on_signal(nodes);
+    if (nodes != nullptr) nodes->Leave();
+    std::cerr << "weftrun: " << status.message() << std::endl;
+    return code;
+  };
+  auto joined = NodeRendezvous::Join(config, []() -> std::string {
+    return g_signal == 0 ? "" : absl::StrCat("received signal ", SignalName(g_signal));
+  });
+  if (!joined.ok()) return fail(nullptr, joined.status(), 2);
+  std::unique_ptr<NodeRendezvous> nodes = std::move(joined).value();
+  WorkerWorld world{nodes->rank_offset(), nodes->world_size(), o.master_addr, 0, nodes->run_id()};
+  std::cerr << "weftrun: node " << o.node_rank << " of " << o.nnodes << " joined run "
+            << world.run_id << " at " << o.master_addr << ":" << o.master_port << " (ranks "
+            << world.rank_offset << ".." << world.rank_offset + o.nproc_per_node - 1 << " of "
+            << world.world_size << ")" << std::endl;
+  for (int attempt = 0;; ++attempt) {
+    auto port = nodes->BeginAttempt(attempt);
+    if (!port.ok()) return fail(nodes.get(), port.status(), 1);
+    world.master_port = *port;
+    std::vector<Worker> workers;
+    if (!Spawn(o, exe, attempt, world, workers)) {
+      std::cerr << "weftrun: cannot start workers: " << std::strerror(errno) << std::endl;
+      if (g_worker_group > 0) ::killpg(g_worker_group, SIGKILL);
+      nodes->Abort("could not start its workers");
+      nodes->Leave();
+      return 1;
+    }
+    absl::Status remote = absl::OkStatus();
+    SuperviseHooks hooks;
+    hooks.on_failure = [&](const Worker& w) {
+      absl::Status s = nodes->ReportFailure(attempt, Summary(w, o.node_rank, true), Tail(w));
+      if (!s.ok() && remote.ok()) remote = s;
+    };
+    hooks.should_stop = [&] {
+      auto stop = nodes->ShouldStop(attempt);
+      if (stop.ok()) return *stop;
+      if (remote.ok()) remote = stop.status();
+      return true;
+    };
+    SuperviseResult supervised = Supervise(o, workers, hooks);
+    if (g_signal != 0) return on_signal(nodes.get());
+    if (!remote.ok()) return fail(nodes.get(), remote, 1);
+    auto result =
+        nodes->FinishAttempt(attempt, supervised.first_failure < 0 && !supervised.stopped_remotely);
+    if (!result.ok()) return fail(nodes.get(), result.status(), 1);
+    if (result->succeeded) {
+      nodes->Leave();
+      return 0;
+    }
+    const NodeFailure& failure = result->failure;
+    std::cerr << "weftrun: attempt " << attempt << ": " << failure.summary << "\n";
+    if (attempt < o.max_restarts) {
+      std::cerr << "weftrun: restarting the workers of every node (" << attempt + 1 << " of "
+                << o.max_restarts << " restarts)" << std::endl;
+      continue;
+    }
+    std::string rank = failure.summary.substr(0, failure.summary.find(" ("));
+    std::cerr << "weftrun: job failed; last stderr lines of " << rank << ":\n";
+    for (absl::string_view line : absl::StrSplit(failure.tail, '\n', absl::SkipEmpty())) {
+      std::cerr << "  " << line << "\n";
+    }
+    std::cerr.flush();
+    nodes->Leave();
+    return 1;
+  }
+}
+
+}  // namespace
+
 int RunWeftrun(const WeftrunOptions& o) {
   std::string why;
   std::string exe = Resolve(o.program[0], &why);
@@ -432,35 +702,7 @@ int RunWeftrun(const WeftrunOptions& o) {
   action.sa_handler = ForwardSignal;
   sigemptyset(&action.sa_mask);
   for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2}) ::sigaction(sig, &action, nullptr);
-
-  for (int attempt = 0;; ++attempt) {
-    std::vector<Worker> workers;
-    if (!Spawn(o, exe, attempt, workers)) {
-      std::cerr << "weftrun: cannot start workers: " << std::strerror(errno) << std::endl;
-      if (g_worker_group > 0) ::killpg(g_worker_group, SIGKILL);
-      return 1;
-    }
-    int failed = Supervise(o, workers);
-    if (g_signal != 0) {
-      std::cerr << "weftrun: received signal " << g_signal << " (" << strsignal(g_signal)
-                << "); workers stopped" << std::endl;
-      return 128 + g_signal;
-    }
-    if (failed < 0) return 0;
-    const Worker& w = workers[failed];
-    std::cerr << "weftrun: attempt " << attempt << ": rank " << w.global_rank << " (local rank "
-              << w.local_rank << ", pid " << w.pid << ") failed first with "
-              << DescribeStatus(w.status) << "\n";
-    if (attempt < o.max_restarts) {
-      std::cerr << "weftrun: restarting all workers (" << attempt + 1 << " of " << o.max_restarts
-                << " restarts)" << std::endl;
-      continue;
-    }
-    std::cerr << "weftrun: job failed; last stderr lines of rank " << w.global_rank << ":\n";
-    for (const std::string& line : w.err_tail) std::cerr << "  " << line << "\n";
-    std::cerr.flush();
-    return 1;
-  }
+  return o.nnodes > 1 ? RunMultiNode(o, exe) : RunOneNode(o, exe);
 }
 
 }  // namespace weft

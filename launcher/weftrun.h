@@ -14,8 +14,22 @@
 // the tail of its stderr. Signals sent to weftrun reach the workers; no worker
 // outlives weftrun. --log-dir keeps per-rank log files; --local-ranks-filter
 // limits the console to some local ranks.
+//
+// Several nodes: one weftrun per node, e.g. on node i of 2
+//
+//   weftrun --nnodes 2 --node-rank i --nproc-per-node 4 --rdzv-endpoint n0:29500 ./train
+//
+// The agents rendezvous through a c10d TCPStore that node 0's weftrun hosts on
+// the endpoint (see launcher/node_rendezvous.h): they agree on the run id and
+// the world (global ranks follow node rank, each node may have its own
+// --nproc-per-node), and a failure on any node restarts the workers of every
+// node. The workers' own store is another port on node 0, picked per attempt
+// and passed as MASTER_PORT (MASTER_ADDR is the endpoint's host). A node that
+// has not arrived after the rendezvous timeout (--rdzv-timeout, --rdzv-conf
+// join_timeout=…, or WEFTRUN_RDZV_TIMEOUT; default 300 s) is named in the error.
 #pragma once
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -41,7 +55,11 @@ struct WeftrunOptions {
   /// torchrun's --redirects: per local rank, streams sent only to the log
   /// files (1 stdout, 2 stderr, 3 both); needs --log-dir. --tee (log files
   /// and console) is what --log-dir does by default.
-  std::vector<int> redirects;        // indexed by local rank; empty: none
+  std::vector<int> redirects;  // indexed by local rank; empty: none
+  /// Multi-node: how long the agents wait for each other, and after how long
+  /// without a heartbeat node 0 declares an agent dead.
+  std::chrono::milliseconds rdzv_timeout = std::chrono::seconds(300);
+  std::chrono::milliseconds heartbeat_timeout = std::chrono::seconds(30);
   std::vector<std::string> program;  // PROGRAM ARGS...
 };
 
