@@ -26,16 +26,26 @@ class Module : public torch::nn::Module {
   using Tensors = std::vector<at::Tensor>;
   using PreHook = std::function<void(Module& module, Tensors& inputs)>;
   using PostHook = std::function<void(Module& module, const Tensors& inputs, at::Tensor& output)>;
+  /// A module's body: its computation on its (pre-hooked) inputs.
+  using Body = std::function<at::Tensor(const Tensors& inputs)>;
+  /// Runs `body(inputs)` and returns its result; it may keep the body and
+  /// call it again later (activation checkpointing recomputes a layer in
+  /// backward), so bodies capture by value, never references to locals.
+  using Wrapper = std::function<at::Tensor(const Tensors& inputs, const Body& body)>;
 
   explicit Module(std::string type_name) : torch::nn::Module(std::move(type_name)) {}
 
   void AddPreHook(PreHook hook) { pre_hooks_.push_back(std::move(hook)); }
   void AddPostHook(PostHook hook) { post_hooks_.push_back(std::move(hook)); }
+  /// Calls the body through `wrapper` (between the pre- and post-hooks);
+  /// an empty wrapper removes it.
+  void SetWrapper(Wrapper wrapper) { wrapper_ = std::move(wrapper); }
   void ClearHooks() {
     pre_hooks_.clear();
     post_hooks_.clear();
+    wrapper_ = nullptr;
   }
-  bool has_hooks() const { return !pre_hooks_.empty() || !post_hooks_.empty(); }
+  bool has_hooks() const { return !pre_hooks_.empty() || !post_hooks_.empty() || wrapper_; }
 
   /// Replaces this module's own parameter `name` (not a submodule's) with
   /// `value`, e.g. a meta placeholder with the loaded weight. The shape must
@@ -44,11 +54,11 @@ class Module : public torch::nn::Module {
 
  protected:
   /// Runs `body(inputs)` with this module's hooks around it.
-  template <typename Body>
-  at::Tensor Hooked(Tensors inputs, Body&& body) {
-    if (pre_hooks_.empty() && post_hooks_.empty()) return body(inputs);
+  template <typename F>
+  at::Tensor Hooked(Tensors inputs, F&& body) {
+    if (pre_hooks_.empty() && post_hooks_.empty() && !wrapper_) return body(inputs);
     for (const PreHook& hook : pre_hooks_) hook(*this, inputs);
-    at::Tensor output = body(inputs);
+    at::Tensor output = wrapper_ ? wrapper_(inputs, Body(body)) : body(inputs);
     for (const PostHook& hook : post_hooks_) hook(*this, inputs, output);
     return output;
   }
@@ -59,6 +69,7 @@ class Module : public torch::nn::Module {
  private:
   std::vector<PreHook> pre_hooks_;
   std::vector<PostHook> post_hooks_;
+  Wrapper wrapper_;
 };
 
 /// Every weft module of `root` by its Hugging Face name ("model.layers.0.mlp").

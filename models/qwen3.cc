@@ -111,7 +111,8 @@ class Qwen3DecoderLayer : public Module {
 
   at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
                      const at::Tensor& mask, KVCache* cache) {
-    return Hooked({hidden, cos, sin, mask}, [&](const Tensors& in) {
+    // By value: activation checkpointing may run the body again in backward.
+    return Hooked({hidden, cos, sin, mask}, [this, cache](const Tensors& in) {
       at::Tensor h =
           in[0] + self_attn->forward(input_layernorm->forward(in[0]), in[1], in[2], in[3], cache);
       return h + mlp->forward(post_attention_layernorm->forward(h));

@@ -271,14 +271,17 @@ absl::Status ExportHuggingFace(const std::string& dir, const std::string& config
       if (world_rank == 0) full.emplace_back(name, local.contiguous());
       continue;
     }
-    // Every rank's shard has the same number of elements (even shards).
+    // Shards may be uneven (torch.chunk): rank r's elements follow rank r-1's.
     at::Tensor gathered = tp.AllGather(local.contiguous().view({-1}), 0);
     if (world_rank != 0) continue;
     at::Tensor whole = at::zeros(mine->global_shape, local.options());
-    const int64_t numel = local.numel();
+    int64_t offset = 0;
     for (int r = 0; r < tp.size(); ++r) {
       const ShardSpec& spec = all_shards[r].at(name);
-      at::Tensor part = gathered.narrow(0, r * numel, numel).view(spec.local_shape);
+      int64_t numel = 1;
+      for (int64_t d : spec.local_shape) numel *= d;
+      at::Tensor part = gathered.narrow(0, offset, numel).view(spec.local_shape);
+      offset += numel;
       int sliced = -1;
       for (size_t d = 0; d < spec.slice.size(); ++d) {
         if (spec.slice[d].empty()) continue;

@@ -23,6 +23,7 @@
 #include "parallel/status.h"
 #include "plans/engine.h"
 #include "plans/shipped_plans.h"
+#include "trainer/activation_checkpointing.h"
 #include "trainer/checkpointing.h"
 #include "trainer/data_loader.h"
 #include "trainer/optimizer.h"
@@ -245,6 +246,7 @@ absl::StatusOr<TrainResult> Train(const TrainConfig& c, std::ostream& log) {
                      ", larger than the model's vocab_size ", model.config.vocab_size));
   }
   model.train();
+  if (c.activation_checkpointing) EnableActivationCheckpointing(model);
 
   // Parameters, once each (tied embeddings are one tensor).
   static const std::map<std::string, ShardSpec> kNoShards;
