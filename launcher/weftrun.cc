@@ -411,6 +411,8 @@ absl::StatusOr<WeftrunOptions> ParseWeftrunArgs(int argc, char** argv) {
   app.add_option("--local-ranks-filter,--local_ranks_filter", filter,
                  "Comma-separated local ranks whose output reaches the console (default: all).");
   app.prefix_command();
+  // "Usage: weftrun [OPTIONS] PROGRAM [ARGS...]", as torchrun's usage line.
+  app.get_formatter()->label("OPTIONS", "OPTIONS] PROGRAM [ARGS...");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {

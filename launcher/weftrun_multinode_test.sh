@@ -71,7 +71,8 @@ for r in 2 3; do expect_contains "loopback rank $r" "$out1" "$(smoke_line $r)"; 
 port="$(free_port)"
 envprog=(sh -c 'echo "R=$RANK L=$LOCAL_RANK W=$WORLD_SIZE LW=$LOCAL_WORLD_SIZE G=$GROUP_RANK GW=$GROUP_WORLD_SIZE RR=$ROLE_RANK RW=$ROLE_WORLD_SIZE A=$MASTER_ADDR RC=$TORCHELASTIC_RESTART_COUNT MR=$TORCHELASTIC_MAX_RESTARTS ID=$TORCHELASTIC_RUN_ID"; echo "P=$MASTER_PORT"')
 node0_args=(--nnodes 2 --node-rank 0 --nproc-per-node 1 --master-port "$port" --rdzv-id job9 "${envprog[@]}")
-node1_args=(--nnodes 2 --node-rank 1 --nproc-per-node 3 --master-port "$port" "${envprog[@]}")
+node1_args=(--nnodes 2 --node-rank 1 --nproc-per-node 3 --master-port "$port" --log-dir "$tmp/logs"
+  "${envprog[@]}")
 run_nodes env 2
 out0="$(cat "$tmp/env.node0.log")"
 out1="$(cat "$tmp/env.node1.log")"
@@ -79,6 +80,8 @@ out1="$(cat "$tmp/env.node1.log")"
 expect_contains "env rank 0" "$out0" "[rank0]:R=0 L=0 W=4 LW=1 G=0 GW=2 RR=0 RW=4 A=127.0.0.1 RC=0 MR=0 ID=job9"
 expect_contains "env rank 1" "$out1" "[rank1]:R=1 L=0 W=4 LW=3 G=1 GW=2 RR=1 RW=4 A=127.0.0.1 RC=0 MR=0 ID=job9"
 expect_contains "env rank 3" "$out1" "[rank3]:R=3 L=2 W=4 LW=3 G=1 GW=2 RR=3 RW=4 A=127.0.0.1 RC=0 MR=0 ID=job9"
+[[ "$(head -n 1 "$tmp/logs/job9/attempt_0/3/stdout.log" 2>&1)" == "R=3 L=2 W=4"* ]] ||
+  fail "env: node 1's --log-dir should hold job9/attempt_0/3/stdout.log (global rank, node 0's run id)"
 ports="$(cat "$tmp"/env.node*.log | grep -o 'P=[0-9]*' | sort -u)"
 [[ "$(wc -l <<<"$ports")" -eq 1 && "$ports" != "P=$port" && "$ports" == P=* ]] ||
   fail "env: workers' MASTER_PORT should be one port other than the agents' $port, got: $ports"
@@ -252,18 +255,36 @@ expect_contains "SIGTERM to node 1" "$(cat "$tmp/sigterm1.node0.log")" \
   "weftrun: node 1 received signal 15 (Terminated); every node stops its workers"
 expect_contains "SIGTERM to node 0" "$(cat "$tmp/sigterm0.node1.log")" "weftrun: node 0 received signal 15 (Terminated)"
 
+# A signal while the agents are still waiting for each other: no wait.
+port="$(free_port)"
+"$WEFTRUN" --nnodes 2 --node-rank 0 --master-port "$port" --rdzv-timeout 60 true >"$tmp/joinsig.log" 2>&1 &
+pid=$!
+sleep 1
+start=$SECONDS
+kill -TERM "$pid"
+wait "$pid"
+rc=$?
+[[ $rc -eq 143 ]] || fail "SIGTERM while joining: exited $rc (expected 143)"
+((SECONDS - start < 10)) || fail "SIGTERM while joining took $((SECONDS - start))s"
+[[ "$(cat "$tmp/joinsig.log")" == "weftrun: received signal 15 (Terminated); workers stopped" ]] ||
+  fail "SIGTERM while joining: $(cat "$tmp/joinsig.log")"
+
 # 9. An agent killed outright (SIGKILL: no goodbye): its workers die with it,
 #    node 0 notices the missing heartbeats and stops its own.
 marker="weft_mn_dead_$$"
 port="$(free_port)"
 pids=()
 for i in 0 1; do
-  timeout -k 5 60 "$WEFTRUN" --nnodes 2 --node-rank $i --nproc-per-node 2 --master-port "$port" \
-    --rdzv-conf heartbeat_timeout=2 bash -c "exec -a $marker sleep 300" >"$tmp/dead.node$i.log" 2>&1 &
+  # (a subshell, so that the shell does not report the killed job)
+  (timeout -k 5 60 "$WEFTRUN" --nnodes 2 --node-rank $i --nproc-per-node 2 --master-port "$port" \
+    --rdzv-conf heartbeat_timeout=2 bash -c "exec -a $marker sleep 300" >"$tmp/dead.node$i.log" 2>&1
+  exit $?) 2>/dev/null &
   pids+=($!)
 done
 for ((k = 0; k < 100 && $(pgrep -f -c "^$marker") < 4; k++)); do sleep 0.1; done
-kill -KILL "$(pgrep -P "${pids[1]}" -f weftrun)"
+[[ $(pgrep -f -c "^$marker") -eq 4 ]] || fail "dead agent: the 4 workers did not start"
+# node 1's agent: subshell -> timeout -> weftrun
+kill -KILL "$(pgrep -P "$(pgrep -P "${pids[1]}" timeout)" weftrun)"
 start=$SECONDS
 wait "${pids[0]}"; rc0=$?
 wait "${pids[1]}" 2>/dev/null
@@ -274,7 +295,37 @@ expect_contains "dead agent" "$(cat "$tmp/dead.node0.log")" \
 sleep 0.5
 if pgrep -f "$marker" >/dev/null; then fail "dead agent left workers running"; pkill -9 -f "^$marker"; fi
 
-# 10. Two network namespaces joined by a veth pair (10.77.0.1/24 and
+# 10. examples/slurm/weftrun.sbatch, with a stand-in srun that starts its
+#     command once per "node" of a 2-node allocation on this host.
+sbatch="$PWD/examples/slurm/weftrun.sbatch"
+fake="$tmp/fakeslurm"
+mkdir -p "$fake/bin" "$fake/submit/bazel-bin"
+ln -sf "$WEFT" "$fake/submit/bazel-bin/weft"
+ln -sf "$WEFTRUN" "$fake/submit/bazel-bin/weftrun"
+printf '%s\n' '#!/bin/sh' '# scontrol show hostnames LIST: every "node" is this host.' \
+  'echo 127.0.0.1' 'echo 127.0.0.1' >"$fake/bin/scontrol"
+printf '%s\n' '#!/usr/bin/env bash' \
+  '# srun, one task per node: the command once per node, with its SLURM_NODEID.' \
+  'while [[ "$1" == --* ]]; do shift; done' \
+  'pids=()' \
+  'for ((n = 0; n < SLURM_NNODES; n++)); do' \
+  '  SLURM_NODEID=$n SLURM_PROCID=$n SLURM_LOCALID=0 "$@" &' \
+  '  pids+=($!)' \
+  'done' \
+  'rc=0' \
+  'for p in "${pids[@]}"; do wait "$p" || rc=$?; done' \
+  'exit $rc' >"$fake/bin/srun"
+chmod +x "$fake/bin/scontrol" "$fake/bin/srun"
+sport="$(free_port)"
+out="$(cd "$fake/submit" && PATH="$fake/bin:$PATH" SLURM_NNODES=2 SLURM_JOB_ID=4242 \
+  SLURM_JOB_NODELIST="node[01-02]" SLURM_SUBMIT_DIR="$fake/submit" WEFT_RDZV_PORT="$sport" \
+  NPROC_PER_NODE=2 timeout -k 5 150 bash "$sbatch" 2>&1)"
+rc=$?
+[[ $rc -eq 0 ]] || fail "weftrun.sbatch exited $rc: $out"
+expect_contains "weftrun.sbatch" "$out" "weftrun: node 1 of 2 joined run 4242 at 127.0.0.1:$sport (ranks 2..3 of 4)"
+for r in 0 1 2 3; do expect_contains "weftrun.sbatch rank $r" "$out" "$(smoke_line $r)"; done
+
+# 11. Two network namespaces joined by a veth pair (10.77.0.1/24 and
 #     10.77.0.2/24 exist only inside them): the same 4-rank world.
 ns0="weftA$$" ns1="weftB$$"
 cleanup_ns() { ip netns del "$ns0" 2>/dev/null; ip netns del "$ns1" 2>/dev/null; }
