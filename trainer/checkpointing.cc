@@ -106,18 +106,6 @@ absl::StatusOr<int64_t> Int(const JsonValue& root, const char* key, const std::s
   return out;
 }
 
-std::string Hex(const at::Tensor& bytes) {
-  at::Tensor b = bytes.contiguous();
-  const uint8_t* p = b.data_ptr<uint8_t>();
-  std::string out;
-  static const char* kDigits = "0123456789abcdef";
-  for (int64_t i = 0; i < b.numel(); ++i) {
-    out.push_back(kDigits[p[i] >> 4]);
-    out.push_back(kDigits[p[i] & 15]);
-  }
-  return out;
-}
-
 }  // namespace
 
 std::string TrainerState::ToJson() const {
