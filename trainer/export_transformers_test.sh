@@ -37,4 +37,12 @@ done
 "$python" "$check" compare "$export_dir" "$work/ids.safetensors" "$work/weft.safetensors"
 # The export is the trained model: the final checkpoint's shards, reassembled.
 "$python" "$check" shards "$export_dir" "$work/run/checkpoints/step_00000006"
+# weft train's command line: a bad key is one line on stderr and exit code 2.
+set +e
+"$weft" train --config "$work/run.yaml" --set optimizer.lrr=1 2>"$work/err.txt"
+rc=$?
+set -e
+want="weft train: --set: unknown key 'optimizer.lrr' (known keys under optimizer: lr, betas, eps, weight_decay, grad_clip)"
+[[ $rc -eq 2 && "$(cat "$work/err.txt")" == "$want" ]] ||
+  { echo "weft train with a bad key: exit $rc, stderr: $(cat "$work/err.txt")"; exit 1; }
 echo "PASS"

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -273,7 +274,12 @@ absl::StatusOr<TrainResult> Train(const TrainConfig& c, std::ostream& log) {
 
   TrainResult result;
   int64_t step = 0;  // optimizer steps done
-  if (c.resume) {
+  // A restarted attempt under weftrun/torchrun continues from the latest
+  // checkpoint, if there is one (torchelastic's contract for restarts).
+  const char* restarts = std::getenv("TORCHELASTIC_RESTART_COUNT");
+  const bool restarted = restarts != nullptr && std::string(restarts) != "0" &&
+                         LatestCheckpoint(c.output_dir).has_value();
+  if (c.resume || restarted) {
     std::optional<std::string> latest = LatestCheckpoint(c.output_dir);
     if (!latest) {
       return absl::NotFoundError(

@@ -14,7 +14,9 @@
 //     master weights under bf16, warmup then cosine/linear decay;
 //   - a progress line per logging step, metrics.jsonl, loss.svg at the end;
 //   - checkpoints every N steps and at the end (checkpointing.h), exact
-//     resume, and a consolidated Hugging Face export.
+//     resume (`train.resume`, and automatically in an attempt restarted by
+//     weftrun/torchrun, TORCHELASTIC_RESTART_COUNT > 0, when a checkpoint
+//     exists), and a consolidated Hugging Face export.
 //
 //   $ weftrun --nproc-per-node 2 weft train --config run.yaml --set optimizer.lr=1e-3
 #pragma once

@@ -220,6 +220,24 @@ TEST(Trainer, KillDuringSaveKeepsThePreviousCheckpointAndResumeIsExact) {
   EXPECT_TRUE(fs::exists(CheckpointDir(c.output_dir, 10)));
 }
 
+TEST(Trainer, ARestartedAttemptResumesFromTheLatestCheckpoint) {
+  TrainConfig c = Tiny("restart");
+  c.steps = 6;
+  c.checkpoint_every = 2;
+  RunOptions kill;
+  kill.env["WEFT_TEST_KILL_DURING_SAVE"] = "4";
+  RankResults killed = RunJob(1, c, kill);
+  ASSERT_EQ(killed.exit_codes[0], -9) << killed.Describe();
+  RunOptions restart;
+  restart.env["TORCHELASTIC_RESTART_COUNT"] = "1";
+  RankResults resumed = RunJob(1, c, restart);
+  ASSERT_TRUE(resumed.AllSucceeded()) << resumed.Describe();
+  std::ifstream in(c.output_dir + "/losses.txt");
+  int64_t first_step = 0;
+  ASSERT_TRUE(in >> first_step);
+  EXPECT_EQ(first_step, 3);  // steps 1-2 came from the checkpoint of step 2
+}
+
 std::string TrainError(int world, const TrainConfig& c) {
   RankResults r = RunJob(world, c);
   EXPECT_TRUE(r.AllSucceeded()) << r.Describe();
