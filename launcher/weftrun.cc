@@ -316,8 +316,9 @@ SuperviseResult Supervise(const WeftrunOptions& o, std::vector<Worker>& workers,
       if (!w.exited || w.out_fd >= 0 || w.err_fd >= 0) all_done = false;
     }
     if (all_done) break;
-    if (!stopping && first_failure < 0 && g_signal == 0 && hooks.should_stop &&
-        hooks.should_stop()) {
+    // Asked also while stopping: it sends this node's heartbeats.
+    if (hooks.should_stop && hooks.should_stop() && !stopping && first_failure < 0 &&
+        g_signal == 0) {
       result.stopped_remotely = true;
     }
     if ((first_failure >= 0 || g_signal != 0 || result.stopped_remotely) && !stopping) {
