@@ -12,39 +12,17 @@
 #include "models/init.h"
 #include "parallel/runtime.h"
 #include "plans/engine.h"
+#include "plans/tp_testing.h"
 #include "tests/multiprocess.h"
 
 namespace weft {
 namespace {
 
+using testing::CompareWithSingleProcess;
+using testing::MatchingSlice;
+using testing::MaxDiff;
 using testing::RankResults;
 using testing::RunRanks;
-
-double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
-  if (a.numel() == 0 && b.numel() == 0) return 0;
-  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
-}
-
-// The full-tensor rows or columns this rank's shard holds, found by value
-// (the weights are random, so rows are unique). An empty shard matches an
-// empty slice.
-at::Tensor MatchingSlice(const at::Tensor& full_value, const at::Tensor& local_value,
-                         const at::Tensor& full_grad) {
-  if (full_value.sizes() == local_value.sizes()) return full_grad;
-  int64_t dim = full_value.size(0) != local_value.size(0) ? 0 : 1;
-  std::vector<int64_t> index;
-  for (int64_t i = 0; i < local_value.size(dim); ++i) {
-    at::Tensor row = local_value.select(dim, i);
-    for (int64_t j = 0; j < full_value.size(dim); ++j) {
-      if (at::equal(full_value.select(dim, j), row)) {
-        index.push_back(j);
-        break;
-      }
-    }
-  }
-  EXPECT_EQ(static_cast<int64_t>(index.size()), local_value.size(dim));
-  return full_grad.index_select(dim, at::tensor(index, at::kLong));
-}
 
 std::unique_ptr<Runtime> Init() {
   RuntimeOptions ro;
@@ -54,31 +32,6 @@ std::unique_ptr<Runtime> Init() {
   auto rt = Runtime::Init(ro);
   EXPECT_TRUE(rt.ok()) << rt.status();
   return rt.ok() ? std::move(*rt) : nullptr;
-}
-
-void Compare(CausalLM& sharded, CausalLM& full, const at::Tensor& ids, const std::string& what) {
-  CausalLMInputs inputs;
-  inputs.input_ids = ids;
-  inputs.labels = ids;
-  CausalLMOutput a = sharded.Forward(inputs);
-  CausalLMOutput b = full.Forward(inputs);
-  EXPECT_LT(MaxDiff(a.logits, b.logits), 1e-5) << what;
-  EXPECT_LT(MaxDiff(a.loss, b.loss), 1e-5) << what;
-  a.loss.backward();
-  b.loss.backward();
-  auto full_params = full.named_parameters();
-  int sharded_count = 0;
-  for (const auto& item : sharded.named_parameters()) {
-    const at::Tensor& local = item.value();
-    const at::Tensor& whole = full_params[item.key()];
-    if (local.sizes() != whole.sizes()) ++sharded_count;
-    ASSERT_TRUE(local.grad().defined()) << what << " " << item.key();
-    at::Tensor want = MatchingSlice(whole.detach(), local.detach(), whole.grad());
-    EXPECT_TRUE(local.grad().sizes() == want.sizes() &&
-                (local.numel() == 0 || at::allclose(local.grad(), want, 1e-4, 1e-5)))
-        << what << " " << item.key() << " max diff " << MaxDiff(local.grad(), want);
-  }
-  EXPECT_GT(sharded_count, 0) << what;
 }
 
 struct Case {
@@ -106,7 +59,7 @@ TEST_P(Styles, CheckpointMatchesSingleProcess) {
     ASSERT_TRUE(full.ok()) << full.status();
     auto ref = SafetensorsFile::Open(c.dir + "/reference.safetensors");
     ASSERT_TRUE(ref.ok());
-    Compare(**sharded, **full, (*ref)->Get("input_ids").clone(), c.plan);
+    CompareWithSingleProcess(**sharded, **full, (*ref)->Get("input_ids").clone(), c.plan);
   });
   EXPECT_TRUE(result.AllSucceeded()) << result.Describe();
 }
@@ -141,7 +94,7 @@ TEST_P(Styles, InitializedFromConfigMatchesSingleProcess) {
     absl::Status applied = ApplyTensorParallel(**sharded, *shards, rt->world());
     ASSERT_TRUE(applied.ok()) << applied;
     at::Tensor ids = at::arange(32, at::kLong).reshape({2, 16}).mul(7).remainder(100);
-    Compare(**sharded, **full, ids, c.plan);
+    CompareWithSingleProcess(**sharded, **full, ids, c.plan);
   });
   EXPECT_TRUE(result.AllSucceeded()) << result.Describe();
 }

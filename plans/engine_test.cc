@@ -10,37 +10,17 @@
 #include "parallel/device_mesh.h"
 #include "parallel/runtime.h"
 #include "plans/engine.h"
+#include "plans/tp_testing.h"
 #include "tests/multiprocess.h"
 
 namespace weft {
 namespace {
 
+using testing::CompareWithSingleProcess;
+using testing::MatchingSlice;
+using testing::MaxDiff;
 using testing::RankResults;
 using testing::RunRanks;
-
-double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
-  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
-}
-
-// The full-tensor rows (dim 0) or columns (dim 1) this rank's shard holds,
-// found by value: the fixtures' weights are random, so rows are unique.
-at::Tensor MatchingSlice(const at::Tensor& full_value, const at::Tensor& local_value,
-                         const at::Tensor& full_grad) {
-  if (full_value.sizes() == local_value.sizes()) return full_grad;
-  int64_t dim = full_value.size(0) != local_value.size(0) ? 0 : 1;
-  std::vector<int64_t> index;
-  for (int64_t i = 0; i < local_value.size(dim); ++i) {
-    at::Tensor row = local_value.select(dim, i);
-    for (int64_t j = 0; j < full_value.size(dim); ++j) {
-      if (at::equal(full_value.select(dim, j), row)) {
-        index.push_back(j);
-        break;
-      }
-    }
-  }
-  EXPECT_EQ(static_cast<int64_t>(index.size()), local_value.size(dim));
-  return full_grad.index_select(dim, at::tensor(index, at::kLong));
-}
 
 void CheckModel(const std::string& dir, const std::string& plan_file) {
   RuntimeOptions ro;
@@ -61,27 +41,7 @@ void CheckModel(const std::string& dir, const std::string& plan_file) {
 
   auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
   ASSERT_TRUE(ref.ok());
-  CausalLMInputs inputs;
-  inputs.input_ids = (*ref)->Get("input_ids").clone();
-  inputs.labels = inputs.input_ids;
-  CausalLMOutput a = (*sharded)->Forward(inputs);
-  CausalLMOutput b = (*full)->Forward(inputs);
-  EXPECT_LT(MaxDiff(a.logits, b.logits), 1e-5) << dir;
-  EXPECT_LT(MaxDiff(a.loss, b.loss), 1e-5) << dir;
-  a.loss.backward();
-  b.loss.backward();
-  auto full_params = (*full)->named_parameters();
-  int sharded_count = 0;
-  for (const auto& item : (*sharded)->named_parameters()) {
-    const at::Tensor& local = item.value();
-    const at::Tensor& whole = full_params[item.key()];
-    if (local.sizes() != whole.sizes()) ++sharded_count;
-    at::Tensor want = MatchingSlice(whole.detach(), local.detach(), whole.grad());
-    ASSERT_TRUE(local.grad().defined()) << item.key();
-    EXPECT_TRUE(at::allclose(local.grad(), want, 1e-4, 1e-5))
-        << dir << " " << item.key() << " max diff " << MaxDiff(local.grad(), want);
-  }
-  EXPECT_GT(sharded_count, 0);
+  CompareWithSingleProcess(**sharded, **full, (*ref)->Get("input_ids").clone(), dir);
 }
 
 struct Case {
