@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The loading benchmark, side by side in one run (file cache warm):
 #   the physical limits (a plain sequential read loop into a reused buffer, and
-#   into fresh memory), safetensors.torch.load_file,
+#   into fresh memory; backing fresh memory alone, reading nothing),
+#   safetensors.torch.load_file,
 #   transformers' from_pretrained, and weft's loader at TP=1, 2 and 4 (per rank).
 #
 #   bash bench/run_load_bench.sh [ROUNDS=3] [DIR=/tmp/weft-bench/tinyllama]
@@ -24,6 +25,7 @@ for ((round = 1; round <= rounds; round++)); do
   echo "round $round/$rounds" >&2
   { printf '{"who": "seqread", '; bazel-bin/bench/seqread "${files[@]}" | cut -c2-; } >>"$out"
   { printf '{"who": "seqread-fresh", '; bazel-bin/bench/seqread --fresh "${files[@]}" | cut -c2-; } >>"$out"
+  { printf '{"who": "populate-only", '; bazel-bin/bench/seqread --populate "${files[@]}" | cut -c2-; } >>"$out"
   for peer in safetensors-lazy safetensors transformers; do
     "$py" bench/peers.py "$peer" "$dir" 2>/dev/null | sed 's/^{/{"who": "'"$peer"'", /' >>"$out"
   done

@@ -15,8 +15,12 @@ def main():
     limit = statistics.median(r["gb_per_s"] for r in runs["seqread"])
     fresh = statistics.median(r["gb_per_s"] for r in runs["seqread-fresh"])
     total = runs["seqread"][0]["bytes"]
+    populate = ""
+    if runs.get("populate-only"):
+        populate = (f", backing fresh memory alone (no read, all cores) "
+                    f"{statistics.median(r['gb_per_s'] for r in runs['populate-only']):.2f} GB/s")
     print(f"checkpoint: {total / 1e9:.3f} GB; sequential-read limit {limit:.2f} GB/s, into fresh "
-          f"memory {fresh:.2f} GB/s (medians of {len(runs['seqread'])})")
+          f"memory {fresh:.2f} GB/s{populate} (medians of {len(runs['seqread'])})")
     print(f"{'loader':28} {'bytes read':>12} {'seconds':>8} {'GB/s':>7} {'x limit':>8} "
           f"{'x fresh':>8} {'peak RSS':>9} {'RSS bound':>9}")
     for key, rs in runs.items():

@@ -118,6 +118,31 @@ void AddReadJobs(std::vector<ReadJob>& jobs, int fd, uint8_t* dst, uint64_t leng
   }
 }
 
+// Backs [dst, dst + length) of the arena with memory in one call
+// (MADV_POPULATE_WRITE, Linux >= 5.14) just before the pread fills it: the
+// kernel allocates the pages in one loop instead of taking a page fault per 4
+// KiB in the middle of the pread's copy. Backing new memory is most of the
+// loader's time (bench/README.md); this way the two halves of each job run at
+// full speed on every thread (2.2 GB: 0.46 s instead of 0.55 s on two cores).
+// Best effort: on older kernels (EINVAL) the pread faults the pages in as
+// before, and any real error surfaces in the pread.
+void Populate(uint8_t* dst, uint64_t length) {
+#ifdef MADV_POPULATE_WRITE
+  static std::atomic<bool> unsupported{false};
+  if (length == 0 || unsupported.load(std::memory_order_relaxed)) return;
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  uintptr_t begin = reinterpret_cast<uintptr_t>(dst) / page * page;
+  uintptr_t end = (reinterpret_cast<uintptr_t>(dst) + length + page - 1) / page * page;
+  if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE) != 0 &&
+      errno == EINVAL) {
+    unsupported.store(true, std::memory_order_relaxed);
+  }
+#else
+  (void)dst;
+  (void)length;
+#endif
+}
+
 // Runs the jobs on `threads` threads (weft is built without OpenMP, so
 // at::parallel_for would run serially here).
 void RunReadJobs(const std::vector<ReadJob>& jobs, int threads) {
@@ -127,6 +152,7 @@ void RunReadJobs(const std::vector<ReadJob>& jobs, int threads) {
   auto worker = [&] {
     for (size_t j; (j = next.fetch_add(1)) < jobs.size();) {
       const ReadJob& job = jobs[j];
+      Populate(job.dst, job.length);
       uint64_t done = 0;
       while (done < job.length) {
         ssize_t n = ::pread(job.fd, job.dst + done, job.length - done,
@@ -215,6 +241,7 @@ int64_t PeakRssBytes() {
 absl::StatusOr<LoadResult> LoadCheckpoint(const Checkpoint& checkpoint,
                                           const std::vector<LoadRequest>& requests,
                                           const LoadOptions& options) {
+  const auto start = std::chrono::steady_clock::now();  // everything the caller waits for
   std::map<const SafetensorsFile*, size_t> file_index;
   for (size_t i = 0; i < checkpoint.files().size(); ++i)
     file_index[checkpoint.files()[i].get()] = i;
@@ -236,7 +263,6 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const Checkpoint& checkpoint,
   });
 
   LoadResult result;
-  auto start = std::chrono::steady_clock::now();
   const int threads = options.threads > 0 ? options.threads : at::get_num_threads();
 
   // 2. Reserve each device's total at once.

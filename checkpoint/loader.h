@@ -14,10 +14,12 @@
 // How it reads: files in order, tensors in file order. A slice whose bytes
 // are one contiguous run in the file (dim-0 rows, or whole tensors) of the
 // requested dtype is read with pread straight into its destination (4 MiB
-// jobs spread over the threads), so no file page is mapped into the process. Other
-// slices (dtype conversion, ranges on inner dims) copy from the file's
-// mapping, touching only the strides they need, and release those pages when
-// done. Peak RSS therefore stays near this rank's share, not the checkpoint.
+// jobs spread over the threads, each first backing its destination with memory
+// in one madvise(MADV_POPULATE_WRITE)), so no file page is mapped into the
+// process. Other slices (dtype conversion, ranges on inner dims) copy from
+// the file's mapping, touching only the strides they need, and release those
+// pages when done. Peak RSS therefore stays near this rank's share, not the
+// checkpoint.
 //
 // Memory: the total bytes per device are reserved at once before copying.
 // On CPU that is one arena the parameters are views of; on CUDA one block
@@ -62,7 +64,7 @@ struct LoadStats {
   uint64_t bytes_pread = 0;     // of those, read with pread straight into place
   uint64_t bytes_loaded = 0;    // bytes of the resulting tensors
   uint64_t bytes_reserved = 0;  // reserved up front, all devices
-  double seconds = 0;           // reservation + copying
+  double seconds = 0;           // the whole call: validation, reservation, copying
   double gb_per_s = 0;          // bytes_read / seconds / 1e9
   int64_t peak_rss_bytes = 0;   // the process's peak resident set (VmHWM)
 };

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <sys/stat.h>
 
+#include <fstream>
 #include <random>
 
 #include "gtest/gtest.h"
@@ -132,6 +133,69 @@ TEST(Loader, PackedTwoRangeRowsOfAFusedWeight) {
     EXPECT_TRUE(at::equal(got, want)) << got;
     // chunk(2) still pairs this rank's gate rows with its up rows.
     EXPECT_TRUE(at::equal(got.chunk(2)[1], gate_up.narrow(0, H + r * s, s)));
+  }
+}
+
+// Current resident set (VmRSS) in bytes.
+int64_t RssBytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return -1;
+}
+
+TEST(Loader, LargeRowSlicesArePreadIntoPlaceOnAnyThreadCountWithinTheRssBound) {
+  // Tensors of several MiB at offsets that are not page-aligned (an odd
+  // header, odd row sizes), so each becomes several pread jobs whose ends fall
+  // inside pages shared with the next parameter in the arena.
+  std::string dir = TmpDir("large");
+  {
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (int i = 0; i < 6; ++i) {
+      tensors.push_back(
+          {"w" + std::to_string(i), at::randint(-30000, 30000, {1001 + 97 * i, 2053}, at::kShort)});
+      tensors.push_back({"b" + std::to_string(i), at::randn({333 + i})});
+    }
+    WriteCheckpointOptions options;
+    options.max_shard_bytes = 12 << 20;  // several files
+    ASSERT_TRUE(WriteCheckpoint(dir, tensors, options).ok());
+  }
+  auto ckpt = Checkpoint::Open(dir);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  ASSERT_GT((*ckpt)->files().size(), 1u);
+  for (int threads : {1, 2, 3}) {
+    for (int rank : {0, 1}) {
+      std::vector<LoadRequest> requests;
+      for (const auto& [name, at] : (*ckpt)->tensors()) {
+        Slice slice;
+        if (at.entry->shape.size() == 2) {
+          int64_t rows = at.entry->shape[0], half = (rows + 1) / 2;
+          slice = {{{rank * half, std::min(rows, (rank + 1) * half)}}, {}};
+        }
+        requests.push_back({name, c10::nullopt, at::kCPU, slice});
+      }
+      // Reset the peak to the current resident set (Linux >= 4.0).
+      std::ofstream("/proc/self/clear_refs") << "5";
+      const int64_t before = RssBytes();
+      LoadOptions options;
+      options.threads = threads;
+      auto result = LoadCheckpoint(**ckpt, requests, options);
+      ASSERT_TRUE(result.ok()) << result.status();
+      EXPECT_EQ(result->stats.bytes_pread, result->stats.bytes_read);
+      EXPECT_GT(result->stats.bytes_loaded, 12u << 20);
+      // Only this rank's share becomes resident (no file page is mapped).
+      EXPECT_LE(result->stats.peak_rss_bytes - before,
+                static_cast<int64_t>(1.1 * result->stats.bytes_loaded) + (8 << 20))
+          << "threads " << threads << " rank " << rank;
+      for (const LoadRequest& r : requests) {
+        const Checkpoint::Located* at = (*ckpt)->Find(r.name);
+        at::Tensor want = Expected(at->file->Get(*at->entry), r.slice);
+        EXPECT_TRUE(at::equal(result->tensors.at(r.name), want))
+            << r.name << " threads " << threads << " rank " << rank;
+      }
+    }
   }
 }
 
