@@ -18,4 +18,8 @@ const std::vector<std::pair<std::string, std::string>>& ShippedPlans();
 /// base_model_tp_plan (+ the head), else the shipped plan for its model_type.
 absl::StatusOr<Plan> ResolvePlanArgument(const std::string& argument, const std::string& model_dir);
 
+/// The same for a config.json given as text (`auto` reads it, not a file).
+absl::StatusOr<Plan> ResolvePlanForConfig(const std::string& argument,
+                                          const std::string& config_json);
+
 }  // namespace weft

@@ -15,11 +15,22 @@ absl::StatusOr<Plan> ResolvePlanArgument(const std::string& argument,
   std::ifstream in(model_dir + "/config.json");
   std::stringstream text;
   text << in.rdbuf();
-  auto from_config = PlanFromConfigJson(text.str());
+  if (!in) {
+    // The same error LoadModelConfig gives for a missing config.json.
+    ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
+    (void)config;
+  }
+  return ResolvePlanForConfig(argument, text.str());
+}
+
+absl::StatusOr<Plan> ResolvePlanForConfig(const std::string& argument,
+                                          const std::string& config_json) {
+  if (argument != "auto") return LoadPlanFile(argument);
+  auto from_config = PlanFromConfigJson(config_json);
   if (from_config.ok() || from_config.status().code() != absl::StatusCode::kNotFound) {
     return from_config;
   }
-  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
+  ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(config_json));
   std::vector<std::string> names;
   for (const auto& [name, yaml] : ShippedPlans()) {
     if (name == config.model_type) return ParsePlan(yaml, absl::StrCat("plans/", name, ".yaml"));

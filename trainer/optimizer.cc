@@ -117,22 +117,30 @@ double LearningRate(const ScheduleOptions& o, int64_t step) {
 double ClipGradNorm(const std::vector<at::Tensor>& params, const std::vector<int>& replication,
                     const ProcessGroup* group, double max_norm) {
   at::NoGradGuard no_grad;
-  at::Tensor sum = at::zeros({1}, at::kDouble);
+  std::vector<at::Tensor> grads;
+  std::vector<double> weights;  // 1 / replication
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& g = params[i].grad();
     if (!g.defined()) continue;
-    at::Tensor sq = g.to(at::kDouble).pow(2).sum();
-    sum += sq.to(sum.device()) / static_cast<double>(replication[i]);
+    grads.push_back(g);
+    weights.push_back(1.0 / static_cast<double>(replication[i]));
+  }
+  at::Tensor sum = at::zeros({1}, at::kDouble);
+  if (!grads.empty()) {
+    // One fused pass: each gradient's norm (fp32 at least), their squares summed in
+    // double (as clip_grad_norm_'s foreach path, without the double copies).
+    const at::ScalarType type = grads[0].scalar_type();
+    const bool low = type == at::kBFloat16 || type == at::kHalf;
+    std::vector<at::Tensor> norms =
+        at::_foreach_norm(grads, 2, low ? c10::optional<at::ScalarType>(at::kFloat) : c10::nullopt);
+    at::Tensor squares = at::stack(norms).to(at::kCPU, at::kDouble).pow(2);
+    sum += (squares * at::tensor(weights, at::kDouble)).sum();
   }
   if (group != nullptr && group->size() > 1) group->AllReduce(sum);
   const double norm = std::sqrt(sum.item<double>());
-  if (max_norm > 0) {
+  if (max_norm > 0 && !grads.empty()) {
     const double coef = max_norm / (norm + 1e-6);
-    if (coef < 1) {
-      for (const at::Tensor& p : params) {
-        if (p.grad().defined()) p.grad().mul_(coef);
-      }
-    }
+    if (coef < 1) at::_foreach_mul_(grads, coef);
   }
   return norm;
 }

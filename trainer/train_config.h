@@ -34,7 +34,7 @@ namespace weft {
 struct TrainConfig {
   // model
   std::string model_pretrained;  // a Hugging Face checkpoint directory
-  std::string model_config;      // a config.json (or a directory holding one)
+  std::string model_config;      // a config.json (any name), or a directory holding one
   std::string attn_implementation = "sdpa";
   // parallel
   int tp = 1;

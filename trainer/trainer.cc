@@ -4,9 +4,11 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -55,22 +57,19 @@ std::string Rate(double tokens_per_s) {
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot be opened"));
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat(path, ": cannot be opened (", std::strerror(errno), ")"));
+  }
   std::stringstream text;
   text << in.rdbuf();
   return text.str();
 }
 
-// model.config: a config.json or a directory holding one -> the directory.
-absl::StatusOr<std::string> ConfigDir(const std::string& path) {
+// model.config: a JSON file, or a directory holding config.json.
+std::string ConfigFile(const std::string& path) {
   std::error_code ec;
-  if (fs::is_directory(path, ec)) return path;
-  if (fs::path(path).filename() == "config.json" && fs::exists(path, ec)) {
-    std::string dir = fs::path(path).parent_path().string();
-    return dir.empty() ? std::string(".") : dir;
-  }
-  return absl::NotFoundError(
-      absl::StrCat("model.config ", path, ": not a config.json or a directory holding one"));
+  return fs::is_directory(path, ec) ? path + "/config.json" : path;
 }
 
 // The ranks of the tp group holding identical copies of each parameter's
@@ -105,12 +104,9 @@ struct Setup {
 
 absl::Status BuildModel(const TrainConfig& c, Setup& s) {
   const at::ScalarType dtype = c.precision == "bf16" ? at::kBFloat16 : at::kFloat;
-  const std::string dir = c.model_pretrained.empty() ? "" : c.model_pretrained;
-  std::string config_dir = dir;
-  if (dir.empty()) {
-    ASSIGN_OR_RETURN(config_dir, ConfigDir(c.model_config));
-  }
-  ASSIGN_OR_RETURN(s.config_json, ReadFile(config_dir + "/config.json"));
+  const std::string dir = c.model_pretrained;
+  const std::string config_path = dir.empty() ? ConfigFile(c.model_config) : dir + "/config.json";
+  ASSIGN_OR_RETURN(s.config_json, ReadFile(config_path));
   ASSIGN_OR_RETURN(ModelConfig model_config, ParseModelConfig(s.config_json));
   ModelOptions model_options;
   model_options.dtype = dtype;
@@ -119,7 +115,7 @@ absl::Status BuildModel(const TrainConfig& c, Setup& s) {
   TensorParallelOptions tp_options;
   tp_options.loss_parallel = c.loss_parallel;
   if (s.tp > 1) {
-    ASSIGN_OR_RETURN(plan, ResolvePlanArgument(c.plan, config_dir));
+    ASSIGN_OR_RETURN(plan, ResolvePlanForConfig(c.plan, s.config_json));
     // Every rank's shards, from a model built on the meta device.
     ASSIGN_OR_RETURN(std::shared_ptr<CausalLM> meta, CreateCausalLM(model_config, model_options));
     for (int r = 0; r < s.tp; ++r) {
@@ -366,6 +362,7 @@ absl::StatusOr<TrainResult> Train(const TrainConfig& c, std::ostream& log) {
 
   const Clock::time_point start = Clock::now();
   Clock::time_point window = start;
+  double window_comm = ProcessGroup::CollectiveSeconds();
   int64_t window_steps = 0;
   const int64_t tokens_per_step = c.global_batch * c.seq_len;
   const int64_t first = step;
@@ -403,25 +400,31 @@ absl::StatusOr<TrainResult> Train(const TrainConfig& c, std::ostream& log) {
 
     if (step % c.log_every == 0 || step == c.steps || step == first + 1) {
       const double elapsed = Seconds(start);
-      const double rate = tokens_per_step * window_steps / std::max(1e-9, Seconds(window));
+      const double window_s = std::max(1e-9, Seconds(window));
+      const double rate = tokens_per_step * window_steps / window_s;
+      // The share of the window this rank spent inside collectives.
+      const double comm = (ProcessGroup::CollectiveSeconds() - window_comm) / window_s;
       const double eta =
           elapsed / static_cast<double>(step - first) * static_cast<double>(c.steps - step);
       if (lead) {
         log << absl::StrFormat(
-                   "[train] step %*d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %s tok/s | "
+                   "[train] step %*d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %s tok/s%s | "
                    "elapsed %s | eta %s",
                    static_cast<int>(std::to_string(c.steps).size()), step, c.steps, loss, lr,
-                   grad_norm, Rate(rate), Duration(elapsed), Duration(eta))
+                   grad_norm, Rate(rate),
+                   world > 1 ? absl::StrFormat(" (comm %.0f%%)", 100 * comm) : std::string(),
+                   Duration(elapsed), Duration(eta))
             << "\n";
         log.flush();
         metrics << absl::StrFormat(
                        "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, "
-                       "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}",
-                       step, loss, lr, grad_norm, rate, elapsed)
+                       "\"tokens_per_s\": %.1f, \"comm_share\": %.4f, \"elapsed_s\": %.3f}",
+                       step, loss, lr, grad_norm, rate, comm, elapsed)
                 << "\n";
         metrics.flush();
       }
       window = Clock::now();
+      window_comm = ProcessGroup::CollectiveSeconds();
       window_steps = 0;
     }
     if (c.checkpoint_every > 0 && step % c.checkpoint_every == 0 && step < c.steps) {

@@ -267,7 +267,7 @@ TEST(Trainer, RunTimeErrorsAreOneLine) {
   c = Tiny("errors");
   c.model_config = "/nonexistent/config.json";
   EXPECT_EQ(TrainError(1, c),
-            "model.config /nonexistent/config.json: not a config.json or a directory holding one");
+            "/nonexistent/config.json: cannot be opened (No such file or directory)");
 }
 
 TEST(Trainer, ResumeWithAnotherMeshIsAnError) {
