@@ -22,6 +22,7 @@
 #include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/json.h"
 #include "checkpoint/safetensors.h"
+#include "checkpoint/text_file.h"
 #include "parallel/device_mesh.h"
 #include "parallel/status.h"
 
@@ -31,23 +32,6 @@ namespace {
 
 std::string ShardFile(const char* kind, int tp_rank, int tp) {
   return absl::StrFormat("%s-tp%05d-of-%05d.safetensors", kind, tp_rank, tp);
-}
-
-absl::Status WriteText(const std::string& path, const std::string& text) {
-  ASSIGN_OR_RETURN(AtomicFile file, AtomicFile::Create(path));
-  RETURN_IF_ERROR(file.Write(text.data(), text.size()));
-  return file.Commit();
-}
-
-absl::StatusOr<std::string> ReadText(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat(path, ": cannot be opened (", std::strerror(errno), ")"));
-  }
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
 }
 
 absl::Status FsyncDir(const std::string& dir) {
@@ -205,8 +189,8 @@ absl::Status SaveCheckpoint(const SaveRequest& r, const DeviceMesh& mesh, int wo
   MaybeDieDuringSave(r.state.step);
   world_barrier();
   if (world_rank == 0) {
-    RETURN_IF_ERROR(WriteText(tmp + "/config.yaml", r.config_yaml));
-    RETURN_IF_ERROR(WriteText(tmp + "/trainer_state.json", r.state.ToJson()));
+    RETURN_IF_ERROR(WriteTextFileAtomically(tmp + "/config.yaml", r.config_yaml));
+    RETURN_IF_ERROR(WriteTextFileAtomically(tmp + "/trainer_state.json", r.state.ToJson()));
     RETURN_IF_ERROR(FsyncDir(tmp));
     std::error_code ec;
     fs::remove_all(final_dir, ec);
@@ -225,7 +209,7 @@ absl::Status SaveCheckpoint(const SaveRequest& r, const DeviceMesh& mesh, int wo
 absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(const std::string& dir, int tp, int dp,
                                                    int tp_rank) {
   LoadedCheckpoint out;
-  ASSIGN_OR_RETURN(std::string json, ReadText(dir + "/trainer_state.json"));
+  ASSIGN_OR_RETURN(std::string json, ReadTextFile(dir + "/trainer_state.json"));
   ASSIGN_OR_RETURN(out.state, TrainerState::FromJson(json, dir + "/trainer_state.json"));
   if (out.state.tp != tp || out.state.dp != dp) {
     return absl::InvalidArgumentError(
@@ -291,7 +275,7 @@ absl::Status ExportHuggingFace(const std::string& dir, const std::string& config
   fs::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   RETURN_IF_ERROR(WriteCheckpoint(dir, full));
-  return WriteText(dir + "/config.json", config_json);
+  return WriteTextFileAtomically(dir + "/config.json", config_json);
 }
 
 }  // namespace weft

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "checkpoint/text_file.h"
 #include "parallel/status.h"
 
 namespace weft {
@@ -333,14 +334,9 @@ absl::StatusOr<TrainConfig> ParseTrainConfig(absl::string_view text, const std::
 
 absl::StatusOr<TrainConfig> LoadTrainConfig(const std::string& path,
                                             const std::vector<std::string>& overrides) {
-  std::ifstream in(path);
-  if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat("config ", path, ": cannot be opened (", std::strerror(errno), ")"));
-  }
-  std::stringstream text;
-  text << in.rdbuf();
-  return ParseTrainConfig(text.str(), path, overrides);
+  auto text = ReadTextFile(path);
+  if (!text.ok()) return absl::NotFoundError(absl::StrCat("config ", text.status().message()));
+  return ParseTrainConfig(*text, path, overrides);
 }
 
 }  // namespace weft

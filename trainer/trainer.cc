@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "checkpoint/text_file.h"
 #include "models/generate.h"
 #include "models/init.h"
 #include "models/pretrained.h"
@@ -53,17 +54,6 @@ std::string Rate(double tokens_per_s) {
   if (tokens_per_s >= 1e6) return absl::StrFormat("%.2fM", tokens_per_s / 1e6);
   if (tokens_per_s >= 1e3) return absl::StrFormat("%.1fk", tokens_per_s / 1e3);
   return absl::StrFormat("%.0f", tokens_per_s);
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat(path, ": cannot be opened (", std::strerror(errno), ")"));
-  }
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
 }
 
 // model.config: a JSON file, or a directory holding config.json.
@@ -106,7 +96,7 @@ absl::Status BuildModel(const TrainConfig& c, Setup& s) {
   const at::ScalarType dtype = c.precision == "bf16" ? at::kBFloat16 : at::kFloat;
   const std::string dir = c.model_pretrained;
   const std::string config_path = dir.empty() ? ConfigFile(c.model_config) : dir + "/config.json";
-  ASSIGN_OR_RETURN(s.config_json, ReadFile(config_path));
+  ASSIGN_OR_RETURN(s.config_json, ReadTextFile(config_path));
   ASSIGN_OR_RETURN(ModelConfig model_config, ParseModelConfig(s.config_json));
   ModelOptions model_options;
   model_options.dtype = dtype;
