@@ -37,6 +37,17 @@ done
 "$python" "$check" compare "$export_dir" "$work/ids.safetensors" "$work/weft.safetensors"
 # The export is the trained model: the final checkpoint's shards, reassembled.
 "$python" "$check" shards "$export_dir" "$work/run/checkpoints/step_00000006"
+# The same job under plain mpirun (the runtime reads Open MPI's environment).
+if command -v mpirun >/dev/null; then
+  root_flag=()
+  [[ $(id -u) -eq 0 ]] && root_flag=(--allow-run-as-root)
+  mpirun "${root_flag[@]}" --oversubscribe -np 2 "$weft" train --config "$work/run.yaml" \
+    --set "output_dir=$work/mpirun" --set train.steps=2 --set logging.every=1 >"$work/mpirun.log" 2>&1 ||
+    { cat "$work/mpirun.log"; exit 1; }
+  grep -q "mesh dp 1 x tp 2" "$work/mpirun.log" || { cat "$work/mpirun.log"; exit 1; }
+  [[ $(wc -l <"$work/mpirun/metrics.jsonl") -eq 2 && -f "$work/mpirun/hf/model.safetensors" ]] ||
+    { echo "mpirun run: missing metrics or export"; exit 1; }
+fi
 # weft train's command line: a bad key is one line on stderr and exit code 2.
 set +e
 "$weft" train --config "$work/run.yaml" --set optimizer.lrr=1 2>"$work/err.txt"
