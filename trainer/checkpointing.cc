@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <tuple>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -23,6 +24,7 @@
 #include "checkpoint/json.h"
 #include "checkpoint/safetensors.h"
 #include "checkpoint/text_file.h"
+#include "models/init.h"
 #include "parallel/device_mesh.h"
 #include "parallel/status.h"
 
@@ -206,22 +208,139 @@ absl::Status SaveCheckpoint(const SaveRequest& r, const DeviceMesh& mesh, int wo
   return absl::OkStatus();
 }
 
-absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(const std::string& dir, int tp, int dp,
-                                                   int tp_rank) {
+namespace {
+
+// Copies `part` into `whole` at `slice` (per dim the ranges, concatenated).
+// Dims whose ranges cover them whole are skipped; at most one dim may be cut.
+absl::Status PlaceShard(at::Tensor& whole, const at::Tensor& part, const Slice& slice,
+                        const std::string& name) {
+  int cut = -1;
+  for (size_t d = 0; d < slice.size(); ++d) {
+    const bool full = slice[d].empty() || (slice[d].size() == 1 && slice[d][0].start == 0 &&
+                                           slice[d][0].end == whole.size(d));
+    if (full) continue;
+    if (cut >= 0) {
+      return absl::UnimplementedError(
+          absl::StrCat("parameter '", name, "' is sliced on more than one dim"));
+    }
+    cut = static_cast<int>(d);
+  }
+  if (cut < 0) {
+    whole.copy_(part);
+    return absl::OkStatus();
+  }
+  std::vector<int64_t> index;
+  for (const Range& range : slice[cut])
+    for (int64_t i = range.start; i < range.end; ++i) index.push_back(i);
+  whole.index_copy_(cut, at::tensor(index, at::kLong), part);
+  return absl::OkStatus();
+}
+
+struct SavedShard {
+  std::vector<int64_t> global_shape;
+  Slice slice;
+};
+
+// The `weft_shards` metadata of a model file: per tensor its global shape
+// and the slice the file holds.
+absl::StatusOr<std::map<std::string, SavedShard>> ParseShards(const SafetensorsFile& file) {
+  std::string json;
+  for (const auto& [key, value] : file.header().metadata) {
+    if (key == "weft_shards") json = value;
+  }
+  auto parsed = ParseJson(json);
+  if (!parsed.ok() || !parsed->is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file.path(),
+                     ": no valid weft_shards metadata (a weft training checkpoint "
+                     "records each tensor's global shape and slice there)"));
+  }
+  std::map<std::string, SavedShard> out;
+  auto integer = [](const JsonValue& v) {
+    int64_t x = -1;
+    if (!v.is_number() || !absl::SimpleAtoi(v.text, &x)) x = -1;
+    return x;
+  };
+  for (const auto& [name, spec] : parsed->members) {
+    SavedShard shard;
+    const JsonValue* shape = spec.Find("global_shape");
+    const JsonValue* slice = spec.Find("slice");
+    if (shape == nullptr || slice == nullptr || !shape->is_array() || !slice->is_array()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file.path(), ": weft_shards entry '", name, "' is malformed"));
+    }
+    for (const JsonValue& d : shape->items) shard.global_shape.push_back(integer(d));
+    for (const JsonValue& dim : slice->items) {
+      std::vector<Range> ranges;
+      for (const JsonValue& r : dim.items) {
+        if (r.items.size() != 2) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(file.path(), ": weft_shards entry '", name, "' has a bad range"));
+        }
+        ranges.push_back({integer(r.items[0]), integer(r.items[1])});
+      }
+      shard.slice.push_back(ranges);
+    }
+    out[name] = std::move(shard);
+  }
+  return out;
+}
+
+// The optimizer tensor `exp_avg.<name>` is sliced as parameter `<name>`.
+std::string ParameterOf(const std::string& key) { return key.substr(key.find('.') + 1); }
+
+}  // namespace
+
+absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(const std::string& dir, int tp, int tp_rank,
+                                                   const std::map<std::string, ShardSpec>* shards) {
   LoadedCheckpoint out;
   ASSIGN_OR_RETURN(std::string json, ReadTextFile(dir + "/trainer_state.json"));
   ASSIGN_OR_RETURN(out.state, TrainerState::FromJson(json, dir + "/trainer_state.json"));
-  if (out.state.tp != tp || out.state.dp != dp) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(dir, ": written with tp ", out.state.tp, " x dp ", out.state.dp,
-                     ", but this run has tp ", tp, " x dp ", dp, " (resume with the same mesh)"));
+  const int saved_tp = out.state.tp;
+  if (saved_tp == tp) {
+    for (auto [kind, target] :
+         {std::pair<const char*, std::map<std::string, at::Tensor>*>{"model", &out.params},
+          {"optimizer", &out.optimizer}}) {
+      ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(dir + "/" + ShardFile(kind, tp_rank, tp)));
+      for (const TensorEntry& e : file->tensors()) (*target)[e.name] = file->Get(e);
+    }
+    return out;
   }
-  for (auto [kind, target] :
-       {std::pair<const char*, std::map<std::string, at::Tensor>*>{"model", &out.params},
-        {"optimizer", &out.optimizer}}) {
-    ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(dir + "/" + ShardFile(kind, tp_rank, tp)));
-    for (const TensorEntry& e : file->tensors()) (*target)[e.name] = file->Get(e);
+  // Another tp: assemble every tensor from the saved ranks' shards (their
+  // slices are in the model files' metadata), then cut this rank's slice.
+  std::map<std::string, SavedShard> layout;  // by parameter, from rank 0's view
+  std::map<std::string, at::Tensor> full_params, full_optimizer;
+  for (int r = 0; r < saved_tp; ++r) {
+    ASSIGN_OR_RETURN(auto model,
+                     SafetensorsFile::Open(dir + "/" + ShardFile("model", r, saved_tp)));
+    ASSIGN_OR_RETURN(auto optimizer,
+                     SafetensorsFile::Open(dir + "/" + ShardFile("optimizer", r, saved_tp)));
+    ASSIGN_OR_RETURN(auto saved, ParseShards(*model));
+    for (auto [file, full, is_model] :
+         {std::tuple<const SafetensorsFile*, std::map<std::string, at::Tensor>*, bool>{
+              model.get(), &full_params, true},
+          {optimizer.get(), &full_optimizer, false}}) {
+      for (const TensorEntry& e : file->tensors()) {
+        const std::string param = is_model ? e.name : ParameterOf(e.name);
+        auto it = saved.find(param);
+        if (it == saved.end()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              file->path(), ": tensor '", e.name, "' has no weft_shards entry for '", param, "'"));
+        }
+        at::Tensor part = file->Get(e);
+        auto [slot, fresh] = full->try_emplace(e.name);
+        if (fresh) slot->second = at::zeros(it->second.global_shape, part.options());
+        RETURN_IF_ERROR(PlaceShard(slot->second, part, it->second.slice, e.name));
+      }
+    }
   }
+  auto cut = [&](const std::string& param, const at::Tensor& full) {
+    if (shards == nullptr) return full;
+    auto it = shards->find(param);
+    return it == shards->end() ? full : SliceTensor(full, it->second.slice).contiguous();
+  };
+  for (auto& [name, full] : full_params) out.params[name] = cut(name, full);
+  for (auto& [name, full] : full_optimizer) out.optimizer[name] = cut(ParameterOf(name), full);
   return out;
 }
 

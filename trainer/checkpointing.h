@@ -75,10 +75,14 @@ struct LoadedCheckpoint {
   std::map<std::string, at::Tensor> optimizer;
 };
 
-/// Reads `dir` for tp rank `tp_rank` of `tp`; a checkpoint written with
-/// another tp or dp is an error naming both.
-absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(const std::string& dir, int tp, int dp,
-                                                   int tp_rank);
+/// Reads `dir` for tp rank `tp_rank` of `tp`. A checkpoint saved with the
+/// same tp gives this rank's files as they are. One saved with another tp
+/// is resharded, as DCP does: every tensor is assembled from the saved
+/// ranks' shards (their slices are in the metadata) and cut to this rank's
+/// slice in `shards` (nullptr or absent: the whole tensor). The data-parallel
+/// size may change freely (replicas hold the same shards).
+absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(const std::string& dir, int tp, int tp_rank,
+                                                   const std::map<std::string, ShardSpec>* shards);
 
 /// Gathers each parameter over the tp group of `mesh` and, on world rank 0,
 /// writes `dir` as a Hugging Face checkpoint with `config_json` as its

@@ -58,12 +58,12 @@ struct TrainConfig {
   double min_lr_ratio = 0.0;
   // train
   int64_t steps = 0;
-  int64_t global_batch = 0;  // sequences per optimizer step, over all dp ranks
-  int64_t micro_batch = 0;   // sequences per forward/backward (0: global_batch / dp)
+  int64_t global_batch = 0;        // sequences per optimizer step, over all dp ranks
+  int64_t micro_batch = 0;         // sequences per forward/backward (0: global_batch / dp)
   std::string precision = "fp32";  // fp32 or bf16 (bf16 weights and compute, fp32 master)
   bool activation_checkpointing = false;
   int64_t seed = 0;
-  bool resume = false;  // continue from the latest checkpoint in output_dir
+  bool resume = false;          // continue from the latest checkpoint in output_dir
   std::string device = "auto";  // cpu, cuda or auto
   // checkpoint
   int64_t checkpoint_every = 0;  // 0: only at the end

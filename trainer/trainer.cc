@@ -271,7 +271,8 @@ absl::StatusOr<TrainResult> Train(const TrainConfig& c, std::ostream& log) {
       return absl::NotFoundError(
           absl::StrCat("train.resume: no checkpoint under ", c.output_dir, "/checkpoints"));
     }
-    ASSIGN_OR_RETURN(LoadedCheckpoint ckpt, LoadCheckpointDir(*latest, s.tp, s.dp, s.tp_rank));
+    ASSIGN_OR_RETURN(LoadedCheckpoint ckpt,
+                     LoadCheckpointDir(*latest, s.tp, s.tp_rank, s.tp > 1 ? &my_shards : nullptr));
     {
       at::NoGradGuard no_grad;
       for (auto& [name, tensor] : named) {
@@ -287,6 +288,10 @@ absl::StatusOr<TrainResult> Train(const TrainConfig& c, std::ostream& log) {
     RETURN_IF_ERROR(loader->CheckPosition(ckpt.state.data));
     loader->Restore(ckpt.state.data);
     step = ckpt.state.step;
+    if (lead && (ckpt.state.tp != s.tp || ckpt.state.dp != s.dp)) {
+      log << "[train] resharded from dp " << ckpt.state.dp << " x tp " << ckpt.state.tp << " to dp "
+          << s.dp << " x tp " << s.tp << "\n";
+    }
     if (!ckpt.state.rng_state_hex.empty()) {
       const std::string& hex = ckpt.state.rng_state_hex;
       at::Tensor state = at::empty({static_cast<int64_t>(hex.size() / 2)}, at::kByte);

@@ -207,7 +207,7 @@ TEST(Trainer, KillDuringSaveKeepsThePreviousCheckpointAndResumeIsExact) {
   auto latest = LatestCheckpoint(c.output_dir);
   ASSERT_TRUE(latest.has_value());
   EXPECT_EQ(*latest, CheckpointDir(c.output_dir, 4));
-  auto loaded = LoadCheckpointDir(*latest, 2, 1, 1);
+  auto loaded = LoadCheckpointDir(*latest, 2, 1, nullptr);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->state.step, 4);
   EXPECT_FALSE(loaded->params.empty());
@@ -270,16 +270,35 @@ TEST(Trainer, RunTimeErrorsAreOneLine) {
             "/nonexistent/config.json: cannot be opened (No such file or directory)");
 }
 
-TEST(Trainer, ResumeWithAnotherMeshIsAnError) {
-  TrainConfig c = Tiny("mesh_change");
-  c.steps = 2;
-  ASSERT_EQ(RunAndGetLosses(1, c).size(), 2u);
+// As DCP: a checkpoint saved at TP=2 resumes at TP=1 x DP=2 (and back at
+// TP=2 from a TP=1 one), continuing the run as the same mesh would.
+TEST(Trainer, ResumeOnAnotherMeshReshards) {
+  TrainConfig c = Tiny("reshard");
   c.tp = 2;
-  c.resume = true;
-  EXPECT_EQ(TrainError(2, c),
-            absl::StrCat(CheckpointDir(c.output_dir, 2),
-                         ": written with tp 1 x dp 1, but this run has tp 2 x dp 1 (resume "
-                         "with the same mesh)"));
+  c.steps = 6;
+  c.checkpoint_every = 3;
+  c.checkpoint_keep = 3;
+  std::vector<double> want = RunAndGetLosses(2, c);
+  ASSERT_EQ(want.size(), 6u);
+  // Back to step 3, then on to 6 as dp 2 x tp 1.
+  fs::remove_all(CheckpointDir(c.output_dir, 6));
+  TrainConfig dp = c;
+  dp.tp = 1;
+  dp.dp = 2;
+  dp.resume = true;
+  std::vector<double> got = RunAndGetLosses(2, dp);
+  ASSERT_EQ(got.size(), 3u);
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_NEAR(got[i], want[i + 3], kStepTolerance) << "step " << i + 4;
+  }
+  // And from dp 2 x tp 1's step-6 checkpoint back to tp 2 for one more step.
+  TrainConfig tp = c;
+  tp.steps = 7;
+  tp.resume = true;
+  std::vector<double> more = RunAndGetLosses(2, tp);
+  ASSERT_EQ(more.size(), 1u);
+  EXPECT_TRUE(std::isfinite(more[0]));
+  EXPECT_LT(more[0], want[0]);
 }
 
 }  // namespace
