@@ -193,6 +193,17 @@ absl::StatusOr<TrainResult> Train(const TrainConfig& c, std::ostream& log) {
   }
   const int64_t accumulation = local_batch / micro;
 
+  // A fresh run never mixes its checkpoints with an earlier run's (keeping
+  // the last K by step would delete the new ones).
+  const char* restarts = std::getenv("TORCHELASTIC_RESTART_COUNT");
+  const std::optional<std::string> earlier = LatestCheckpoint(c.output_dir);
+  const bool restarted = restarts != nullptr && std::string(restarts) != "0" && earlier;
+  if (!c.resume && !restarted && earlier) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("output_dir ", c.output_dir, " already holds checkpoints (latest ", *earlier,
+                     "): pass --resume to continue that run, or choose another output_dir"));
+  }
+
   // Data: a token file, or a text tokenised byte-level by rank 0.
   std::string prefix = c.data_path;
   bool byte_level = false;
@@ -262,9 +273,6 @@ absl::StatusOr<TrainResult> Train(const TrainConfig& c, std::ostream& log) {
   int64_t step = 0;  // optimizer steps done
   // A restarted attempt under weftrun/torchrun continues from the latest
   // checkpoint, if there is one (torchelastic's contract for restarts).
-  const char* restarts = std::getenv("TORCHELASTIC_RESTART_COUNT");
-  const bool restarted = restarts != nullptr && std::string(restarts) != "0" &&
-                         LatestCheckpoint(c.output_dir).has_value();
   if (c.resume || restarted) {
     std::optional<std::string> latest = LatestCheckpoint(c.output_dir);
     if (!latest) {

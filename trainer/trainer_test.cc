@@ -264,6 +264,13 @@ TEST(Trainer, RunTimeErrorsAreOneLine) {
   c.resume = true;
   EXPECT_EQ(TrainError(1, c),
             absl::StrCat("train.resume: no checkpoint under ", c.output_dir, "/checkpoints"));
+  c = Tiny("errors_earlier_run");
+  c.steps = 1;
+  ASSERT_EQ(RunAndGetLosses(1, c).size(), 1u);
+  EXPECT_EQ(TrainError(1, c),
+            absl::StrCat("output_dir ", c.output_dir, " already holds checkpoints (latest ",
+                         CheckpointDir(c.output_dir, 1),
+                         "): pass --resume to continue that run, or choose another output_dir"));
   c = Tiny("errors");
   c.model_config = "/nonexistent/config.json";
   EXPECT_EQ(TrainError(1, c),

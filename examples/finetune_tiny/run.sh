@@ -11,6 +11,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 out="${WEFT_RUN_DIR:-runs/finetune_tiny}"
+# A new run each time: weft train refuses to mix a fresh run's checkpoints
+# with an earlier run's (it would continue one only with --resume).
+rm -rf "$out/pretrain" "$out/finetune"
 weft=(bazel-bin/weftrun --standalone --nproc-per-node 2 bazel-bin/weft train)
 start=$SECONDS
 
