@@ -373,19 +373,7 @@ absl::Status ExportHuggingFace(const std::string& dir, const std::string& config
       for (int64_t d : spec.local_shape) numel *= d;
       at::Tensor part = gathered.narrow(0, offset, numel).view(spec.local_shape);
       offset += numel;
-      int sliced = -1;
-      for (size_t d = 0; d < spec.slice.size(); ++d) {
-        if (spec.slice[d].empty()) continue;
-        if (sliced >= 0) {
-          return absl::UnimplementedError(
-              absl::StrCat("export: parameter '", name, "' is sliced on more than one dim"));
-        }
-        sliced = static_cast<int>(d);
-      }
-      std::vector<int64_t> index;
-      for (const Range& range : spec.slice[sliced])
-        for (int64_t i = range.start; i < range.end; ++i) index.push_back(i);
-      whole.index_copy_(sliced, at::tensor(index, at::kLong), part);
+      RETURN_IF_ERROR(PlaceShard(whole, part, spec.slice, name));
     }
     full.emplace_back(name, whole);
   }
