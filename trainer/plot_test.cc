@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "checkpoint/text_file.h"
 #include "gtest/gtest.h"
 
 namespace weft {
@@ -17,13 +18,6 @@ namespace {
 std::string TmpPath(const std::string& name) {
   const char* dir = std::getenv("TEST_TMPDIR");
   return std::string(dir ? dir : "/tmp") + "/" + name;
-}
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 // The points="..." of the polyline whose class is `cls`, split; empty when absent.
@@ -62,7 +56,7 @@ TEST(Plot, WritesAFileWithOnePointPerStep) {
   for (int64_t step = 1; step <= 40; ++step) points.push_back({step, 5.0 / std::sqrt(step)});
   const std::string path = TmpPath("loss.svg");
   ASSERT_TRUE(WriteLossCurveSvg(path, points, "tiny <llama> & friends").ok());
-  const std::string svg = ReadAll(path);
+  const std::string svg = ReadTextFile(path).value_or("");
   ExpectWellFormed(svg);
   EXPECT_EQ(PolylinePoints(svg, "loss").size(), 40u);
   EXPECT_TRUE(PolylinePoints(svg, "ema").empty());  // 40 <= 50 points: no EMA

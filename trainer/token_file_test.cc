@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "checkpoint/json.h"
+#include "checkpoint/text_file.h"
 #include "gtest/gtest.h"
 
 namespace weft {
@@ -17,13 +18,6 @@ namespace {
 std::string TmpPath(const std::string& name) {
   const char* dir = std::getenv("TEST_TMPDIR");
   return std::string(dir ? dir : "/tmp") + "/" + name;
-}
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 void WriteAll(const std::string& path, const std::string& bytes) {
@@ -48,9 +42,9 @@ TEST(TokenFile, WritesAndReadsBack) {
   const std::string prefix = TmpPath("roundtrip");
   std::vector<int64_t> tokens = {5, 0, 255, 17, 3, 3, 9};
   ASSERT_TRUE(WriteTokenFile(prefix, tokens, {0, 3, 4, 7}, 256).ok());
-  EXPECT_EQ(ReadAll(prefix + ".bin").size(), 14u);
-  EXPECT_EQ(ReadAll(prefix + ".idx").size(), 40u + 8 * 4);
-  EXPECT_EQ(ReadAll(prefix + ".idx").substr(0, 8), "WEFTTOK1");
+  EXPECT_EQ(ReadTextFile(prefix + ".bin").value_or("").size(), 14u);
+  EXPECT_EQ(ReadTextFile(prefix + ".idx").value_or("").size(), 40u + 8 * 4);
+  EXPECT_EQ(ReadTextFile(prefix + ".idx").value_or("").substr(0, 8), "WEFTTOK1");
 
   auto file = TokenFile::Open(prefix);
   ASSERT_TRUE(file.ok()) << file.status();
@@ -67,7 +61,7 @@ TEST(TokenFile, WritesAndReadsBack) {
   EXPECT_EQ(ToVector((*file)->Tokens(2, 5)), (std::vector<int64_t>{255, 17, 3}));
   EXPECT_EQ((*file)->Tokens(4, 4).numel(), 0);
   // No temporaries are left behind.
-  EXPECT_TRUE(ReadAll(prefix + ".bin.tmp." + std::to_string(::getpid())).empty());
+  EXPECT_TRUE(ReadTextFile(prefix + ".bin.tmp." + std::to_string(::getpid())).value_or("").empty());
 }
 
 TEST(TokenFile, UsesFourBytesAboveUint16) {
@@ -119,8 +113,8 @@ class TokenFileOpen : public ::testing::Test {
   void SetUp() override {
     prefix_ = TmpPath("corrupt");
     ASSERT_TRUE(WriteTokenFile(prefix_, {1, 2, 3, 4, 5}, {0, 2, 5}, 10).ok());
-    idx_ = ReadAll(prefix_ + ".idx");
-    bin_ = ReadAll(prefix_ + ".bin");
+    idx_ = ReadTextFile(prefix_ + ".idx").value_or("");
+    bin_ = ReadTextFile(prefix_ + ".bin").value_or("");
   }
   std::string Idx() const { return prefix_ + ".idx"; }
   std::string Bin() const { return prefix_ + ".bin"; }
@@ -281,7 +275,7 @@ struct Expected {
 };
 
 Expected ReadExpected(const std::string& path) {
-  auto v = ParseJson(ReadAll(path));
+  auto v = ParseJson(ReadTextFile(path).value_or(""));
   EXPECT_TRUE(v.ok()) << path << ": " << v.status();
   Expected e;
   if (!v.ok()) return e;
@@ -311,8 +305,10 @@ TEST(Fixtures, ByteLevelFromThePythonScript) {
   // The C++ writer produces the same bytes as the script for the same text.
   const std::string prefix = TmpPath("sample_cc");
   ASSERT_TRUE(WriteByteLevelTokenFile("tests/data/tokens/sample.txt", prefix).ok());
-  EXPECT_EQ(ReadAll(prefix + ".bin"), ReadAll("tests/data/tokens/byte.bin"));
-  EXPECT_EQ(ReadAll(prefix + ".idx"), ReadAll("tests/data/tokens/byte.idx"));
+  EXPECT_EQ(ReadTextFile(prefix + ".bin").value_or(""),
+            ReadTextFile("tests/data/tokens/byte.bin").value_or(""));
+  EXPECT_EQ(ReadTextFile(prefix + ".idx").value_or(""),
+            ReadTextFile("tests/data/tokens/byte.idx").value_or(""));
 }
 
 TEST(Fixtures, HuggingFaceTokenizerFromThePythonScript) {
