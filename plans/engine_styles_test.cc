@@ -19,20 +19,11 @@ namespace weft {
 namespace {
 
 using testing::CompareWithSingleProcess;
+using testing::InitCpuRuntime;
 using testing::MatchingSlice;
 using testing::MaxDiff;
 using testing::RankResults;
 using testing::RunRanks;
-
-std::unique_ptr<Runtime> Init() {
-  RuntimeOptions ro;
-  ro.device = "cpu";
-  ro.timeout = std::chrono::seconds(60);
-  ro.collective_timeout = std::chrono::seconds(60);
-  auto rt = Runtime::Init(ro);
-  EXPECT_TRUE(rt.ok()) << rt.status();
-  return rt.ok() ? std::move(*rt) : nullptr;
-}
 
 struct Case {
   std::string dir;
@@ -46,7 +37,7 @@ class Styles : public ::testing::TestWithParam<Case> {};
 TEST_P(Styles, CheckpointMatchesSingleProcess) {
   const Case c = GetParam();
   RankResults result = RunRanks(c.tp, [&] {
-    auto rt = Init();
+    auto rt = InitCpuRuntime();
     ASSERT_TRUE(rt);
     auto plan = LoadPlanFile(c.plan);
     ASSERT_TRUE(plan.ok()) << plan.status();
@@ -69,7 +60,7 @@ TEST_P(Styles, CheckpointMatchesSingleProcess) {
 TEST_P(Styles, InitializedFromConfigMatchesSingleProcess) {
   const Case c = GetParam();
   RankResults result = RunRanks(c.tp, [&] {
-    auto rt = Init();
+    auto rt = InitCpuRuntime();
     ASSERT_TRUE(rt);
     auto plan = LoadPlanFile(c.plan);
     ASSERT_TRUE(plan.ok()) << plan.status();
@@ -187,7 +178,7 @@ TEST(Placements, ShardReplicateAndRanges) {
 // After ApplyTensorParallel, ParameterPlacement answers with the group's name.
 TEST(Placements, RecordedForTheModel) {
   RankResults result = RunRanks(2, [] {
-    auto rt = Init();
+    auto rt = InitCpuRuntime();
     ASSERT_TRUE(rt);
     auto plan = LoadPlanFile("plans/llama.yaml");
     ASSERT_TRUE(plan.ok());
@@ -243,7 +234,7 @@ TEST(Validation, NewStylesErrors) {
 
 TEST(Validation, LossParallelNeedsAnEvenVocab) {
   RankResults result = RunRanks(3, [] {
-    auto rt = Init();
+    auto rt = InitCpuRuntime();
     ASSERT_TRUE(rt);
     auto plan = LoadPlanFile("tests/data/plans/llama_uneven.yaml");
     ASSERT_TRUE(plan.ok());

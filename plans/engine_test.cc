@@ -17,24 +17,21 @@ namespace weft {
 namespace {
 
 using testing::CompareWithSingleProcess;
+using testing::InitCpuRuntime;
 using testing::MatchingSlice;
 using testing::MaxDiff;
 using testing::RankResults;
 using testing::RunRanks;
 
 void CheckModel(const std::string& dir, const std::string& plan_file) {
-  RuntimeOptions ro;
-  ro.device = "cpu";
-  ro.timeout = std::chrono::seconds(60);
-  ro.collective_timeout = std::chrono::seconds(60);
-  auto rt = Runtime::Init(ro);
-  ASSERT_TRUE(rt.ok()) << rt.status();
+  auto rt = InitCpuRuntime();
+  ASSERT_TRUE(rt);
   auto plan = LoadPlanFile(plan_file);
   ASSERT_TRUE(plan.ok()) << plan.status();
   PretrainedOptions options;
   options.dtype = at::kFloat;
   options.attn_implementation = "eager";
-  auto sharded = FromPretrainedTensorParallel(dir, options, *plan, (*rt)->world());
+  auto sharded = FromPretrainedTensorParallel(dir, options, *plan, rt->world());
   ASSERT_TRUE(sharded.ok()) << sharded.status();
   auto full = FromPretrained(dir, options);
   ASSERT_TRUE(full.ok()) << full.status();
@@ -86,12 +83,9 @@ INSTANTIATE_TEST_SUITE_P(
 // matching slice of the single-process full-batch gradient.
 TEST(DataAndTensorParallel, TwoByTwoMesh) {
   RankResults result = RunRanks(4, [] {
-    RuntimeOptions ro;
-    ro.device = "cpu";
-    ro.timeout = std::chrono::seconds(60);
-    auto rt = Runtime::Init(ro);
-    ASSERT_TRUE(rt.ok()) << rt.status();
-    auto mesh = DeviceMesh::Create(**rt, {{"dp", 2}, {"tp", 2}});
+    auto rt = InitCpuRuntime();
+    ASSERT_TRUE(rt);
+    auto mesh = DeviceMesh::Create(*rt, {{"dp", 2}, {"tp", 2}});
     ASSERT_TRUE(mesh.ok()) << mesh.status();
     const std::string dir = "tests/data/hf/llama";
     PretrainedOptions options;
@@ -133,11 +127,8 @@ TEST(DataAndTensorParallel, TwoByTwoMesh) {
 // still equal the single-process ones.
 TEST(LossParallel, MatchesSingleProcessWithoutGatheringLogits) {
   RankResults result = RunRanks(2, [] {
-    RuntimeOptions ro;
-    ro.device = "cpu";
-    ro.timeout = std::chrono::seconds(60);
-    auto rt = Runtime::Init(ro);
-    ASSERT_TRUE(rt.ok()) << rt.status();
+    auto rt = InitCpuRuntime();
+    ASSERT_TRUE(rt);
     const std::string dir = "tests/data/hf/qwen2";
     PretrainedOptions options;
     options.dtype = at::kFloat;
@@ -145,7 +136,7 @@ TEST(LossParallel, MatchesSingleProcessWithoutGatheringLogits) {
     TensorParallelOptions tp_options;
     tp_options.loss_parallel = true;
     auto plan = LoadPlanFile("plans/qwen2.yaml");
-    auto sharded = FromPretrainedTensorParallel(dir, options, *plan, (*rt)->world(), tp_options);
+    auto sharded = FromPretrainedTensorParallel(dir, options, *plan, rt->world(), tp_options);
     ASSERT_TRUE(sharded.ok()) << sharded.status();
     auto full = FromPretrained(dir, options);
     auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
@@ -156,7 +147,7 @@ TEST(LossParallel, MatchesSingleProcessWithoutGatheringLogits) {
     CausalLMOutput a = (*sharded)->Forward(inputs);
     CausalLMOutput b = (*full)->Forward(inputs);
     EXPECT_EQ(a.logits.size(2), 128);  // this rank's half of the vocab
-    EXPECT_LT(MaxDiff(a.logits, b.logits.narrow(2, 128 * (*rt)->rank(), 128)), 1e-5);
+    EXPECT_LT(MaxDiff(a.logits, b.logits.narrow(2, 128 * rt->rank(), 128)), 1e-5);
     EXPECT_LT(MaxDiff(a.loss, b.loss), 1e-5);
     a.loss.backward();
     b.loss.backward();
@@ -173,13 +164,11 @@ TEST(LossParallel, MatchesSingleProcessWithoutGatheringLogits) {
 
 TEST(PlanValidation, ErrorsBeforeAllocating) {
   RankResults result = RunRanks(3, [] {
-    RuntimeOptions ro;
-    ro.device = "cpu";
-    auto rt = Runtime::Init(ro);
-    ASSERT_TRUE(rt.ok()) << rt.status();
+    auto rt = InitCpuRuntime();
+    ASSERT_TRUE(rt);
     auto plan = LoadPlanFile("plans/llama.yaml");
     ASSERT_TRUE(plan.ok());
-    auto model = FromPretrainedTensorParallel("tests/data/hf/llama", {}, *plan, (*rt)->world());
+    auto model = FromPretrainedTensorParallel("tests/data/hf/llama", {}, *plan, rt->world());
     ASSERT_FALSE(model.ok());
     EXPECT_EQ(model.status().message(), "num_attention_heads 4 is not divisible by tp 3");
     auto bad = ParsePlan("tp_plan:\n  \"model.layers.*.self_attn.q_proj\": gather\n", "g.yaml");
