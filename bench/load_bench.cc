@@ -10,8 +10,8 @@
 #include <cstring>
 #include <string>
 
+#include "base/slice.h"
 #include "checkpoint/loader.h"
-#include "parallel/chunk.h"
 
 int main(int argc, char** argv) {
   std::string model;

@@ -12,9 +12,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "checkpoint/atomic_file.h"
-#include "checkpoint/json.h"
-#include "parallel/status.h"
+#include "base/atomic_file.h"
+#include "base/json.h"
+#include "base/status.h"
+#include "base/text_file.h"
 
 namespace weft {
 namespace {
@@ -33,13 +34,13 @@ bool Exists(const std::string& path) {
 }
 
 absl::StatusOr<std::string> ReadText(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::UnavailableError(absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
+  int err = 0;
+  auto text = ReadTextFile(path, &err);
+  if (!text.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot read ", path, ": ", err != 0 ? std::strerror(err) : "read failed"));
   }
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
+  return text;
 }
 
 }  // namespace

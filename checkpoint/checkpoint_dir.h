@@ -5,7 +5,9 @@
 //   const Checkpoint::Located* w = ckpt->Find("lm_head.weight");
 //   at::Tensor t = w->file->Get(*w->entry);
 //
-//   RETURN_IF_ERROR(WriteCheckpoint("/out", tensors, {.max_shard_bytes = 5e9}));
+//   WriteCheckpointOptions options;
+//   options.max_shard_bytes = 5e9;
+//   RETURN_IF_ERROR(WriteCheckpoint("/out", tensors, options));
 #pragma once
 
 #include <ATen/core/Tensor.h>

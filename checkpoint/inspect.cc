@@ -27,13 +27,10 @@ std::string Basename(const std::string& path) {
 
 }  // namespace
 
-int RunInspect(const std::string& path, std::ostream& out, std::ostream& err) {
-  try {
+absl::Status PrintInspect(const std::string& path, std::ostream& out) {
+  {
     auto ckpt = Checkpoint::Open(path);
-    if (!ckpt.ok()) {
-      err << "weft inspect: " << ckpt.status().message() << std::endl;
-      return 2;
-    }
+    if (!ckpt.ok()) return ckpt.status();
     std::vector<std::vector<std::string>> rows = {{"name", "dtype", "shape", "bytes", "file"}};
     for (const auto& [name, at] : (*ckpt)->tensors()) {
       rows.push_back({name, at.entry->dtype_name,
@@ -61,10 +58,7 @@ int RunInspect(const std::string& path, std::ostream& out, std::ostream& err) {
       for (const auto& [key, value] : file->header().metadata) out << " " << key << "=" << value;
       out << "\n";
     }
-    return 0;
-  } catch (const std::exception& e) {
-    err << "weft inspect: " << e.what() << std::endl;
-    return 2;
+    return absl::OkStatus();
   }
 }
 

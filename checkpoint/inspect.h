@@ -1,4 +1,10 @@
-// `weft inspect PATH`: what a safetensors file or checkpoint directory holds.
+// -----------------------------------------------------------------------------
+// File: checkpoint/inspect.h
+// -----------------------------------------------------------------------------
+//
+// What a safetensors file or checkpoint directory holds: every tensor (name,
+// dtype, shape, bytes, file), the totals and the metadata. `weft inspect`
+// (cli/inspect.cc) prints it:
 //
 //   weft inspect /models/llama
 //   name                       dtype  shape       bytes   file
@@ -6,16 +12,18 @@
 //   ...
 //   21 tensors, 427264 bytes (417.3 KiB) in 1 file
 //
-// On a bad file: the one-line error on stderr and exit code 2.
+// A bad file is an error naming the file, the tensor and the value found vs
+// expected.
 #pragma once
 
 #include <ostream>
 #include <string>
 
+#include "absl/status/status.h"
+
 namespace weft {
 
-/// Prints the table to `out`; returns the exit code (0, or 2 with the error
-/// on `err`). Never throws.
-int RunInspect(const std::string& path, std::ostream& out, std::ostream& err);
+/// Prints the table to `out`.
+absl::Status PrintInspect(const std::string& path, std::ostream& out);
 
 }  // namespace weft

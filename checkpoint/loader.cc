@@ -17,7 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "parallel/cuda_plugin.h"
+#include "base/status.h"
 
 namespace weft {
 namespace {
@@ -41,7 +41,8 @@ std::string ShapeText(const std::vector<int64_t>& shape) {
 }
 
 absl::StatusOr<Planned> Plan(const Checkpoint& ckpt, const LoadRequest& r,
-                             const std::map<const SafetensorsFile*, size_t>& file_index) {
+                             const std::map<const SafetensorsFile*, size_t>& file_index,
+                             const DeviceMemory& device_memory) {
   const Checkpoint::Located* at = ckpt.Find(r.name);
   if (at == nullptr) {
     return absl::NotFoundError(absl::StrCat("checkpoint has no tensor '", r.name, "'"));
@@ -71,13 +72,20 @@ absl::StatusOr<Planned> Plan(const Checkpoint& ckpt, const LoadRequest& r,
   uint64_t numel = 1;
   for (int64_t s : p.out_shape) numel *= static_cast<uint64_t>(s);
   p.out_bytes = numel * c10::elementSize(p.dtype);
-  if (std::string why; r.device.is_cuda() && GetCudaPlugin(&why) == nullptr) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "'", r.name, "' requested on ", r.device.str(), ", but CUDA is unavailable: ", why));
-  }
   if (!r.device.is_cpu() && !r.device.is_cuda()) {
     return absl::InvalidArgumentError(
         absl::StrCat("'", r.name, "' requested on ", r.device.str(), " (expected cpu or cuda)"));
+  }
+  if (r.device.is_cuda()) {
+    absl::Status usable =
+        device_memory.check
+            ? device_memory.check(r.device)
+            : absl::FailedPreconditionError("the loader was given no device memory");
+    if (!usable.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("'", r.name, "' requested on ", r.device.str(),
+                       ", but CUDA is unavailable: ", usable.message()));
+    }
   }
   return p;
 }
@@ -253,7 +261,7 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const Checkpoint& checkpoint,
     if (!names.insert(r.name).second) {
       return absl::InvalidArgumentError(absl::StrCat("'", r.name, "' is requested twice"));
     }
-    auto p = Plan(checkpoint, r, file_index);
+    auto p = Plan(checkpoint, r, file_index, options.device_memory);
     if (!p.ok()) return p.status();
     plan.push_back(std::move(p).value());
   }
@@ -282,7 +290,7 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const Checkpoint& checkpoint,
     if (device.is_cuda()) {
       // Warm LibTorch's caching allocator: one block for every parameter,
       // freed at once and then carved up by the allocations below.
-      result.stats.bytes_reserved += GetCudaPlugin()->reserve(device.index(), total);
+      result.stats.bytes_reserved += options.device_memory.reserve(device, total);
     }
   }
   std::map<DeviceKey, uint64_t> cursor;
@@ -359,9 +367,7 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const Checkpoint& checkpoint,
       }
     }
   } catch (const std::exception& ex) {
-    std::string what = ex.what();
-    return absl::UnavailableError(
-        absl::StrCat("loading failed: ", what.substr(0, what.find('\n'))));
+    return absl::UnavailableError(absl::StrCat("loading failed: ", FirstLine(ex.what())));
   }
 
   result.stats.seconds =

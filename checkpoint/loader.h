@@ -23,9 +23,9 @@
 //
 // Memory: the total bytes per device are reserved at once before copying.
 // On CPU that is one arena the parameters are views of; on CUDA one block
-// through LibTorch's caching allocator, released at once so every parameter
-// is carved from it (only what fits in free memory plus memory already
-// reserved but unused).
+// through LibTorch's caching allocator (LoadOptions::device_memory), released at once so every
+// parameter is carved from it (only what fits in free memory plus memory already reserved but
+// unused).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -37,19 +37,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "base/device_memory.h"
+#include "base/slice.h"
 #include "checkpoint/checkpoint_dir.h"
 
 namespace weft {
-
-/// [start, end) along one dim.
-struct Range {
-  int64_t start = 0;
-  int64_t end = 0;
-};
-
-/// Per dim, the ranges to read, concatenated in order. An empty list for a
-/// dim means the whole dim; an empty Slice means the whole tensor.
-using Slice = std::vector<std::vector<Range>>;
 
 struct LoadRequest {
   std::string name;
@@ -77,6 +69,8 @@ struct LoadResult {
 struct LoadOptions {
   /// Threads for the parallel preads (0: LibTorch's intra-op thread count).
   int threads = 0;
+  /// Memory on devices other than the CPU (unset: CPU requests only).
+  DeviceMemory device_memory;
 };
 
 /// Validates every request against the checkpoint (name present, one range

@@ -8,10 +8,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "checkpoint/atomic_file.h"
-#include "checkpoint/dtype.h"
-#include "checkpoint/json.h"
-#include "parallel/status.h"
+#include "base/atomic_file.h"
+#include "base/dtype.h"
+#include "base/json.h"
+#include "base/status.h"
 
 namespace weft {
 

@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "checkpoint/mapped_file.h"
+#include "base/mapped_file.h"
 #include "checkpoint/safetensors_header.h"
 
 namespace weft {

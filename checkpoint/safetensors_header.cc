@@ -5,9 +5,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "checkpoint/dtype.h"
-#include "checkpoint/json.h"
-#include "parallel/status.h"
+#include "base/dtype.h"
+#include "base/json.h"
+#include "base/status.h"
 
 namespace weft {
 namespace {

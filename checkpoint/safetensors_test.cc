@@ -6,7 +6,7 @@
 #include <cstring>
 #include <fstream>
 
-#include "checkpoint/dtype.h"
+#include "base/dtype.h"
 #include "gtest/gtest.h"
 
 namespace weft {

@@ -1,8 +1,5 @@
 #include "launcher/node_rendezvous.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <c10/util/Logging.h>
@@ -18,8 +15,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "parallel/net.h"
-#include "parallel/status.h"
+#include "base/net.h"
+#include "base/status.h"
 
 namespace weft {
 namespace {
@@ -43,7 +40,6 @@ std::vector<uint8_t> Bytes(const std::string& s) {
   return std::vector<uint8_t>(s.begin(), s.end());
 }
 std::string Text(const std::vector<uint8_t>& v) { return std::string(v.begin(), v.end()); }
-std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
 
 std::string Seconds(std::chrono::milliseconds ms) {
   return absl::StrCat(static_cast<double>(ms.count()) / 1000.0, "s");
@@ -56,30 +52,18 @@ std::string NodeList(const std::vector<int>& nodes) {
 // Binds the store's port ourselves so that "in use" is a clear line, and
 // hands the listening socket to the TCPStore (no window for another process).
 absl::StatusOr<int> ListenOn(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) {
-    return absl::UnavailableError(absl::StrCat(
-        "node 0 cannot open a socket for the rendezvous store: ", std::strerror(errno)));
+  Listener l = ListenTcp(port);
+  if (l.error == EADDRINUSE) {
+    return absl::UnavailableError(
+        absl::StrCat("node 0 cannot host the rendezvous store: port ", port,
+                     " is already in use on this host (expected a free port in --rdzv-endpoint or "
+                     "--master-port)"));
   }
-  int one = 1;
-  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_ANY);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(fd, 128) != 0) {
-    int err = errno;
-    ::close(fd);
-    if (err == EADDRINUSE) {
-      return absl::UnavailableError(absl::StrCat(
-          "node 0 cannot host the rendezvous store: port ", port,
-          " is already in use on this host (expected a free port in --rdzv-endpoint or "
-          "--master-port)"));
-    }
+  if (l.error != 0) {
     return absl::UnavailableError(absl::StrCat("node 0 cannot host the rendezvous store on port ",
-                                               port, ": ", std::strerror(err)));
+                                               port, ": ", std::strerror(l.error)));
   }
-  return fd;
+  return l.fd.release();
 }
 
 }  // namespace

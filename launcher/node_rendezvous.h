@@ -11,7 +11,12 @@
 // its host and publishes it; the workers get MASTER_ADDR = the endpoint's host
 // (node 0) and that MASTER_PORT, so rank 0 hosts the workers' own store there.
 //
-//   NodeConfig config{.nnodes = 2, .node_rank = 1, .nproc = 4, .host = "n0", .port = 29500};
+//   NodeConfig config;
+//   config.nnodes = 2;
+//   config.node_rank = 1;
+//   config.nproc = 4;
+//   config.host = "n0";
+//   config.port = 29500;
 //   ASSIGN_OR_RETURN(auto nodes, NodeRendezvous::Join(config, interrupted));
 //   for (int attempt = 0;; ++attempt) {
 //     ASSIGN_OR_RETURN(int master_port, nodes->BeginAttempt(attempt));

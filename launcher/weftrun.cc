@@ -10,7 +10,6 @@
 #include <dirent.h>
 #include <sys/stat.h>
 
-#include <CLI/CLI.hpp>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -25,8 +24,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "base/net.h"
 #include "launcher/node_rendezvous.h"
-#include "parallel/net.h"
 
 extern char** environ;
 
@@ -41,21 +40,6 @@ volatile pid_t g_worker_group = 0;
 void ForwardSignal(int sig) {
   g_signal = sig;
   if (g_worker_group > 0) ::killpg(g_worker_group, sig);
-}
-
-int CountGpus() {
-  int count = 0;
-  if (DIR* dir = ::opendir("/dev")) {
-    while (dirent* entry = ::readdir(dir)) {
-      std::string name = entry->d_name;
-      if (name.rfind("nvidia", 0) == 0 && name.size() > 6 &&
-          name.find_first_not_of("0123456789", 6) == std::string::npos) {
-        ++count;
-      }
-    }
-    ::closedir(dir);
-  }
-  return count;
 }
 
 // Finds PROGRAM the way execvp would; empty when it cannot be executed.
@@ -352,220 +336,6 @@ std::string Tail(const Worker& w) {
 }
 
 }  // namespace
-
-absl::StatusOr<WeftrunOptions> ParseWeftrunArgs(int argc, char** argv) {
-  WeftrunOptions o;
-  CLI::App app{
-      "weftrun: start a distributed weft (or any torchrun-style) program.\n"
-      "Each worker gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT\n"
-      "and the rest of torchrun's environment.\n"
-      "Several nodes: run one weftrun per node, e.g.\n"
-      "  weftrun --nnodes 2 --node-rank 0|1 --nproc-per-node 4 --rdzv-endpoint node0:29500 PROG\n"
-      "The agents rendezvous through a c10d TCPStore that node 0 hosts on the endpoint; the\n"
-      "workers get MASTER_ADDR=node0 and a MASTER_PORT that node 0 picks for each attempt.",
-      "weftrun"};
-  std::string nproc = "1";
-  std::string nnodes = "1";
-  bool standalone = false;
-  std::string rdzv_endpoint;
-  std::string rdzv_backend = "static";
-  std::string rdzv_conf;
-  double rdzv_timeout = 0;
-  app.add_option("--nproc-per-node,--nproc_per_node", nproc,
-                 "Workers on this node: a number, or 'auto' (one per GPU, else one per CPU).");
-  app.add_option("--nnodes", nnodes,
-                 "Number of nodes: N (or N:N; elastic ranges are not supported).");
-  app.add_option("--node-rank,--node_rank", o.node_rank, "Rank of this node (0..nnodes-1).");
-  app.add_option("--master-addr,--master_addr", o.master_addr,
-                 "Address of node 0: where rank 0 hosts the store (one node), or where node 0's "
-                 "weftrun hosts the rendezvous store (several nodes).");
-  app.add_option("--master-port,--master_port", o.master_port, "Port of that store on node 0.");
-  app.add_option("--rdzv-endpoint,--rdzv_endpoint", rdzv_endpoint,
-                 "host:port of node 0's store (instead of --master-addr/--master-port).");
-  app.add_option("--rdzv-backend,--rdzv_backend", rdzv_backend,
-                 "Rendezvous backend: c10d or static (both: a c10d TCPStore on node 0).");
-  app.add_option("--rdzv-id,--rdzv_id,--run-id", o.run_id,
-                 "Job id, set as TORCHELASTIC_RUN_ID; nodes left at the default take node 0's.");
-  app.add_option("--rdzv-conf,--rdzv_conf", rdzv_conf,
-                 "Rendezvous settings key=value,...: join_timeout (or timeout) seconds to wait for "
-                 "every node, heartbeat_timeout seconds before a silent node is declared dead "
-                 "(default 30).");
-  app.add_option("--rdzv-timeout,--rdzv_timeout", rdzv_timeout,
-                 "Seconds to wait for every node to arrive (default: WEFTRUN_RDZV_TIMEOUT, else "
-                 "300); a missing node is named in the error.");
-  app.add_flag("--standalone", standalone,
-               "Single-node job: the store on localhost on a free port.");
-  app.add_option("--max-restarts,--max_restarts", o.max_restarts,
-                 "Restart the workers this many times after a failure.");
-  app.add_option("--monitor-interval,--monitor_interval", o.monitor_interval,
-                 "Seconds between checks of the workers.");
-  app.add_option("--log-dir,--log_dir", o.log_dir,
-                 "Also write <log-dir>/<run-id>/attempt_<n>/<rank>/{stdout,stderr}.log.");
-  std::string redirects, tee;
-  app.add_option("--redirects,-r", redirects,
-                 "Send streams only to the log files: 1 stdout, 2 stderr, 3 both; one value for "
-                 "all local ranks or per rank as 0:3,1:2 (needs --log-dir).");
-  app.add_option("--tee,-t", tee,
-                 "Streams to the log files and the console (what --log-dir does by default); "
-                 "same format as --redirects.");
-  std::string filter;
-  app.add_option("--local-ranks-filter,--local_ranks_filter", filter,
-                 "Comma-separated local ranks whose output reaches the console (default: all).");
-  app.prefix_command();
-  // "Usage: weftrun [OPTIONS] PROGRAM [ARGS...]", as torchrun's usage line.
-  app.get_formatter()->label("OPTIONS", "OPTIONS] PROGRAM [ARGS...");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp&) {
-    return absl::CancelledError(app.help());
-  } catch (const CLI::ParseError& e) {
-    return absl::InvalidArgumentError(absl::StrCat("weftrun: ", e.what()));
-  }
-  o.program = app.remaining();
-  if (!filter.empty()) {
-    for (absl::string_view piece : absl::StrSplit(filter, ',')) {
-      int r = -1;
-      if (!absl::SimpleAtoi(piece, &r) || r < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("weftrun: --local-ranks-filter=", filter, " has '", piece,
-                         "' (expected comma-separated local ranks, e.g. 0,1)"));
-      }
-      o.local_ranks_filter.push_back(r);
-    }
-  }
-  if (o.program.empty()) {
-    return absl::InvalidArgumentError(
-        "weftrun: no program given (expected: weftrun [OPTIONS] PROGRAM [ARGS...])");
-  }
-  if (!o.program[0].empty() && o.program[0][0] == '-') {
-    return absl::InvalidArgumentError(
-        absl::StrCat("weftrun: unknown flag '", o.program[0], "' (see weftrun --help)"));
-  }
-  // "3" or "0:3,1:2" -> mask per local rank.
-  auto parse_streams = [&](const std::string& flag, const std::string& spec,
-                           std::vector<int>& masks) -> absl::Status {
-    if (spec.empty()) return absl::OkStatus();
-    auto bad = [&](absl::string_view piece) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("weftrun: ", flag, "=", spec, " has '", piece,
-                       "' (expected 0-3, or local_rank:0-3 pairs such as 0:3,1:2)"));
-    };
-    int all = -1;
-    std::vector<std::pair<int, int>> pairs;
-    for (absl::string_view piece : absl::StrSplit(spec, ',')) {
-      std::vector<absl::string_view> kv = absl::StrSplit(piece, ':');
-      int rank = -1, mask = -1;
-      if (kv.size() == 1 && absl::SimpleAtoi(kv[0], &mask) && mask >= 0 && mask <= 3) {
-        all = mask;
-      } else if (kv.size() == 2 && absl::SimpleAtoi(kv[0], &rank) && rank >= 0 &&
-                 absl::SimpleAtoi(kv[1], &mask) && mask >= 0 && mask <= 3) {
-        pairs.emplace_back(rank, mask);
-      } else {
-        return bad(piece);
-      }
-    }
-    masks.assign(1024, all < 0 ? 0 : all);
-    for (auto [rank, mask] : pairs) {
-      if (rank < 1024) masks[rank] = mask;
-    }
-    return absl::OkStatus();
-  };
-  std::vector<int> tee_masks;
-  if (absl::Status s = parse_streams("--redirects", redirects, o.redirects); !s.ok()) return s;
-  if (absl::Status s = parse_streams("--tee", tee, tee_masks); !s.ok()) return s;
-  if (!redirects.empty() && o.log_dir.empty()) {
-    return absl::InvalidArgumentError(
-        "weftrun: --redirects needs --log-dir (expected a directory for the log files)");
-  }
-  if (nproc == "auto") {
-    int gpus = CountGpus();
-    o.nproc_per_node = gpus > 0 ? gpus : static_cast<int>(std::thread::hardware_concurrency());
-  } else {
-    char* end = nullptr;
-    long n = std::strtol(nproc.c_str(), &end, 10);
-    if (*end != '\0' || n < 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "weftrun: --nproc-per-node=", nproc, " is not a worker count (expected N >= 1 or auto)"));
-    }
-    o.nproc_per_node = static_cast<int>(n);
-  }
-  {
-    std::vector<std::string> range = absl::StrSplit(nnodes, ':');
-    int lo = 0, hi = 0;
-    bool ok = range.size() <= 2 && absl::SimpleAtoi(range[0], &lo) &&
-              (range.size() == 1 ? (hi = lo, true) : absl::SimpleAtoi(range[1], &hi));
-    if (!ok || lo < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("weftrun: --nnodes=", nnodes, " is not a node count (expected >= 1)"));
-    }
-    if (lo != hi) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("weftrun: --nnodes=", nnodes,
-                       " is an elastic range (expected a fixed node count N, or N:N)"));
-    }
-    o.nnodes = lo;
-  }
-  if (o.node_rank < 0 || o.node_rank >= o.nnodes) {
-    return absl::InvalidArgumentError(absl::StrCat("weftrun: --node-rank=", o.node_rank,
-                                                   " is out of range for --nnodes=", o.nnodes,
-                                                   " (expected 0..", o.nnodes - 1, ")"));
-  }
-  if (rdzv_backend != "static" && rdzv_backend != "c10d") {
-    return absl::InvalidArgumentError(absl::StrCat("weftrun: --rdzv-backend=", rdzv_backend,
-                                                   " is not supported (expected c10d or static)"));
-  }
-  if (standalone && o.nnodes > 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("weftrun: --standalone is a single-node job but --nnodes=", o.nnodes,
-                     " (expected --nnodes 1, or --rdzv-endpoint for several nodes)"));
-  }
-  if (const char* env = std::getenv("WEFTRUN_RDZV_TIMEOUT")) {
-    double seconds = 0;
-    if (!absl::SimpleAtod(env, &seconds) || !(seconds > 0)) {
-      return absl::InvalidArgumentError(absl::StrCat("weftrun: WEFTRUN_RDZV_TIMEOUT=", env,
-                                                     " is not a timeout (expected seconds > 0)"));
-    }
-    o.rdzv_timeout = std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
-  }
-  {
-    NodeConfig conf;
-    conf.join_timeout = o.rdzv_timeout;
-    conf.heartbeat_timeout = o.heartbeat_timeout;
-    if (absl::Status s = ParseRdzvConf(rdzv_conf, conf); !s.ok()) return s;
-    o.rdzv_timeout = conf.join_timeout;
-    o.heartbeat_timeout = conf.heartbeat_timeout;
-  }
-  if (app.count("--rdzv-timeout") > 0) {
-    if (!(rdzv_timeout > 0)) {
-      return absl::InvalidArgumentError(absl::StrCat("weftrun: --rdzv-timeout=", rdzv_timeout,
-                                                     " is not a timeout (expected seconds > 0)"));
-    }
-    o.rdzv_timeout = std::chrono::milliseconds(static_cast<int64_t>(rdzv_timeout * 1000));
-  }
-  if (!rdzv_endpoint.empty()) {
-    size_t colon = rdzv_endpoint.rfind(':');
-    if (colon == std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat("weftrun: --rdzv-endpoint=", rdzv_endpoint,
-                                                     " has no port (expected host:port)"));
-    }
-    o.master_addr = rdzv_endpoint.substr(0, colon);
-    o.master_port = std::atoi(rdzv_endpoint.c_str() + colon + 1);
-  }
-  if (standalone) {
-    o.master_addr = "127.0.0.1";
-    o.master_port = PickFreePort();
-    if (o.run_id == "none") o.run_id = absl::StrCat("standalone-", ::getpid());
-  }
-  if (o.master_port < 1 || o.master_port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("weftrun: --master-port=", o.master_port,
-                                                   " is not a port (expected 1..65535)"));
-  }
-  if (o.max_restarts < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("weftrun: --max-restarts=", o.max_restarts, " is negative (expected >= 0)"));
-  }
-  return o;
-}
 
 namespace {
 

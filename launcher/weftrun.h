@@ -63,10 +63,17 @@ struct WeftrunOptions {
   std::vector<std::string> program;  // PROGRAM ARGS...
 };
 
-/// Parses weftrun's command line (argv[0] excluded from semantics). Errors
-/// are one line, e.g. `weftrun: --node-rank=2 is out of range for --nnodes=2`.
-/// `--help` returns a status whose message is the help text (code kCancelled).
-absl::StatusOr<WeftrunOptions> ParseWeftrunArgs(int argc, char** argv);
+/// What weftrun's command line asks for: print `help` (when non-empty) and
+/// exit 0, or run `options`.
+struct WeftrunArgs {
+  std::string help;
+  WeftrunOptions options;
+};
+
+/// Parses weftrun's command line (launcher/weftrun_args.cc; argv[0] excluded
+/// from semantics). Errors are one line, e.g.
+/// `weftrun: --node-rank=2 is out of range for --nnodes=2 (expected 0..1)`.
+absl::StatusOr<WeftrunArgs> ParseWeftrunArgs(int argc, char** argv);
 
 /// Runs the job; returns weftrun's exit code.
 int RunWeftrun(const WeftrunOptions& options);

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status.h"
 
 namespace weft {
 namespace {
@@ -62,8 +63,7 @@ absl::StatusOr<std::shared_ptr<CausalLM>> CreateCausalLM(const ModelConfig& conf
   try {
     return it->second(config, options);
   } catch (const std::exception& e) {  // a model file rejecting an option
-    std::string what = e.what();
-    return absl::InvalidArgumentError(what.substr(0, what.find('\n')));
+    return absl::InvalidArgumentError(FirstLine(e.what()));
   }
 }
 

@@ -1,7 +1,10 @@
 // The interface of every causal language model in models/, the
 // transformers loss, and the architecture registry.
 //
-//   CausalLMOutput out = model->Forward({.input_ids = ids, .labels = ids});
+//   CausalLMInputs inputs;
+//   inputs.input_ids = ids;
+//   inputs.labels = ids;
+//   CausalLMOutput out = model->Forward(inputs);
 //   out.loss.backward();
 #pragma once
 

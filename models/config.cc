@@ -1,10 +1,9 @@
 #include "models/config.h"
 
-#include <fstream>
-#include <sstream>
-
 #include "absl/strings/str_cat.h"
-#include "parallel/status.h"
+#include "base/dtype.h"
+#include "base/status.h"
+#include "base/text_file.h"
 
 namespace weft {
 namespace {
@@ -170,15 +169,24 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text) {
 
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
   std::string path = dir + "/config.json";
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot read (expected a config.json)"));
-  std::stringstream text;
-  text << in.rdbuf();
-  auto config = ParseModelConfig(text.str());
+  auto text = ReadTextFile(path);
+  if (!text.ok()) {
+    return absl::NotFoundError(absl::StrCat(path, ": cannot read (expected a config.json)"));
+  }
+  auto config = ParseModelConfig(*text);
   if (!config.ok()) {
     return absl::Status(config.status().code(), absl::StrCat(dir, "/", config.status().message()));
   }
   return config;
+}
+
+absl::StatusOr<at::ScalarType> ModelDtype(const ModelConfig& config) {
+  auto type = ScalarTypeFromTorchName(config.torch_dtype);
+  if (!type.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: torch_dtype ", type.status().message()));
+  }
+  return *type;
 }
 
 }  // namespace weft

@@ -9,12 +9,14 @@
 //   config.architecture == "LlamaForCausalLM";
 #pragma once
 
+#include <c10/core/ScalarType.h>
+
 #include <cstdint>
 #include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "checkpoint/json.h"
+#include "base/json.h"
 
 namespace weft {
 
@@ -66,5 +68,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text);
 
 /// Reads `<dir>/config.json`.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir);
+
+/// The scalar type config.json's torch_dtype names; error:
+/// `config.json: torch_dtype int8 is not supported (expected float32, ...)`.
+absl::StatusOr<at::ScalarType> ModelDtype(const ModelConfig& config);
 
 }  // namespace weft

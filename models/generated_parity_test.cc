@@ -11,6 +11,14 @@
 namespace weft {
 namespace {
 
+// PretrainedOptions by member assignment (C++17: no designated initialisers).
+PretrainedOptions Options(at::ScalarType dtype, const std::string& attn) {
+  PretrainedOptions options;
+  options.dtype = dtype;
+  options.attn_implementation = attn;
+  return options;
+}
+
 double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
 }
@@ -40,7 +48,7 @@ class Generated : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Generated, MatchesTransformers) {
   const std::string dir = "tests/data/gen/" + GetParam();
-  auto model = FromPretrained(dir, {at::kFloat, c10::Device(c10::kCPU), "eager"});
+  auto model = FromPretrained(dir, Options(at::kFloat, "eager"));
   ASSERT_TRUE(model.ok()) << model.status();
   auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
   ASSERT_TRUE(ref.ok()) << ref.status();

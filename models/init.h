@@ -9,8 +9,10 @@
 // holds slices of the same weights, and a parameter's values do not depend
 // on the order of construction.
 //
-//   ASSIGN_OR_RETURN(auto model, CreateCausalLM(config, {.dtype = at::kFloat}));  // meta
-//   RETURN_IF_ERROR(InitializeWeights(*model, {.seed = 1234}));
+//   ASSIGN_OR_RETURN(auto model, CreateCausalLM(config, ModelOptions()));  // meta
+//   InitOptions init;
+//   init.seed = 1234;
+//   RETURN_IF_ERROR(InitializeWeights(*model, init));
 #pragma once
 
 #include <c10/core/Device.h>

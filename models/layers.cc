@@ -14,15 +14,6 @@ at::TensorOptions Meta(at::ScalarType dtype) {
 
 }  // namespace
 
-at::ScalarType DtypeFromName(const std::string& name) {
-  if (name == "float32" || name == "float") return at::kFloat;
-  if (name == "bfloat16") return at::kBFloat16;
-  if (name == "float16" || name == "half") return at::kHalf;
-  if (name == "float64" || name == "double") return at::kDouble;
-  TORCH_CHECK(false, "dtype '", name, "' is not a model dtype (expected float32, bfloat16, ",
-              "float16 or float64)");
-}
-
 Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, at::ScalarType dtype)
     : Module("Linear") {
   weight = register_parameter("weight", at::empty({out_features, in_features}, Meta(dtype)));
@@ -35,7 +26,7 @@ void Linear::OnParametersReplaced() {
 }
 
 at::Tensor Linear::forward(const at::Tensor& x) {
-  return Hooked({x}, [&](const Tensors& in) { return at::linear(in[0], weight, bias); });
+  return Hooked({x}, [this](const Tensors& in) { return at::linear(in[0], weight, bias); });
 }
 
 Embedding::Embedding(int64_t num_embeddings, int64_t embedding_dim, at::ScalarType dtype)
@@ -46,7 +37,7 @@ Embedding::Embedding(int64_t num_embeddings, int64_t embedding_dim, at::ScalarTy
 void Embedding::OnParametersReplaced() { weight = named_parameters(/*recurse=*/false)["weight"]; }
 
 at::Tensor Embedding::forward(const at::Tensor& ids) {
-  return Hooked({ids}, [&](const Tensors& in) { return at::embedding(weight, in[0]); });
+  return Hooked({ids}, [this](const Tensors& in) { return at::embedding(weight, in[0]); });
 }
 
 RMSNorm::RMSNorm(int64_t dim, double eps_in, at::ScalarType dtype)
@@ -57,7 +48,7 @@ RMSNorm::RMSNorm(int64_t dim, double eps_in, at::ScalarType dtype)
 void RMSNorm::OnParametersReplaced() { weight = named_parameters(/*recurse=*/false)["weight"]; }
 
 at::Tensor RMSNorm::forward(const at::Tensor& x) {
-  return Hooked({x}, [&](const Tensors& in) {
+  return Hooked({x}, [this](const Tensors& in) {
     at::Tensor h = in[0].to(at::kFloat);
     at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
     h = h * at::rsqrt(variance + eps);

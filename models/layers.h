@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <string>
+#include <utility>
 
 #include "models/config.h"
 #include "models/module.h"
@@ -51,6 +52,24 @@ class RMSNorm : public Module {
   void OnParametersReplaced() override;
 };
 
+/// What a decoder layer and its attention take, by name. `Hooked` sees them
+/// as a list in this order (a hook may replace `hidden`, index 0).
+///
+///   h = layer->forward({h, cos, sin, mask}, cache);
+struct LayerInputs {
+  at::Tensor hidden;  // [B, T, hidden_size]
+  at::Tensor cos;     // rotary cos, [B, T, head_dim]
+  at::Tensor sin;     // rotary sin, [B, T, head_dim]
+  at::Tensor mask;    // additive attention mask, [B, 1, T, S]
+
+  Module::Tensors List() const { return {hidden, cos, sin, mask}; }
+  static LayerInputs From(const Module::Tensors& list) {
+    return {list.at(0), list.at(1), list.at(2), list.at(3)};
+  }
+  /// The same inputs with another hidden state (a sublayer's normed input).
+  LayerInputs WithHidden(at::Tensor h) const { return {std::move(h), cos, sin, mask}; }
+};
+
 /// The activation named by config.json's hidden_act.
 at::Tensor Activation(const std::string& name, const at::Tensor& x);
 
@@ -70,8 +89,5 @@ class RotaryEmbedding {
   at::Tensor inv_freq_;  // float32, [head_dim / 2]
   double attention_scaling_ = 1.0;
 };
-
-/// The scalar type config.json's torch_dtype names ("float32", "bfloat16", ...).
-at::ScalarType DtypeFromName(const std::string& name);
 
 }  // namespace weft

@@ -6,7 +6,7 @@
 #include <ATen/ATen.h>
 #include <torch/nn/modules/container/modulelist.h>
 
-#include "checkpoint/json.h"
+#include "base/json.h"
 #include "models/attention.h"
 #include "models/causal_lm.h"
 #include "models/layers.h"
@@ -14,6 +14,7 @@
 namespace weft {
 namespace {
 
+// Copied from models/llama.cc LlamaAttention with Llama->Mixtral
 class MixtralAttention : public Module {
  public:
   MixtralAttention(const ModelConfig& c, const ModelOptions& o, int64_t layer)
@@ -22,7 +23,7 @@ class MixtralAttention : public Module {
         heads_(c.num_attention_heads),
         kv_heads_(c.num_key_value_heads),
         head_dim_(c.head_dim),
-        attn_(o.attn_implementation) {
+        attention_(GetAttention(o.attn_implementation)) {
     q_proj = register_module("q_proj", std::make_shared<Linear>(c.hidden_size, heads_ * head_dim_,
                                                                 c.attention_bias, o.dtype));
     k_proj = register_module(
@@ -35,21 +36,21 @@ class MixtralAttention : public Module {
                                                                 c.attention_bias, o.dtype));
   }
 
-  // hidden [B, T, hidden]; cos, sin [B, T, head_dim]; mask [B, 1, T, S].
-  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
-                     const at::Tensor& mask, KVCache* cache) {
-    return Hooked({hidden, cos, sin, mask}, [&](const Tensors& in) {
-      const int64_t b = in[0].size(0), t = in[0].size(1);
+  at::Tensor forward(const LayerInputs& inputs, KVCache* cache) {
+    // By value: activation checkpointing may run the body again in backward.
+    return Hooked(inputs.List(), [this, cache](const Tensors& list) {
+      const LayerInputs in = LayerInputs::From(list);
+      const int64_t b = in.hidden.size(0), t = in.hidden.size(1);
       // Head counts come from the projections' outputs, so a sharded
       // projection (fewer local heads) needs no change here.
-      at::Tensor q = q_proj->forward(in[0]).view({b, t, -1, head_dim_}).transpose(1, 2);
-      at::Tensor k = k_proj->forward(in[0]).view({b, t, -1, head_dim_}).transpose(1, 2);
-      at::Tensor v = v_proj->forward(in[0]).view({b, t, -1, head_dim_}).transpose(1, 2);
-      q = RotaryEmbedding::Apply(q, in[1], in[2]);
-      k = RotaryEmbedding::Apply(k, in[1], in[2]);
+      at::Tensor q = q_proj->forward(in.hidden).view({b, t, -1, head_dim_}).transpose(1, 2);
+      at::Tensor k = k_proj->forward(in.hidden).view({b, t, -1, head_dim_}).transpose(1, 2);
+      at::Tensor v = v_proj->forward(in.hidden).view({b, t, -1, head_dim_}).transpose(1, 2);
+      q = RotaryEmbedding::Apply(q, in.cos, in.sin);
+      k = RotaryEmbedding::Apply(k, in.cos, in.sin);
       if (cache != nullptr) std::tie(k, v) = cache->Update(layer_, k, v);
       at::Tensor out =
-          GetAttention(attn_)(q, k, v, in[3], 1.0 / std::sqrt(static_cast<double>(head_dim_)));
+          attention_(q, k, v, in.mask, 1.0 / std::sqrt(static_cast<double>(head_dim_)));
       out = out.transpose(1, 2).reshape({b, t, -1});
       return o_proj->forward(out);
     });
@@ -60,7 +61,7 @@ class MixtralAttention : public Module {
  private:
   int64_t layer_;
   int64_t heads_, kv_heads_, head_dim_;
-  std::string attn_;
+  AttentionFn attention_;  // resolved once, from ModelOptions::attn_implementation
 };
 
 class MixtralExpert : public Module {
@@ -76,7 +77,7 @@ class MixtralExpert : public Module {
   }
 
   at::Tensor forward(const at::Tensor& x) {
-    return Hooked({x}, [&](const Tensors& in) {
+    return Hooked({x}, [this](const Tensors& in) {
       return w2->forward(Activation(act_, w1->forward(in[0])) * w3->forward(in[0]));
     });
   }
@@ -101,13 +102,12 @@ class MixtralSparseMoeBlock : public Module {
                            std::make_shared<Linear>(c.hidden_size, num_experts_, false, o.dtype));
     experts = register_module("experts", torch::nn::ModuleList());
     for (int64_t e = 0; e < num_experts_; ++e) {
-      expert_list.push_back(std::make_shared<MixtralExpert>(c, o));
-      experts->push_back(expert_list.back());
+      experts->push_back(std::make_shared<MixtralExpert>(c, o));
     }
   }
 
   at::Tensor forward(const at::Tensor& x) {
-    return Hooked({x}, [&](const Tensors& in) {
+    return Hooked({x}, [this](const Tensors& in) {
       const int64_t hidden = in[0].size(-1);
       at::Tensor tokens = in[0].reshape({-1, hidden});
       at::Tensor router_logits = gate->forward(tokens);
@@ -120,7 +120,8 @@ class MixtralSparseMoeBlock : public Module {
         if (hits.size(0) == 0) continue;
         at::Tensor token_index = hits.select(1, 0);
         at::Tensor weight = weights.index({token_index, hits.select(1, 1)}).unsqueeze(-1);
-        at::Tensor y = expert_list[e]->forward(tokens.index_select(0, token_index)) * weight;
+        at::Tensor y =
+            experts->ptr<MixtralExpert>(e)->forward(tokens.index_select(0, token_index)) * weight;
         out = out.index_add(0, token_index, y);
       }
       return out.view(in[0].sizes());
@@ -128,8 +129,7 @@ class MixtralSparseMoeBlock : public Module {
   }
 
   std::shared_ptr<Linear> gate;
-  torch::nn::ModuleList experts;
-  std::vector<std::shared_ptr<MixtralExpert>> expert_list;
+  torch::nn::ModuleList experts;  // MixtralExpert each
 
  private:
   int64_t num_experts_;
@@ -150,12 +150,12 @@ class MixtralDecoderLayer : public Module {
                         std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
   }
 
-  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
-                     const at::Tensor& mask, KVCache* cache) {
+  at::Tensor forward(const LayerInputs& inputs, KVCache* cache) {
     // By value: activation checkpointing may run the body again in backward.
-    return Hooked({hidden, cos, sin, mask}, [this, cache](const Tensors& in) {
+    return Hooked(inputs.List(), [this, cache](const Tensors& list) {
+      const LayerInputs in = LayerInputs::From(list);
       at::Tensor h =
-          in[0] + self_attn->forward(input_layernorm->forward(in[0]), in[1], in[2], in[3], cache);
+          in.hidden + self_attn->forward(in.WithHidden(input_layernorm->forward(in.hidden)), cache);
       return h + block_sparse_moe->forward(post_attention_layernorm->forward(h));
     });
   }
@@ -165,6 +165,7 @@ class MixtralDecoderLayer : public Module {
   std::shared_ptr<RMSNorm> input_layernorm, post_attention_layernorm;
 };
 
+// Copied from models/mistral.cc MistralModel with Mistral->Mixtral
 class MixtralModel : public Module {
  public:
   MixtralModel(const ModelConfig& c, const ModelOptions& o)
@@ -173,8 +174,7 @@ class MixtralModel : public Module {
         "embed_tokens", std::make_shared<Embedding>(c.vocab_size, c.hidden_size, o.dtype));
     layers = register_module("layers", torch::nn::ModuleList());
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-      decoder_layers.push_back(std::make_shared<MixtralDecoderLayer>(c, o, i));
-      layers->push_back(decoder_layers.back());
+      layers->push_back(std::make_shared<MixtralDecoderLayer>(c, o, i));
     }
     norm =
         register_module("norm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
@@ -188,9 +188,9 @@ class MixtralModel : public Module {
         rotary_.CosSin(DefaultPositionIds(inputs, past).to(h.device()), h.scalar_type());
     at::Tensor mask =
         CausalMask(b, t, past, inputs.attention_mask, sliding_window_, h.scalar_type(), h.device());
-    for (auto& layer : decoder_layers) {
+    for (const auto& layer : *layers) {
       if (hidden_states) hidden_states->push_back(h);
-      h = layer->forward(h, cos, sin, mask, inputs.cache);
+      h = layer->as<MixtralDecoderLayer>()->forward({h, cos, sin, mask}, inputs.cache);
     }
     if (inputs.cache) inputs.cache->length += t;
     h = norm->forward(h);
@@ -199,8 +199,7 @@ class MixtralModel : public Module {
   }
 
   std::shared_ptr<Embedding> embed_tokens;
-  torch::nn::ModuleList layers;
-  std::vector<std::shared_ptr<MixtralDecoderLayer>> decoder_layers;
+  torch::nn::ModuleList layers;  // MixtralDecoderLayer each
   std::shared_ptr<RMSNorm> norm;
 
  private:
@@ -208,6 +207,7 @@ class MixtralModel : public Module {
   int64_t sliding_window_;
 };
 
+// Copied from models/llama.cc LlamaForCausalLM with Llama->Mixtral
 class MixtralForCausalLM : public CausalLM {
  public:
   MixtralForCausalLM(const ModelConfig& c, const ModelOptions& o)

@@ -17,6 +17,14 @@
 namespace weft {
 namespace {
 
+// PretrainedOptions by member assignment (C++17: no designated initialisers).
+PretrainedOptions Options(at::ScalarType dtype, const std::string& attn) {
+  PretrainedOptions options;
+  options.dtype = dtype;
+  options.attn_implementation = attn;
+  return options;
+}
+
 struct Reference {
   std::shared_ptr<SafetensorsFile> file;
   at::Tensor Get(const std::string& name) const { return file->Get(name).clone(); }
@@ -82,8 +90,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, Parity,
                          });
 
 TEST(FromPretrained, ErrorsNameTheProblem) {
-  auto unknown =
-      FromPretrained("tests/data/hf/llama", {at::kFloat, c10::Device(c10::kCPU), "flash"});
+  auto unknown = FromPretrained("tests/data/hf/llama", Options(at::kFloat, "flash"));
   ASSERT_FALSE(unknown.ok());
   EXPECT_EQ(unknown.status().message(),
             "attention implementation 'flash' is not registered (expected one of: eager, sdpa)");
@@ -100,7 +107,7 @@ namespace weft {
 namespace {
 
 TEST(Hooks, SeeAndReplaceInputsAndOutputs) {
-  auto model = FromPretrained("tests/data/hf/llama", {at::kFloat, c10::Device(c10::kCPU), "eager"});
+  auto model = FromPretrained("tests/data/hf/llama", Options(at::kFloat, "eager"));
   ASSERT_TRUE(model.ok()) << model.status();
   Reference ref = LoadReference("llama");
   CausalLMInputs inputs;
@@ -150,8 +157,7 @@ class Generation : public ::testing::TestWithParam<std::string> {};
 // Greedy generation with the KV cache reproduces transformers' generate().
 TEST_P(Generation, GreedyMatchesTransformers) {
   const std::string fixture = GetParam();
-  auto model =
-      FromPretrained("tests/data/hf/" + fixture, {at::kFloat, c10::Device(c10::kCPU), "sdpa"});
+  auto model = FromPretrained("tests/data/hf/" + fixture, Options(at::kFloat, "sdpa"));
   ASSERT_TRUE(model.ok()) << model.status();
   Reference ref = LoadReference(fixture);
   at::Tensor want = ref.Get("generated_ids");
@@ -211,8 +217,7 @@ namespace weft {
 namespace {
 
 TEST(Bfloat16, ComputeStaysCloseToTransformersBf16) {
-  auto model =
-      FromPretrained("tests/data/hf/llama-bf16", {at::kBFloat16, c10::Device(c10::kCPU), "eager"});
+  auto model = FromPretrained("tests/data/hf/llama-bf16", Options(at::kBFloat16, "eager"));
   ASSERT_TRUE(model.ok()) << model.status();
   Reference ref = LoadReference("llama-bf16");
   CausalLMInputs inputs;
@@ -233,8 +238,7 @@ TEST(AttentionRegistry, UsersRegisterTheirOwn) {
                       ++calls;
                       return GetAttention("eager")(q, k, v, mask, scaling);
                     });
-  auto model =
-      FromPretrained("tests/data/hf/llama", {at::kFloat, c10::Device(c10::kCPU), "counting"});
+  auto model = FromPretrained("tests/data/hf/llama", Options(at::kFloat, "counting"));
   ASSERT_TRUE(model.ok()) << model.status();
   Reference ref = LoadReference("llama");
   CausalLMInputs inputs;

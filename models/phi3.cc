@@ -21,7 +21,7 @@ class Phi3Attention : public Module {
         heads_(c.num_attention_heads),
         kv_heads_(c.num_key_value_heads),
         head_dim_(c.head_dim),
-        attn_(o.attn_implementation) {
+        attention_(GetAttention(o.attn_implementation)) {
     qkv_proj = register_module(
         "qkv_proj", std::make_shared<Linear>(c.hidden_size, (heads_ + 2 * kv_heads_) * head_dim_,
                                              false, o.dtype));
@@ -29,16 +29,16 @@ class Phi3Attention : public Module {
         "o_proj", std::make_shared<Linear>(heads_ * head_dim_, c.hidden_size, false, o.dtype));
   }
 
-  // hidden [B, T, hidden]; cos, sin [B, T, head_dim]; mask [B, 1, T, S].
-  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
-                     const at::Tensor& mask, KVCache* cache) {
-    return Hooked({hidden, cos, sin, mask}, [&](const Tensors& in) {
-      const int64_t b = in[0].size(0), t = in[0].size(1);
+  at::Tensor forward(const LayerInputs& inputs, KVCache* cache) {
+    // By value: activation checkpointing may run the body again in backward.
+    return Hooked(inputs.List(), [this, cache](const Tensors& list) {
+      const LayerInputs in = LayerInputs::From(list);
+      const int64_t b = in.hidden.size(0), t = in.hidden.size(1);
       // Head counts come from the projections' outputs, so a sharded
       // projection (fewer local heads) needs no change here.
       // q | k | v along the last dim; the split follows this projection's
       // own output width, in the ratio heads : kv_heads : kv_heads.
-      at::Tensor qkv = qkv_proj->forward(in[0]);
+      at::Tensor qkv = qkv_proj->forward(in.hidden);
       const int64_t unit = qkv.size(-1) / (heads_ + 2 * kv_heads_);
       at::Tensor q = qkv.narrow(-1, 0, heads_ * unit).view({b, t, -1, head_dim_}).transpose(1, 2);
       at::Tensor k = qkv.narrow(-1, heads_ * unit, kv_heads_ * unit)
@@ -47,11 +47,11 @@ class Phi3Attention : public Module {
       at::Tensor v = qkv.narrow(-1, (heads_ + kv_heads_) * unit, kv_heads_ * unit)
                          .view({b, t, -1, head_dim_})
                          .transpose(1, 2);
-      q = RotaryEmbedding::Apply(q, in[1], in[2]);
-      k = RotaryEmbedding::Apply(k, in[1], in[2]);
+      q = RotaryEmbedding::Apply(q, in.cos, in.sin);
+      k = RotaryEmbedding::Apply(k, in.cos, in.sin);
       if (cache != nullptr) std::tie(k, v) = cache->Update(layer_, k, v);
       at::Tensor out =
-          GetAttention(attn_)(q, k, v, in[3], 1.0 / std::sqrt(static_cast<double>(head_dim_)));
+          attention_(q, k, v, in.mask, 1.0 / std::sqrt(static_cast<double>(head_dim_)));
       out = out.transpose(1, 2).reshape({b, t, -1});
       return o_proj->forward(out);
     });
@@ -62,7 +62,7 @@ class Phi3Attention : public Module {
  private:
   int64_t layer_;
   int64_t heads_, kv_heads_, head_dim_;
-  std::string attn_;
+  AttentionFn attention_;  // resolved once, from ModelOptions::attn_implementation
 };
 
 class Phi3MLP : public Module {
@@ -76,7 +76,7 @@ class Phi3MLP : public Module {
   }
 
   at::Tensor forward(const at::Tensor& x) {
-    return Hooked({x}, [&](const Tensors& in) {
+    return Hooked({x}, [this](const Tensors& in) {
       std::vector<at::Tensor> gate_up = gate_up_proj->forward(in[0]).chunk(2, -1);
       return down_proj->forward(gate_up[1] * Activation(act_, gate_up[0]));
     });
@@ -88,6 +88,7 @@ class Phi3MLP : public Module {
   std::string act_;
 };
 
+// Copied from models/llama.cc LlamaDecoderLayer with Llama->Phi3
 class Phi3DecoderLayer : public Module {
  public:
   Phi3DecoderLayer(const ModelConfig& c, const ModelOptions& o, int64_t layer)
@@ -101,12 +102,12 @@ class Phi3DecoderLayer : public Module {
                         std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
   }
 
-  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
-                     const at::Tensor& mask, KVCache* cache) {
+  at::Tensor forward(const LayerInputs& inputs, KVCache* cache) {
     // By value: activation checkpointing may run the body again in backward.
-    return Hooked({hidden, cos, sin, mask}, [this, cache](const Tensors& in) {
+    return Hooked(inputs.List(), [this, cache](const Tensors& list) {
+      const LayerInputs in = LayerInputs::From(list);
       at::Tensor h =
-          in[0] + self_attn->forward(input_layernorm->forward(in[0]), in[1], in[2], in[3], cache);
+          in.hidden + self_attn->forward(in.WithHidden(input_layernorm->forward(in.hidden)), cache);
       return h + mlp->forward(post_attention_layernorm->forward(h));
     });
   }
@@ -116,6 +117,7 @@ class Phi3DecoderLayer : public Module {
   std::shared_ptr<RMSNorm> input_layernorm, post_attention_layernorm;
 };
 
+// Copied from models/llama.cc LlamaModel with Llama->Phi3
 class Phi3Model : public Module {
  public:
   Phi3Model(const ModelConfig& c, const ModelOptions& o) : Module("Phi3Model"), rotary_(c) {
@@ -123,8 +125,7 @@ class Phi3Model : public Module {
         "embed_tokens", std::make_shared<Embedding>(c.vocab_size, c.hidden_size, o.dtype));
     layers = register_module("layers", torch::nn::ModuleList());
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-      decoder_layers.push_back(std::make_shared<Phi3DecoderLayer>(c, o, i));
-      layers->push_back(decoder_layers.back());
+      layers->push_back(std::make_shared<Phi3DecoderLayer>(c, o, i));
     }
     norm =
         register_module("norm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
@@ -138,9 +139,9 @@ class Phi3Model : public Module {
         rotary_.CosSin(DefaultPositionIds(inputs, past).to(h.device()), h.scalar_type());
     at::Tensor mask = CausalMask(b, t, past, inputs.attention_mask, /*sliding_window=*/0,
                                  h.scalar_type(), h.device());
-    for (auto& layer : decoder_layers) {
+    for (const auto& layer : *layers) {
       if (hidden_states) hidden_states->push_back(h);
-      h = layer->forward(h, cos, sin, mask, inputs.cache);
+      h = layer->as<Phi3DecoderLayer>()->forward({h, cos, sin, mask}, inputs.cache);
     }
     if (inputs.cache) inputs.cache->length += t;
     h = norm->forward(h);
@@ -149,14 +150,14 @@ class Phi3Model : public Module {
   }
 
   std::shared_ptr<Embedding> embed_tokens;
-  torch::nn::ModuleList layers;
-  std::vector<std::shared_ptr<Phi3DecoderLayer>> decoder_layers;
+  torch::nn::ModuleList layers;  // Phi3DecoderLayer each
   std::shared_ptr<RMSNorm> norm;
 
  private:
   RotaryEmbedding rotary_;
 };
 
+// Copied from models/llama.cc LlamaForCausalLM with Llama->Phi3
 class Phi3ForCausalLM : public CausalLM {
  public:
   Phi3ForCausalLM(const ModelConfig& c, const ModelOptions& o) : CausalLM("Phi3ForCausalLM", c, o) {

@@ -4,10 +4,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status.h"
 #include "checkpoint/loader.h"
 #include "models/attention.h"
 #include "models/layers.h"
-#include "parallel/status.h"
 
 namespace weft {
 
@@ -24,10 +24,13 @@ absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
   model_options.attn_implementation = options.attn_implementation;
   try {
     GetAttention(options.attn_implementation);
-    model_options.dtype = options.dtype.value_or(DtypeFromName(config.torch_dtype));
   } catch (const std::exception& e) {
-    std::string what = e.what();
-    return absl::InvalidArgumentError(what.substr(0, what.find('\n')));
+    return absl::InvalidArgumentError(FirstLine(e.what()));
+  }
+  if (options.dtype.has_value()) {
+    model_options.dtype = *options.dtype;
+  } else {
+    ASSIGN_OR_RETURN(model_options.dtype, ModelDtype(config));
   }
   ASSIGN_OR_RETURN(std::shared_ptr<CausalLM> model, CreateCausalLM(config, model_options));
   ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(dir));
@@ -64,7 +67,9 @@ absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
                           hooks.slice_of ? hooks.slice_of(name) : Slice{}});
     }
   }
-  ASSIGN_OR_RETURN(LoadResult loaded, LoadCheckpoint(*ckpt, requests));
+  LoadOptions load_options;
+  load_options.device_memory = options.device_memory;
+  ASSIGN_OR_RETURN(LoadResult loaded, LoadCheckpoint(*ckpt, requests, load_options));
   for (auto& [name, slot] : slots)
     slot.module->ReplaceParameter(slot.local, loaded.tensors.at(name), /*allow_new_shape=*/true);
   if (tie) {

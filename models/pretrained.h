@@ -5,8 +5,12 @@
 // allocating, then fills them through the streaming loader
 // (checkpoint/loader.h), which reserves all weights in one block.
 //
-//   ASSIGN_OR_RETURN(auto model, FromPretrained("/models/llama", {.dtype = at::kBFloat16}));
-//   CausalLMOutput out = model->Forward({.input_ids = ids});
+//   PretrainedOptions options;
+//   options.dtype = at::kBFloat16;
+//   ASSIGN_OR_RETURN(auto model, FromPretrained("/models/llama", options));
+//   CausalLMInputs inputs;
+//   inputs.input_ids = ids;
+//   CausalLMOutput out = model->Forward(inputs);
 #pragma once
 
 #include <c10/core/Device.h>
@@ -25,6 +29,9 @@ struct PretrainedOptions {
   /// Compute and parameter dtype; nullopt: config.json's torch_dtype.
   c10::optional<at::ScalarType> dtype;
   c10::Device device = c10::Device(c10::kCPU);
+  /// Memory for a device other than the CPU (parallel/cuda_plugin.h's
+  /// CudaDeviceMemory() for CUDA); unset: CPU only.
+  DeviceMemory device_memory;
   /// "eager", "sdpa" or any registered name (attention.h).
   std::string attn_implementation = "sdpa";
 };

@@ -6,7 +6,7 @@
 #include <ATen/ATen.h>
 #include <torch/nn/modules/container/modulelist.h>
 
-#include "checkpoint/json.h"
+#include "base/json.h"
 #include "models/attention.h"
 #include "models/causal_lm.h"
 #include "models/layers.h"
@@ -22,7 +22,7 @@ class Qwen2Attention : public Module {
         heads_(c.num_attention_heads),
         kv_heads_(c.num_key_value_heads),
         head_dim_(c.head_dim),
-        attn_(o.attn_implementation) {
+        attention_(GetAttention(o.attn_implementation)) {
     q_proj = register_module(
         "q_proj", std::make_shared<Linear>(c.hidden_size, heads_ * head_dim_, true, o.dtype));
     k_proj = register_module(
@@ -33,21 +33,21 @@ class Qwen2Attention : public Module {
         "o_proj", std::make_shared<Linear>(heads_ * head_dim_, c.hidden_size, false, o.dtype));
   }
 
-  // hidden [B, T, hidden]; cos, sin [B, T, head_dim]; mask [B, 1, T, S].
-  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
-                     const at::Tensor& mask, KVCache* cache) {
-    return Hooked({hidden, cos, sin, mask}, [&](const Tensors& in) {
-      const int64_t b = in[0].size(0), t = in[0].size(1);
+  at::Tensor forward(const LayerInputs& inputs, KVCache* cache) {
+    // By value: activation checkpointing may run the body again in backward.
+    return Hooked(inputs.List(), [this, cache](const Tensors& list) {
+      const LayerInputs in = LayerInputs::From(list);
+      const int64_t b = in.hidden.size(0), t = in.hidden.size(1);
       // Head counts come from the projections' outputs, so a sharded
       // projection (fewer local heads) needs no change here.
-      at::Tensor q = q_proj->forward(in[0]).view({b, t, -1, head_dim_}).transpose(1, 2);
-      at::Tensor k = k_proj->forward(in[0]).view({b, t, -1, head_dim_}).transpose(1, 2);
-      at::Tensor v = v_proj->forward(in[0]).view({b, t, -1, head_dim_}).transpose(1, 2);
-      q = RotaryEmbedding::Apply(q, in[1], in[2]);
-      k = RotaryEmbedding::Apply(k, in[1], in[2]);
+      at::Tensor q = q_proj->forward(in.hidden).view({b, t, -1, head_dim_}).transpose(1, 2);
+      at::Tensor k = k_proj->forward(in.hidden).view({b, t, -1, head_dim_}).transpose(1, 2);
+      at::Tensor v = v_proj->forward(in.hidden).view({b, t, -1, head_dim_}).transpose(1, 2);
+      q = RotaryEmbedding::Apply(q, in.cos, in.sin);
+      k = RotaryEmbedding::Apply(k, in.cos, in.sin);
       if (cache != nullptr) std::tie(k, v) = cache->Update(layer_, k, v);
       at::Tensor out =
-          GetAttention(attn_)(q, k, v, in[3], 1.0 / std::sqrt(static_cast<double>(head_dim_)));
+          attention_(q, k, v, in.mask, 1.0 / std::sqrt(static_cast<double>(head_dim_)));
       out = out.transpose(1, 2).reshape({b, t, -1});
       return o_proj->forward(out);
     });
@@ -58,7 +58,7 @@ class Qwen2Attention : public Module {
  private:
   int64_t layer_;
   int64_t heads_, kv_heads_, head_dim_;
-  std::string attn_;
+  AttentionFn attention_;  // resolved once, from ModelOptions::attn_implementation
 };
 
 class Qwen2MLP : public Module {
@@ -73,7 +73,7 @@ class Qwen2MLP : public Module {
   }
 
   at::Tensor forward(const at::Tensor& x) {
-    return Hooked({x}, [&](const Tensors& in) {
+    return Hooked({x}, [this](const Tensors& in) {
       return down_proj->forward(Activation(act_, gate_proj->forward(in[0])) *
                                 up_proj->forward(in[0]));
     });
@@ -85,6 +85,7 @@ class Qwen2MLP : public Module {
   std::string act_;
 };
 
+// Copied from models/llama.cc LlamaDecoderLayer with Llama->Qwen2
 class Qwen2DecoderLayer : public Module {
  public:
   Qwen2DecoderLayer(const ModelConfig& c, const ModelOptions& o, int64_t layer)
@@ -98,12 +99,12 @@ class Qwen2DecoderLayer : public Module {
                         std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
   }
 
-  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
-                     const at::Tensor& mask, KVCache* cache) {
+  at::Tensor forward(const LayerInputs& inputs, KVCache* cache) {
     // By value: activation checkpointing may run the body again in backward.
-    return Hooked({hidden, cos, sin, mask}, [this, cache](const Tensors& in) {
+    return Hooked(inputs.List(), [this, cache](const Tensors& list) {
+      const LayerInputs in = LayerInputs::From(list);
       at::Tensor h =
-          in[0] + self_attn->forward(input_layernorm->forward(in[0]), in[1], in[2], in[3], cache);
+          in.hidden + self_attn->forward(in.WithHidden(input_layernorm->forward(in.hidden)), cache);
       return h + mlp->forward(post_attention_layernorm->forward(h));
     });
   }
@@ -134,8 +135,7 @@ class Qwen2Model : public Module {
         "embed_tokens", std::make_shared<Embedding>(c.vocab_size, c.hidden_size, o.dtype));
     layers = register_module("layers", torch::nn::ModuleList());
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-      decoder_layers.push_back(std::make_shared<Qwen2DecoderLayer>(c, o, i));
-      layers->push_back(decoder_layers.back());
+      layers->push_back(std::make_shared<Qwen2DecoderLayer>(c, o, i));
     }
     norm =
         register_module("norm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
@@ -149,13 +149,14 @@ class Qwen2Model : public Module {
         rotary_.CosSin(DefaultPositionIds(inputs, past).to(h.device()), h.scalar_type());
     at::Tensor full = CausalMask(b, t, past, inputs.attention_mask, 0, h.scalar_type(), h.device());
     at::Tensor windowed;
-    for (size_t i = 0; i < decoder_layers.size(); ++i) {
+    for (size_t i = 0; i < layers->size(); ++i) {
       if (hidden_states) hidden_states->push_back(h);
       if (windows_[i] > 0 && !windowed.defined()) {
         windowed =
             CausalMask(b, t, past, inputs.attention_mask, windows_[i], h.scalar_type(), h.device());
       }
-      h = decoder_layers[i]->forward(h, cos, sin, windows_[i] > 0 ? windowed : full, inputs.cache);
+      h = layers->ptr<Qwen2DecoderLayer>(i)->forward(
+          {h, cos, sin, windows_[i] > 0 ? windowed : full}, inputs.cache);
     }
     if (inputs.cache) inputs.cache->length += t;
     h = norm->forward(h);
@@ -164,8 +165,7 @@ class Qwen2Model : public Module {
   }
 
   std::shared_ptr<Embedding> embed_tokens;
-  torch::nn::ModuleList layers;
-  std::vector<std::shared_ptr<Qwen2DecoderLayer>> decoder_layers;
+  torch::nn::ModuleList layers;  // Qwen2DecoderLayer each
   std::shared_ptr<RMSNorm> norm;
 
  private:
@@ -173,6 +173,7 @@ class Qwen2Model : public Module {
   std::vector<int64_t> windows_;  // per layer; 0: full attention
 };
 
+// Copied from models/llama.cc LlamaForCausalLM with Llama->Qwen2
 class Qwen2ForCausalLM : public CausalLM {
  public:
   Qwen2ForCausalLM(const ModelConfig& c, const ModelOptions& o)

@@ -21,7 +21,7 @@ class Qwen3Attention : public Module {
         heads_(c.num_attention_heads),
         kv_heads_(c.num_key_value_heads),
         head_dim_(c.head_dim),
-        attn_(o.attn_implementation) {
+        attention_(GetAttention(o.attn_implementation)) {
     q_proj = register_module("q_proj", std::make_shared<Linear>(c.hidden_size, heads_ * head_dim_,
                                                                 c.attention_bias, o.dtype));
     k_proj = register_module(
@@ -38,23 +38,23 @@ class Qwen3Attention : public Module {
                                                                 c.attention_bias, o.dtype));
   }
 
-  // hidden [B, T, hidden]; cos, sin [B, T, head_dim]; mask [B, 1, T, S].
-  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
-                     const at::Tensor& mask, KVCache* cache) {
-    return Hooked({hidden, cos, sin, mask}, [&](const Tensors& in) {
-      const int64_t b = in[0].size(0), t = in[0].size(1);
+  at::Tensor forward(const LayerInputs& inputs, KVCache* cache) {
+    // By value: activation checkpointing may run the body again in backward.
+    return Hooked(inputs.List(), [this, cache](const Tensors& list) {
+      const LayerInputs in = LayerInputs::From(list);
+      const int64_t b = in.hidden.size(0), t = in.hidden.size(1);
       // Head counts come from the projections' outputs, so a sharded
       // projection (fewer local heads) needs no change here.
       at::Tensor q =
-          q_norm->forward(q_proj->forward(in[0]).view({b, t, -1, head_dim_})).transpose(1, 2);
+          q_norm->forward(q_proj->forward(in.hidden).view({b, t, -1, head_dim_})).transpose(1, 2);
       at::Tensor k =
-          k_norm->forward(k_proj->forward(in[0]).view({b, t, -1, head_dim_})).transpose(1, 2);
-      at::Tensor v = v_proj->forward(in[0]).view({b, t, -1, head_dim_}).transpose(1, 2);
-      q = RotaryEmbedding::Apply(q, in[1], in[2]);
-      k = RotaryEmbedding::Apply(k, in[1], in[2]);
+          k_norm->forward(k_proj->forward(in.hidden).view({b, t, -1, head_dim_})).transpose(1, 2);
+      at::Tensor v = v_proj->forward(in.hidden).view({b, t, -1, head_dim_}).transpose(1, 2);
+      q = RotaryEmbedding::Apply(q, in.cos, in.sin);
+      k = RotaryEmbedding::Apply(k, in.cos, in.sin);
       if (cache != nullptr) std::tie(k, v) = cache->Update(layer_, k, v);
       at::Tensor out =
-          GetAttention(attn_)(q, k, v, in[3], 1.0 / std::sqrt(static_cast<double>(head_dim_)));
+          attention_(q, k, v, in.mask, 1.0 / std::sqrt(static_cast<double>(head_dim_)));
       out = out.transpose(1, 2).reshape({b, t, -1});
       return o_proj->forward(out);
     });
@@ -66,9 +66,10 @@ class Qwen3Attention : public Module {
  private:
   int64_t layer_;
   int64_t heads_, kv_heads_, head_dim_;
-  std::string attn_;
+  AttentionFn attention_;  // resolved once, from ModelOptions::attn_implementation
 };
 
+// Copied from models/llama.cc LlamaMLP with Llama->Qwen3
 class Qwen3MLP : public Module {
  public:
   Qwen3MLP(const ModelConfig& c, const ModelOptions& o) : Module("Qwen3MLP"), act_(c.hidden_act) {
@@ -84,7 +85,7 @@ class Qwen3MLP : public Module {
   }
 
   at::Tensor forward(const at::Tensor& x) {
-    return Hooked({x}, [&](const Tensors& in) {
+    return Hooked({x}, [this](const Tensors& in) {
       return down_proj->forward(Activation(act_, gate_proj->forward(in[0])) *
                                 up_proj->forward(in[0]));
     });
@@ -96,6 +97,7 @@ class Qwen3MLP : public Module {
   std::string act_;
 };
 
+// Copied from models/llama.cc LlamaDecoderLayer with Llama->Qwen3
 class Qwen3DecoderLayer : public Module {
  public:
   Qwen3DecoderLayer(const ModelConfig& c, const ModelOptions& o, int64_t layer)
@@ -109,12 +111,12 @@ class Qwen3DecoderLayer : public Module {
                         std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
   }
 
-  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
-                     const at::Tensor& mask, KVCache* cache) {
+  at::Tensor forward(const LayerInputs& inputs, KVCache* cache) {
     // By value: activation checkpointing may run the body again in backward.
-    return Hooked({hidden, cos, sin, mask}, [this, cache](const Tensors& in) {
+    return Hooked(inputs.List(), [this, cache](const Tensors& list) {
+      const LayerInputs in = LayerInputs::From(list);
       at::Tensor h =
-          in[0] + self_attn->forward(input_layernorm->forward(in[0]), in[1], in[2], in[3], cache);
+          in.hidden + self_attn->forward(in.WithHidden(input_layernorm->forward(in.hidden)), cache);
       return h + mlp->forward(post_attention_layernorm->forward(h));
     });
   }
@@ -134,8 +136,7 @@ class Qwen3Model : public Module {
         "embed_tokens", std::make_shared<Embedding>(c.vocab_size, c.hidden_size, o.dtype));
     layers = register_module("layers", torch::nn::ModuleList());
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-      decoder_layers.push_back(std::make_shared<Qwen3DecoderLayer>(c, o, i));
-      layers->push_back(decoder_layers.back());
+      layers->push_back(std::make_shared<Qwen3DecoderLayer>(c, o, i));
     }
     norm =
         register_module("norm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
@@ -149,9 +150,9 @@ class Qwen3Model : public Module {
         rotary_.CosSin(DefaultPositionIds(inputs, past).to(h.device()), h.scalar_type());
     at::Tensor mask = CausalMask(b, t, past, inputs.attention_mask, /*sliding_window=*/0,
                                  h.scalar_type(), h.device());
-    for (auto& layer : decoder_layers) {
+    for (const auto& layer : *layers) {
       if (hidden_states) hidden_states->push_back(h);
-      h = layer->forward(h, cos, sin, mask, inputs.cache);
+      h = layer->as<Qwen3DecoderLayer>()->forward({h, cos, sin, mask}, inputs.cache);
     }
     if (inputs.cache) inputs.cache->length += t;
     h = norm->forward(h);
@@ -160,14 +161,14 @@ class Qwen3Model : public Module {
   }
 
   std::shared_ptr<Embedding> embed_tokens;
-  torch::nn::ModuleList layers;
-  std::vector<std::shared_ptr<Qwen3DecoderLayer>> decoder_layers;
+  torch::nn::ModuleList layers;  // Qwen3DecoderLayer each
   std::shared_ptr<RMSNorm> norm;
 
  private:
   RotaryEmbedding rotary_;
 };
 
+// Copied from models/llama.cc LlamaForCausalLM with Llama->Qwen3
 class Qwen3ForCausalLM : public CausalLM {
  public:
   Qwen3ForCausalLM(const ModelConfig& c, const ModelOptions& o)

@@ -2,7 +2,7 @@
 
 #include <torch/autograd.h>
 
-#include "parallel/chunk.h"
+#include "base/slice.h"
 
 namespace weft {
 namespace {

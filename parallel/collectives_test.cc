@@ -4,9 +4,9 @@
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 
+#include "base/slice.h"
 #include "gtest/gtest.h"
 #include "parallel/autograd_collectives.h"
-#include "parallel/chunk.h"
 #include "parallel/device_mesh.h"
 #include "parallel/runtime.h"
 #include "tests/multiprocess.h"

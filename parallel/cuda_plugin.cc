@@ -76,4 +76,17 @@ const CudaPlugin* GetCudaPlugin(std::string* why) {
 
 bool MachineHasNvidiaDevices() { return ::access("/dev/nvidiactl", F_OK) == 0; }
 
+DeviceMemory CudaDeviceMemory() {
+  DeviceMemory memory;
+  memory.check = [](c10::Device) {
+    std::string why;
+    if (GetCudaPlugin(&why) == nullptr) return absl::FailedPreconditionError(why);
+    return absl::OkStatus();
+  };
+  memory.reserve = [](c10::Device device, uint64_t bytes) {
+    return GetCudaPlugin()->reserve(device.index(), bytes);
+  };
+  return memory;
+}
+
 }  // namespace weft

@@ -21,6 +21,8 @@
 
 #include <c10/util/intrusive_ptr.h>
 
+#include "base/device_memory.h"
+
 namespace c10d {
 class Backend;
 class Store;
@@ -47,6 +49,11 @@ struct CudaPlugin {
 /// The plugin, or nullptr with the reason in `*why` (not built with CUDA,
 /// library not found, dlopen error).
 const CudaPlugin* GetCudaPlugin(std::string* why = nullptr);
+
+/// The plugin as the checkpoint loader's device memory (base/device_memory.h):
+/// `check` fails with the reason the plugin is unavailable, `reserve` is the
+/// caching-allocator warmup.
+DeviceMemory CudaDeviceMemory();
 
 /// True when this machine shows NVIDIA devices (/dev/nvidiactl), checked
 /// without loading any CUDA library.

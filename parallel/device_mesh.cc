@@ -6,8 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status.h"
 #include "parallel/runtime.h"
-#include "parallel/status.h"
 
 namespace weft {
 namespace {

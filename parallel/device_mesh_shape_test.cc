@@ -1,5 +1,5 @@
+#include "base/slice.h"
 #include "gtest/gtest.h"
-#include "parallel/chunk.h"
 #include "parallel/device_mesh.h"
 
 namespace weft {

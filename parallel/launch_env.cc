@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "parallel/status.h"
+#include "base/status.h"
 
 namespace weft {
 

@@ -7,8 +7,8 @@
 #include <atomic>
 #include <chrono>
 
+#include "base/slice.h"
 #include "parallel/backends.h"
-#include "parallel/chunk.h"
 
 namespace weft {
 namespace {

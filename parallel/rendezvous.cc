@@ -1,8 +1,5 @@
 #include "parallel/rendezvous.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -15,7 +12,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "parallel/status.h"
+#include "base/net.h"
+#include "base/status.h"
 
 namespace weft {
 namespace {
@@ -32,30 +30,17 @@ std::string Seconds(std::chrono::milliseconds ms) {
   return absl::StrCat(static_cast<double>(ms.count()) / 1000.0, "s");
 }
 
-std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
-
 // Binding the port ourselves first turns "address already in use" into a
 // clear message instead of c10d's multi-line one.
 absl::Status CheckPortFree(const LaunchEnv& env) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::OkStatus();  // Let TCPStore report its own failure.
-  int one = 1;
-  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_ANY);
-  addr.sin_port = htons(static_cast<uint16_t>(env.master_port));
-  int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  int err = errno;
-  if (rc == 0) rc = ::listen(fd, 1), err = errno;
-  ::close(fd);
-  if (rc != 0 && err == EADDRINUSE) {
+  Listener probe = ListenTcp(env.master_port, 1);  // closed again at once
+  if (probe.error == EADDRINUSE) {
     return absl::UnavailableError(absl::StrCat(
         "store port ", env.master_port, " is already in use on this host (rank 0 hosts the ",
         "store at MASTER_ADDR:MASTER_PORT = ", env.master_addr, ":", env.master_port,
         "; expected a free port: pick another MASTER_PORT)"));
   }
-  return absl::OkStatus();
+  return absl::OkStatus();  // Other failures: let TCPStore report its own.
 }
 
 // Polls until every rank has arrived, another rank published an error, or the

@@ -12,8 +12,8 @@
 #include <chrono>
 
 #include "absl/status/statusor.h"
+#include "base/net.h"
 #include "parallel/launch_env.h"
-#include "parallel/net.h"
 
 namespace weft {
 

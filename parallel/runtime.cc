@@ -10,11 +10,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status.h"
 #include "parallel/backends.h"
 #include "parallel/cuda_plugin.h"
 #include "parallel/mpi_bootstrap.h"
 #include "parallel/rendezvous.h"
-#include "parallel/status.h"
 
 namespace weft {
 
@@ -92,9 +92,8 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(const RuntimeOptions& opt
       impl->gloo_device = c10d::ProcessGroupGloo::createDefaultDevice();
     }
   } catch (const std::exception& e) {
-    std::string what = e.what();
     return absl::UnavailableError(
-        absl::StrCat("cannot open a Gloo transport: ", what.substr(0, what.find('\n'))));
+        absl::StrCat("cannot open a Gloo transport: ", FirstLine(e.what())));
   }
   std::unique_ptr<Runtime> runtime(new Runtime(env, device, std::move(impl)));
   std::vector<int> all(env.world_size);
@@ -159,10 +158,9 @@ absl::StatusOr<std::shared_ptr<ProcessGroup>> Runtime::NewGroup(const std::vecto
           impl_->options.collective_timeout);
     }
   } catch (const std::exception& e) {
-    std::string what = e.what();
     return absl::UnavailableError(absl::StrCat("rank ", rank(), " could not create group ", name,
                                                " of ranks [", absl::StrJoin(ranks, ","),
-                                               "]: ", what.substr(0, what.find('\n'))));
+                                               "]: ", FirstLine(e.what())));
   }
   return std::make_shared<ProcessGroup>(name, ranks, group_rank, std::move(backends));
 }

@@ -12,9 +12,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "base/slice.h"
+#include "base/status.h"
 #include "parallel/autograd_collectives.h"
-#include "parallel/chunk.h"
-#include "parallel/status.h"
 
 namespace weft {
 namespace {

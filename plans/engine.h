@@ -3,7 +3,9 @@
 //
 //   ASSIGN_OR_RETURN(Plan plan, LoadPlanFile("plans/llama.yaml"));
 //   ASSIGN_OR_RETURN(auto model, FromPretrainedTensorParallel(dir, options, plan, mesh["tp"]));
-//   CausalLMOutput out = model->Forward({.input_ids = ids});  // logits as at TP=1
+//   CausalLMInputs inputs;
+//   inputs.input_ids = ids;
+//   CausalLMOutput out = model->Forward(inputs);  // logits as at TP=1
 //   const DTensorSpec* q = ParameterPlacement(*model, "model.layers.0.self_attn.q_proj.weight");
 //   // q->placements[0] == Placement::Shard(0), q->offsets, q->global_shape, ...
 //

@@ -70,27 +70,26 @@ std::string Human(double bytes) {
 
 }  // namespace
 
-int RunPlanExplain(const ExplainCommand& c, std::ostream& out, std::ostream& err) {
-  auto fail = [&err](absl::string_view message) {
-    err << "weft plan explain: " << message << std::endl;
-    return 2;
-  };
-  try {
+absl::Status ExplainPlan(const ExplainOptions& c, std::ostream& out) {
+  {
     if (c.tp < 1 || c.dp < 1) {
-      return fail(absl::StrCat("--tp ", c.tp, " --dp ", c.dp, " (expected both >= 1)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tp ", c.tp, " --dp ", c.dp, " (expected both >= 1)"));
     }
     auto config = LoadModelConfig(c.model);
-    if (!config.ok()) return fail(config.status().message());
+    if (!config.ok()) return config.status();
     ModelOptions options;
-    options.dtype = DtypeFromName(config->torch_dtype);
+    auto dtype = ModelDtype(*config);
+    if (!dtype.ok()) return dtype.status();
+    options.dtype = *dtype;
     auto model = CreateCausalLM(*config, options);  // meta device: no memory
-    if (!model.ok()) return fail(model.status().message());
+    if (!model.ok()) return model.status();
     auto ckpt = Checkpoint::Open(c.model);  // maps the files; reads the headers only
-    if (!ckpt.ok()) return fail(ckpt.status().message());
+    if (!ckpt.ok()) return ckpt.status();
     auto plan = ResolvePlanArgument(c.plan, c.model);
-    if (!plan.ok()) return fail(plan.status().message());
+    if (!plan.ok()) return plan.status();
     auto shards = PlanShards(**model, *plan, c.tp, /*rank=*/0);
-    if (!shards.ok()) return fail(shards.status().message());
+    if (!shards.ok()) return shards.status();
 
     std::vector<std::vector<std::string>> rows = {{"parameter", "style", "global", "local",
                                                    "bytes/rank", "forward", "backward",
@@ -103,7 +102,8 @@ int RunPlanExplain(const ExplainCommand& c, std::ostream& out, std::ostream& err
       const std::string& name = item.key();
       if ((*ckpt)->Find(name) == nullptr &&
           !(name == "lm_head.weight" && config->tie_word_embeddings)) {
-        return fail(absl::StrCat(c.model, ": the checkpoint has no tensor '", name, "'"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(c.model, ": the checkpoint has no tensor '", name, "'"));
       }
       std::vector<int64_t> global = item.value().sizes().vec();
       int64_t numel = 1;
@@ -161,10 +161,7 @@ int RunPlanExplain(const ExplainCommand& c, std::ostream& out, std::ostream& err
         << " per backward";
     if (c.dp > 1) out << ", plus the dp gradient all-reduce of " << Human(local_bytes);
     out << "\n";
-    return 0;
-  } catch (const std::exception& e) {
-    std::string what = e.what();
-    return fail(what.substr(0, what.find('\n')));
+    return absl::OkStatus();
   }
 }
 

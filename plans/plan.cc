@@ -9,8 +9,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "checkpoint/json.h"
-#include "parallel/status.h"
+#include "base/json.h"
+#include "base/status.h"
+#include "base/text_file.h"
 
 namespace weft {
 namespace {
@@ -117,11 +118,9 @@ absl::StatusOr<Plan> ParsePlan(absl::string_view text, const std::string& source
 }
 
 absl::StatusOr<Plan> LoadPlanFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot read the plan file"));
-  std::stringstream text;
-  text << in.rdbuf();
-  return ParsePlan(text.str(), path);
+  auto text = ReadTextFile(path);
+  if (!text.ok()) return absl::NotFoundError(absl::StrCat(path, ": cannot read the plan file"));
+  return ParsePlan(*text, path);
 }
 
 absl::StatusOr<Plan> PlanFromConfigJson(absl::string_view config_json) {

@@ -1,10 +1,13 @@
+#include "plans/shipped_plans.h"
+
 #include <fstream>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status.h"
+#include "base/text_file.h"
 #include "models/config.h"
-#include "parallel/status.h"
 #include "plans/shipped_plans.h"
 
 namespace weft {
@@ -12,15 +15,13 @@ namespace weft {
 absl::StatusOr<Plan> ResolvePlanArgument(const std::string& argument,
                                          const std::string& model_dir) {
   if (argument != "auto") return LoadPlanFile(argument);
-  std::ifstream in(model_dir + "/config.json");
-  std::stringstream text;
-  text << in.rdbuf();
-  if (!in) {
+  auto text = ReadTextFile(model_dir + "/config.json");
+  if (!text.ok()) {
     // The same error LoadModelConfig gives for a missing config.json.
     ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
     (void)config;
   }
-  return ResolvePlanForConfig(argument, text.str());
+  return ResolvePlanForConfig(argument, *text);
 }
 
 absl::StatusOr<Plan> ResolvePlanForConfig(const std::string& argument,

@@ -12,6 +12,7 @@
 #include <sstream>
 #include <thread>
 
+#include "base/text_file.h"
 #include "gtest/gtest.h"
 #include "parallel/rendezvous.h"
 
@@ -22,12 +23,7 @@ namespace {
 
 constexpr char kChildVar[] = "WEFT_TEST_RANK_CHILD";
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+std::string ReadFile(const std::string& path) { return ReadTextFile(path).value_or(""); }
 
 }  // namespace
 

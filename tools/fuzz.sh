@@ -23,7 +23,7 @@ absl_libs=(-labsl_statusor -labsl_status -labsl_cord -labsl_cordz_info -labsl_co
 if ! clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -I"$root" -I"$torch/include" \
   "$root/checkpoint/safetensors_fuzz.cc" "$root/checkpoint/safetensors_header.cc" \
-  "$root/checkpoint/json.cc" "$root/checkpoint/dtype.cc" "$root/parallel/status.cc" \
+  "$root/base/json.cc" "$root/base/dtype.cc" "$root/base/status.cc" \
   -L"$torch/lib" -Wl,-rpath,"$torch/lib" -lc10 "${absl_libs[@]}" -o "$work/fuzz" 2>"$work/build.log"; then
   tail -20 "$work/build.log" >&2
   fail "build"

@@ -29,7 +29,10 @@ Pass ForwardBackward(bool checkpointing) {
     }
   }
   at::Tensor ids = at::arange(12, at::kLong).remainder(50).view({2, 6});
-  CausalLMOutput out = (*model)->Forward({.input_ids = ids, .labels = ids});
+  CausalLMInputs inputs;
+  inputs.input_ids = ids;
+  inputs.labels = ids;
+  CausalLMOutput out = (*model)->Forward(inputs);
   out.loss.backward();
   run.loss = out.loss.detach();
   for (const auto& item : (*model)->named_parameters()) run.grads[item.key()] = item.value().grad();
@@ -56,7 +59,9 @@ TEST(ActivationCheckpointing, NoRecomputationWithoutGradients) {
   EnableActivationCheckpointing(**model);
   at::NoGradGuard no_grad;
   at::Tensor ids = at::arange(6, at::kLong).view({1, 6});
-  auto out = (*model)->Forward({.input_ids = ids});
+  CausalLMInputs inputs;
+  inputs.input_ids = ids;
+  auto out = (*model)->Forward(inputs);
   EXPECT_FALSE(out.logits.requires_grad());
 }
 

@@ -19,14 +19,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "checkpoint/atomic_file.h"
+#include "base/atomic_file.h"
+#include "base/json.h"
+#include "base/status.h"
+#include "base/text_file.h"
 #include "checkpoint/checkpoint_dir.h"
-#include "checkpoint/json.h"
 #include "checkpoint/safetensors.h"
-#include "checkpoint/text_file.h"
 #include "models/init.h"
 #include "parallel/device_mesh.h"
-#include "parallel/status.h"
 
 namespace weft {
 namespace fs = std::filesystem;

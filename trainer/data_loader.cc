@@ -1,5 +1,7 @@
 #include "trainer/data_loader.h"
 
+#include <stdexcept>
+
 #include <ATen/ATen.h>
 
 #include <limits>
@@ -7,8 +9,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "checkpoint/json.h"
-#include "parallel/status.h"
+#include "base/json.h"
+#include "base/status.h"
 
 namespace weft {
 namespace {
@@ -131,8 +133,9 @@ absl::StatusOr<std::unique_ptr<DataLoader>> DataLoader::Create(std::shared_ptr<T
 
 DataLoader::DataLoader(std::shared_ptr<TokenFile> file, DataLoaderOptions options)
     : file_(std::move(file)), options_(options) {
-  if (file_ == nullptr) ThrowIfError(absl::InvalidArgumentError("DataLoader: token file is null"));
-  ThrowIfError(Validate(*file_, options_));
+  if (file_ == nullptr) throw std::invalid_argument("DataLoader: token file is null");
+  const absl::Status valid = Validate(*file_, options_);
+  if (!valid.ok()) throw std::runtime_error(std::string(valid.message()));
   num_samples_ = file_->num_tokens() / options_.seq_len;
 }
 
@@ -181,10 +184,11 @@ absl::Status DataLoader::CheckPosition(const DataPosition& p) const {
   return absl::OkStatus();
 }
 
-void DataLoader::Restore(const DataPosition& position) {
-  ThrowIfError(CheckPosition(position));
+absl::Status DataLoader::Restore(const DataPosition& position) {
+  RETURN_IF_ERROR(CheckPosition(position));
   position_ = position;
   Normalize();
+  return absl::OkStatus();
 }
 
 }  // namespace weft

@@ -83,7 +83,8 @@ class DataLoader {
   /// 1024)`.
   static absl::Status Validate(const TokenFile& file, const DataLoaderOptions& options);
 
-  /// Throws std::runtime_error with Validate's message on invalid options.
+  /// For options already validated (Create); throws std::runtime_error with
+  /// Validate's message otherwise.
   DataLoader(std::shared_ptr<TokenFile> file, DataLoaderOptions options);
 
   /// This dp rank's share of the next global batch: int64 [global_batch /
@@ -92,8 +93,9 @@ class DataLoader {
   /// Where the next batch comes from (after the last batch of an epoch this
   /// is already {epoch + 1, 0}).
   DataPosition position() const { return position_; }
-  /// Throws std::runtime_error with CheckPosition's message when invalid.
-  void Restore(const DataPosition& position);
+  /// Continues from `position`; CheckPosition's error (and no change) when
+  /// it is invalid.
+  absl::Status Restore(const DataPosition& position);
   /// A position is valid when epoch >= 0 and 0 <= offset <= num_samples.
   absl::Status CheckPosition(const DataPosition& position) const;
 

@@ -8,7 +8,9 @@
 // on whatever tensors it is given, so with tensor parallelism each rank
 // updates its own shards.
 //
-//   AdamW opt({{"w", w, /*decay=*/true}}, {.weight_decay = 0.1});
+//   AdamWOptions options;
+//   options.weight_decay = 0.1;
+//   AdamW opt({{"w", w, /*decay=*/true}}, options);
 //   loss.backward();
 //   opt.Step(LearningRate(schedule, step));
 #pragma once

@@ -6,8 +6,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "checkpoint/atomic_file.h"
-#include "parallel/status.h"
+#include "base/atomic_file.h"
+#include "base/status.h"
 
 namespace weft {
 namespace {

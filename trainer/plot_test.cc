@@ -9,7 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "checkpoint/text_file.h"
+#include "base/text_file.h"
 #include "gtest/gtest.h"
 
 namespace weft {

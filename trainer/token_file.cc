@@ -12,8 +12,9 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "checkpoint/atomic_file.h"
-#include "parallel/status.h"
+#include "base/atomic_file.h"
+#include "base/status.h"
+#include "base/text_file.h"
 
 namespace weft {
 namespace {
@@ -266,19 +267,17 @@ std::vector<int64_t> BlankLineDocumentStarts(absl::string_view text) {
 }
 
 absl::Status WriteByteLevelTokenFile(const std::string& text_path, const std::string& prefix) {
-  std::ifstream in(text_path, std::ios::binary);
-  if (!in) {
-    int err = errno;
+  int err = 0;
+  auto read = ReadTextFile(text_path, &err);
+  if (!read.ok() && err != 0) {
     return absl::NotFoundError(absl::StrCat("text file ", text_path, ": ", std::strerror(err),
                                             " (expected a readable text file)"));
   }
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) {
+  if (!read.ok()) {
     return absl::UnavailableError(
         absl::StrCat("text file ", text_path, ": read failed (expected a readable text file)"));
   }
-  const std::string text = ss.str();
+  const std::string text = *std::move(read);
   std::vector<int64_t> starts = BlankLineDocumentStarts(text);
   const int64_t origin = starts.front();
   for (int64_t& s : starts) s -= origin;

@@ -33,7 +33,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/mapped_file.h"
+#include "base/mapped_file.h"
 
 namespace weft {
 

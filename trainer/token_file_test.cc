@@ -8,8 +8,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "checkpoint/json.h"
-#include "checkpoint/text_file.h"
+#include "base/json.h"
+#include "base/text_file.h"
 #include "gtest/gtest.h"
 
 namespace weft {

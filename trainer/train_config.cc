@@ -11,8 +11,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "checkpoint/text_file.h"
-#include "parallel/status.h"
+#include "base/status.h"
+#include "base/text_file.h"
 
 namespace weft {
 namespace {

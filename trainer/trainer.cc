@@ -17,14 +17,15 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "checkpoint/text_file.h"
+#include "base/status.h"
+#include "base/text_file.h"
 #include "models/generate.h"
 #include "models/init.h"
 #include "models/pretrained.h"
+#include "parallel/cuda_plugin.h"
 #include "parallel/data_parallel.h"
 #include "parallel/device_mesh.h"
 #include "parallel/runtime.h"
-#include "parallel/status.h"
 #include "plans/engine.h"
 #include "plans/shipped_plans.h"
 #include "trainer/activation_checkpointing.h"
@@ -120,6 +121,7 @@ absl::Status BuildModel(const TrainConfig& c, Setup& s) {
     PretrainedOptions options;
     options.dtype = dtype;
     options.device = device;
+    if (device.is_cuda()) options.device_memory = CudaDeviceMemory();
     options.attn_implementation = c.attn_implementation;
     if (s.tp > 1) {
       ASSIGN_OR_RETURN(
@@ -293,8 +295,7 @@ absl::StatusOr<TrainResult> Train(const TrainConfig& c, std::ostream& log) {
       }
     }
     RETURN_IF_ERROR(optimizer.LoadState(ckpt.optimizer, ckpt.state.step));
-    RETURN_IF_ERROR(loader->CheckPosition(ckpt.state.data));
-    loader->Restore(ckpt.state.data);
+    RETURN_IF_ERROR(loader->Restore(ckpt.state.data));
     step = ckpt.state.step;
     if (lead && (ckpt.state.tp != s.tp || ckpt.state.dp != s.dp)) {
       log << "[train] resharded from dp " << ckpt.state.dp << " x tp " << ckpt.state.tp << " to dp "
@@ -480,28 +481,6 @@ absl::StatusOr<TrainResult> Train(const TrainConfig& c, std::ostream& log) {
   }
   log.flush();
   return result;
-}
-
-int RunTrain(const TrainCommand& command, std::ostream& out, std::ostream& err) {
-  std::vector<std::string> overrides = command.overrides;
-  if (command.resume) overrides.push_back("train.resume=true");
-  auto config = LoadTrainConfig(command.config, overrides);
-  if (!config.ok()) {
-    err << "weft train: " << config.status().message() << std::endl;
-    return 2;
-  }
-  try {
-    auto result = Train(*config, out);
-    if (!result.ok()) {
-      err << "weft train: " << result.status().message() << std::endl;
-      return 2;
-    }
-  } catch (const std::exception& e) {
-    std::string what = e.what();
-    err << "weft train: " << what.substr(0, what.find('\n')) << std::endl;
-    return 1;
-  }
-  return 0;
 }
 
 }  // namespace weft

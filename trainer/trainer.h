@@ -43,16 +43,9 @@ struct TrainResult {
 };
 
 /// Runs `config` as this process's part of the job; rank 0 writes progress
-/// to `log`. Errors (bad config, data, checkpoint, mesh) are one line.
+/// to `log`. Errors (bad config, data, checkpoint, mesh) are one line; a
+/// failure during the run (a dead peer) throws. `weft train` is
+/// cli/train.cc.
 absl::StatusOr<TrainResult> Train(const TrainConfig& config, std::ostream& log);
-
-struct TrainCommand {
-  std::string config;
-  std::vector<std::string> overrides;  // --set key=value
-  bool resume = false;
-};
-
-/// `weft train`: exit code 0, or 2 with the error line on `err`.
-int RunTrain(const TrainCommand& command, std::ostream& out, std::ostream& err);
 
 }  // namespace weft

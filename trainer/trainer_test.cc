@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/text_file.h"
 #include "gtest/gtest.h"
 #include "tests/multiprocess.h"
 #include "trainer/checkpointing.h"
@@ -247,10 +248,7 @@ TEST(Trainer, ARestartedAttemptResumesFromTheLatestCheckpoint) {
 std::string TrainError(int world, const TrainConfig& c) {
   RankResults r = RunJob(world, c);
   EXPECT_TRUE(r.AllSucceeded()) << r.Describe();
-  std::ifstream in(c.output_dir + "/error.txt");
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
+  return ReadTextFile(c.output_dir + "/error.txt").value_or("");
 }
 
 TEST(Trainer, RunTimeErrorsAreOneLine) {

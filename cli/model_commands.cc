@@ -1,0 +1,193 @@
+#include "cli/model_commands.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <CLI/CLI.hpp>
+
+#include <iostream>
+#include <memory>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "base/dtype.h"
+#include "base/status.h"
+#include "base/text_file.h"
+#include "checkpoint/safetensors.h"
+#include "models/generate.h"
+#include "models/pretrained.h"
+#include "models/trace.h"
+#include "parallel/cuda_plugin.h"
+#include "parallel/runtime.h"
+#include "plans/engine.h"
+#include "plans/shipped_plans.h"
+
+namespace weft {
+namespace {
+
+absl::StatusOr<at::ScalarType> ComputeDtype(const std::string& name) {
+  auto type = ScalarTypeFromTorchName(name, {at::kFloat, at::kBFloat16});
+  if (!type.ok())
+    return absl::InvalidArgumentError(absl::StrCat("--dtype ", type.status().message()));
+  return type;
+}
+
+// The model, whole or (with a tp plan) this rank's shard; `runtime` keeps
+// the process groups alive as long as the model.
+struct Loaded {
+  std::unique_ptr<Runtime> runtime;
+  std::shared_ptr<CausalLM> model;
+  bool writer = true;  // rank 0 (or the only process) writes the output
+};
+
+absl::StatusOr<Loaded> Load(const std::string& dir, PretrainedOptions options,
+                            const std::string& tp_plan) {
+  Loaded loaded;
+  if (options.device.is_cuda()) options.device_memory = CudaDeviceMemory();
+  if (tp_plan.empty()) {
+    ASSIGN_OR_RETURN(loaded.model, FromPretrained(dir, options));
+    return loaded;
+  }
+  RuntimeOptions runtime_options;
+  runtime_options.device = options.device.is_cuda() ? "cuda" : "cpu";
+  ASSIGN_OR_RETURN(loaded.runtime, Runtime::Init(runtime_options));
+  ASSIGN_OR_RETURN(Plan plan, ResolvePlanArgument(tp_plan, dir));
+  ASSIGN_OR_RETURN(loaded.model,
+                   FromPretrainedTensorParallel(dir, options, plan, loaded.runtime->world()));
+  loaded.writer = loaded.runtime->rank() == 0;
+  return loaded;
+}
+
+absl::Status Forward(const ForwardCommand& c) {
+  ASSIGN_OR_RETURN(at::ScalarType dtype, ComputeDtype(c.dtype));
+  ASSIGN_OR_RETURN(std::shared_ptr<SafetensorsFile> input, SafetensorsFile::Open(c.input));
+  const TensorEntry* ids = input->Find("input_ids");
+  if (ids == nullptr || ids->dtype != at::kLong || ids->shape.size() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(c.input, ": no int64 [B, T] tensor 'input_ids'"));
+  }
+  PretrainedOptions options;
+  options.dtype = dtype;
+  options.attn_implementation = c.attn;
+  ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan));
+  CausalLM& model = *loaded.model;
+
+  CausalLMInputs inputs;
+  inputs.input_ids = input->Get(*ids).clone();
+  if (const TensorEntry* mask = input->Find("attention_mask")) {
+    inputs.attention_mask = input->Get(*mask).clone();
+  }
+  inputs.output_hidden_states = c.hidden_states;
+  std::unique_ptr<Tracer> tracer;
+  if (!c.trace.empty()) tracer = std::make_unique<Tracer>(model);
+  at::NoGradGuard no_grad;
+  CausalLMOutput out = model.Forward(inputs);
+  std::vector<std::pair<std::string, at::Tensor>> tensors = {{"logits", out.logits.to(at::kFloat)}};
+  for (size_t i = 0; c.hidden_states && i < out.hidden_states.size(); ++i) {
+    tensors.emplace_back(absl::StrCat("hidden_states_", i), out.hidden_states[i].to(at::kFloat));
+  }
+  if (!loaded.writer) return absl::OkStatus();
+  RETURN_IF_ERROR(WriteSafetensors(c.output, tensors));
+  if (tracer) RETURN_IF_ERROR(WriteTextFileAtomically(c.trace, tracer->Json()));
+  return absl::OkStatus();
+}
+
+absl::Status Generate(const GenerateCommand& c, std::ostream& out) {
+  std::vector<int64_t> prompt;
+  for (absl::string_view piece : absl::StrSplit(c.prompt_ids, ',')) {
+    int64_t id;
+    if (!absl::SimpleAtoi(piece, &id) || id < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--prompt-ids: '", piece, "' is not a token id (expected e.g. 1,2,3)"));
+    }
+    prompt.push_back(id);
+  }
+  ASSIGN_OR_RETURN(at::ScalarType dtype, ComputeDtype(c.dtype));
+  PretrainedOptions options;
+  options.dtype = dtype;
+  options.attn_implementation = c.attn;
+  ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan));
+  CausalLM& model = *loaded.model;
+  for (int64_t id : prompt) {
+    if (id >= model.config.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--prompt-ids: ", id, " is not below vocab_size ", model.config.vocab_size));
+    }
+  }
+  GenerateOptions g;
+  g.max_new_tokens = c.max_new_tokens;
+  g.greedy = c.greedy;
+  g.temperature = c.temperature;
+  g.top_k = c.top_k;
+  g.top_p = c.top_p;
+  g.seed = c.seed;
+  at::Tensor ids = at::tensor(prompt, at::kLong).view({1, -1});
+  at::Tensor result = weft::Generate(model, ids, g);
+  std::vector<int64_t> all(result.data_ptr<int64_t>(), result.data_ptr<int64_t>() + result.numel());
+  if (loaded.writer) out << absl::StrJoin(all, ",") << std::endl;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunForward(const ForwardCommand& command, std::ostream& err) {
+  return RunCommand("forward", err, [&] { return Forward(command); });
+}
+
+int RunGenerate(const GenerateCommand& command, std::ostream& out, std::ostream& err) {
+  return RunCommand("generate", err, [&] { return Generate(command, out); });
+}
+
+Subcommand AddForward(CLI::App& app) {
+  auto c = std::make_shared<ForwardCommand>();
+  CLI::App* cmd = app.add_subcommand(
+      "forward", "Run a Hugging Face checkpoint on input_ids; write logits (and hidden states).");
+  cmd->add_option("--model", c->model, "checkpoint directory")->required();
+  cmd->add_option("--input", c->input,
+                  "safetensors with input_ids [B, T] (int64) and optionally attention_mask")
+      ->required();
+  cmd->add_option("--output", c->output, "safetensors to write logits to")->required();
+  cmd->add_flag("--hidden-states", c->hidden_states,
+                "also write hidden_states_0..N (transformers' order)");
+  cmd->add_option("--dtype", c->dtype, "float32 or bfloat16");
+  cmd->add_option("--attn", c->attn, "attention implementation: eager or sdpa");
+  cmd->add_option("--trace", c->trace, "write every module call as JSON here");
+  cmd->add_option("--tp-plan", c->tp_plan,
+                  "tensor parallelism over the world: a plan file, or auto");
+  return {cmd, [c] { return RunForward(*c, std::cerr); }};
+}
+
+Subcommand AddGenerate(CLI::App& app) {
+  auto c = std::make_shared<GenerateCommand>();
+  auto greedy_flag = std::make_shared<bool>(false);
+  CLI::App* cmd = app.add_subcommand("generate", "Generate token ids from a prompt of token ids.");
+  cmd->add_option("--model", c->model, "checkpoint directory")->required();
+  cmd->add_option("--prompt-ids", c->prompt_ids, "comma-separated ids")->required();
+  cmd->add_option("--max-new-tokens", c->max_new_tokens, "new tokens at most");
+  cmd->add_flag("--greedy", *greedy_flag, "argmax decoding (the default)");
+  std::vector<CLI::Option*> sampling = {
+      cmd->add_option("--temperature", c->temperature, "sampling temperature"),
+      cmd->add_option("--top-k", c->top_k, "keep the k most likely tokens"),
+      cmd->add_option("--top-p", c->top_p, "nucleus sampling mass"),
+      cmd->add_option("--seed", c->seed, "sampling seed"),
+  };
+  cmd->add_option("--dtype", c->dtype, "float32 or bfloat16");
+  cmd->add_option("--attn", c->attn, "attention implementation: eager or sdpa");
+  cmd->add_option("--tp-plan", c->tp_plan,
+                  "tensor parallelism over the world: a plan file, or auto");
+  return {cmd, [c, greedy_flag, sampling] {
+            bool sample = false;
+            for (CLI::Option* o : sampling) sample = sample || o->count() > 0;
+            if (sample && *greedy_flag) {
+              return RunCommand("generate", std::cerr, [] {
+                return absl::InvalidArgumentError(
+                    "--greedy cannot be combined with --temperature, --top-k, --top-p or --seed");
+              });
+            }
+            c->greedy = !sample;
+            return RunGenerate(*c, std::cout, std::cerr);
+          }};
+}
+
+}  // namespace weft

@@ -1,0 +1,55 @@
+// `weft forward` and `weft generate`.
+//
+//   weft forward --model DIR --input IN.safetensors --output OUT.safetensors
+//                [--hidden-states] [--dtype float32|bfloat16] [--attn eager|sdpa]
+//                [--trace TRACE.json] [--tp-plan FILE|auto]
+//   weft generate --model DIR --prompt-ids 1,2,3 --max-new-tokens N
+//                 [--greedy | --temperature T --top-k K --top-p P --seed S] [--tp-plan FILE|auto]
+//
+// With --tp-plan the command is one rank of a tensor-parallel job (start it
+// under weftrun, mpirun or srun; the mesh is the whole world); rank 0 writes.
+//
+// Both return the exit code (cli/command.h).
+#pragma once
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+
+#include "cli/command.h"
+
+namespace weft {
+
+struct ForwardCommand {
+  std::string model;
+  std::string input;
+  std::string output;
+  bool hidden_states = false;
+  std::string dtype = "float32";
+  std::string attn = "sdpa";
+  std::string trace;
+  std::string tp_plan;
+};
+
+struct GenerateCommand {
+  std::string model;
+  std::string prompt_ids;
+  int64_t max_new_tokens = 16;
+  bool greedy = true;
+  double temperature = 1.0;
+  int64_t top_k = 0;
+  double top_p = 1.0;
+  uint64_t seed = 0;
+  std::string dtype = "float32";
+  std::string attn = "sdpa";
+  std::string tp_plan;
+};
+
+int RunForward(const ForwardCommand& command, std::ostream& err);
+int RunGenerate(const GenerateCommand& command, std::ostream& out, std::ostream& err);
+
+/// Register `forward` and `generate` on `app`.
+Subcommand AddForward(CLI::App& app);
+Subcommand AddGenerate(CLI::App& app);
+
+}  // namespace weft

@@ -1,0 +1,74 @@
+#include "cli/plan_explain.h"
+
+#include <sstream>
+
+#include "gtest/gtest.h"
+
+namespace weft {
+namespace {
+
+TEST(PlanExplain, ShapesBytesAndCollectivesPerRank) {
+  ExplainOptions c;
+  c.model = "tests/data/hf/llama";
+  c.plan = "auto";
+  c.tp = 4;
+  c.dp = 2;
+  std::ostringstream out, err;
+  ASSERT_EQ(RunPlanExplain(c, out, err), 0) << err.str();
+  std::string text = out.str();
+  // q_proj rows split 4 ways; k_proj's 2 KV heads replicated over 4 ranks.
+  EXPECT_NE(text.find("model.layers.0.self_attn.q_proj.weight  colwise"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("[64, 64]   [16, 64]"), std::string::npos) << text;
+  EXPECT_NE(text.find("[32, 64]   [16, 64]"), std::string::npos) << text;
+  EXPECT_NE(text.find("shared KV head"), std::string::npos) << text;
+  EXPECT_NE(text.find("lm_head.weight"), std::string::npos);
+  EXPECT_NE(text.find("mesh: dp(2) * tp(4) = 8 ranks; LlamaForCausalLM, Float"), std::string::npos)
+      << text;
+  // 2 layers x (o_proj + down_proj) + lm_head gather = 5 per forward.
+  EXPECT_NE(text.find("collectives per forward"), std::string::npos);
+  EXPECT_NE(text.find(" 5 collectives per forward"), std::string::npos) << text;
+}
+
+TEST(PlanExplain, ValidationErrors) {
+  ExplainOptions c;
+  c.model = "tests/data/hf/llama";
+  c.tp = 3;
+  std::ostringstream out, err;
+  EXPECT_EQ(RunPlanExplain(c, out, err), 2);
+  EXPECT_EQ(err.str(), "weft plan explain: num_attention_heads 4 is not divisible by tp 3\n");
+  c.tp = 2;
+  c.plan = "plans/nope.yaml";
+  std::ostringstream err2;
+  EXPECT_EQ(RunPlanExplain(c, out, err2), 2);
+  EXPECT_EQ(err2.str(), "weft plan explain: plans/nope.yaml: cannot read the plan file\n");
+}
+
+// Expert parallelism and sequence parallelism in the dry run: placements,
+// empty expert shards and the MoE block's one all-reduce.
+TEST(PlanExplain, NewStyles) {
+  ExplainOptions c;
+  c.model = "tests/data/gen/mixtral";
+  c.plan = "tests/data/plans/mixtral_expert_parallel.yaml";
+  c.tp = 2;
+  std::ostringstream out, err;
+  ASSERT_EQ(RunPlanExplain(c, out, err), 0) << err.str();
+  std::string text = out.str();
+  EXPECT_NE(text.find("model.layers.0.block_sparse_moe.experts.3.w1.weight  grouped_gemm"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("[64, 32]   [0, 32]"), std::string::npos) << text;
+  EXPECT_NE(text.find("Shard(0) expert 3 on rank 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("(model.layers.1.block_sparse_moe: all-reduce(output))"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("ep_router"), std::string::npos) << text;
+
+  c.model = "tests/data/hf/llama";
+  c.plan = "tests/data/plans/llama_sequence_parallel.yaml";
+  std::ostringstream out2, err2;
+  ASSERT_EQ(RunPlanExplain(c, out2, err2), 0) << err2.str();
+  EXPECT_NE(out2.str().find("all-gather(output, seq)"), std::string::npos) << out2.str();
+}
+
+}  // namespace
+}  // namespace weft
