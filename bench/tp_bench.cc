@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "tp_bench: %s\n", std::string(plan.status().message()).c_str());
       return 2;
     }
-    model = weft::FromPretrainedTensorParallel(model_dir, options, *plan, (*rt)->world());
+    model = weft::FromPretrainedTensorParallel(model_dir, options, *plan, (*rt)->world_group());
   }
   if (!model.ok()) {
     std::fprintf(stderr, "tp_bench: %s\n", std::string(model.status().message()).c_str());

@@ -54,7 +54,7 @@ absl::StatusOr<Loaded> Load(const std::string& dir, PretrainedOptions options,
   ASSIGN_OR_RETURN(loaded.runtime, Runtime::Init(runtime_options));
   ASSIGN_OR_RETURN(Plan plan, ResolvePlanArgument(tp_plan, dir));
   ASSIGN_OR_RETURN(loaded.model,
-                   FromPretrainedTensorParallel(dir, options, plan, loaded.runtime->world()));
+                   FromPretrainedTensorParallel(dir, options, plan, loaded.runtime->world_group()));
   loaded.writer = loaded.runtime->rank() == 0;
   return loaded;
 }

@@ -11,11 +11,13 @@
 #include <ATen/core/Tensor.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "base/placement.h"
 #include "models/config.h"
 #include "models/module.h"
 
@@ -70,6 +72,9 @@ class CausalLM : public Module {
   /// one (loss_parallel) that never gathers the logits.
   std::function<at::Tensor(const at::Tensor& logits, const at::Tensor& labels)> loss_function =
       CausalLMLoss;
+  /// How each parameter a plan sharded is laid out over the mesh, by name
+  /// (the plan engine records them, plans/engine.h); empty for a whole model.
+  std::map<std::string, DTensorSpec> placements;
 };
 
 /// Default positions of the new tokens: past..past+T-1, padding or not, as

@@ -116,4 +116,8 @@ ProcessGroup& DeviceMesh::operator[](const std::string& name) const {
   return *groups_[AxisIndex(name)];
 }
 
+std::shared_ptr<ProcessGroup> DeviceMesh::group(const std::string& name) const {
+  return groups_[AxisIndex(name)];
+}
+
 }  // namespace weft

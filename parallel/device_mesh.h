@@ -53,6 +53,9 @@ class DeviceMesh {
   int RankAt(const std::vector<int>& coords) const;
   /// The group along axis `name` that this rank belongs to.
   ProcessGroup& operator[](const std::string& name) const;
+  /// The same group, shared: for owners that must keep it alive (a model
+  /// whose hooks run collectives on it).
+  std::shared_ptr<ProcessGroup> group(const std::string& name) const;
   /// The global ranks of the group along `name` that contains global `rank`.
   std::vector<int> AxisRanks(const std::string& name, int rank) const;
 

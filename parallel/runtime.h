@@ -61,6 +61,9 @@ class Runtime {
 
   /// All ranks.
   ProcessGroup& world() const { return *world_; }
+  /// All ranks, shared: for owners that must keep the group alive (a model
+  /// whose hooks run collectives on it).
+  std::shared_ptr<ProcessGroup> world_group() const { return world_; }
 
   /// Creates a group of `ranks` (global ranks, in group order). Collective
   /// over the whole world: every rank calls NewGroup for every group, in the

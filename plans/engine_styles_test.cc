@@ -51,7 +51,7 @@ TEST_P(Styles, CheckpointMatchesSingleProcess) {
     PretrainedOptions options;
     options.dtype = at::kFloat;
     options.attn_implementation = "eager";
-    auto sharded = FromPretrainedTensorParallel(c.dir, options, *plan, rt->world());
+    auto sharded = FromPretrainedTensorParallel(c.dir, options, *plan, rt->world_group());
     ASSERT_TRUE(sharded.ok()) << sharded.status();
     auto full = FromPretrained(c.dir, options);
     ASSERT_TRUE(full.ok()) << full.status();
@@ -89,7 +89,7 @@ TEST_P(Styles, InitializedFromConfigMatchesSingleProcess) {
     };
     ASSERT_TRUE(InitializeWeights(**sharded, io).ok());
     ASSERT_TRUE(InitializeWeights(**full, Seed(7)).ok());
-    absl::Status applied = ApplyTensorParallel(**sharded, *shards, rt->world());
+    absl::Status applied = ApplyTensorParallel(**sharded, *shards, rt->world_group());
     ASSERT_TRUE(applied.ok()) << applied;
     at::Tensor ids = at::arange(32, at::kLong).reshape({2, 16}).mul(7).remainder(100);
     CompareWithSingleProcess(**sharded, **full, ids, c.plan);
@@ -189,7 +189,7 @@ TEST(Placements, RecordedForTheModel) {
     ASSERT_TRUE(rt);
     auto plan = LoadPlanFile("plans/llama.yaml");
     ASSERT_TRUE(plan.ok());
-    auto model = FromPretrainedTensorParallel("tests/data/hf/llama", {}, *plan, rt->world());
+    auto model = FromPretrainedTensorParallel("tests/data/hf/llama", {}, *plan, rt->world_group());
     ASSERT_TRUE(model.ok()) << model.status();
     const DTensorSpec* k = ParameterPlacement(**model, "model.layers.1.self_attn.k_proj.weight");
     ASSERT_NE(k, nullptr);
@@ -197,9 +197,38 @@ TEST(Placements, RecordedForTheModel) {
     EXPECT_EQ(k->placements[0], Placement::Shard(0));
     EXPECT_EQ(k->offsets[0], 16 * rt->rank());
     EXPECT_EQ(ParameterPlacement(**model, "model.norm.weight"), nullptr);  // not in the plan
-    const CausalLM* address = model->get();
+    // The record is the model's own, not a registry's keyed by address.
+    EXPECT_EQ(k, &(*model)->placements.at("model.layers.1.self_attn.k_proj.weight"));
+  });
+  EXPECT_TRUE(result.AllSucceeded()) << result.Describe();
+}
+
+// The model owns the group its hooks use: the caller may drop its handle,
+// and the group goes when the model goes.
+TEST(Placements, TheModelOwnsItsGroup) {
+  RankResults result = RunRanks(2, [] {
+    auto rt = InitCpuRuntime();
+    ASSERT_TRUE(rt);
+    auto plan = LoadPlanFile("plans/llama.yaml");
+    ASSERT_TRUE(plan.ok());
+    std::weak_ptr<ProcessGroup> weak;
+    absl::StatusOr<std::shared_ptr<CausalLM>> model;
+    {
+      auto group = rt->NewGroup({0, 1}, "tp_owned");
+      ASSERT_TRUE(group.ok()) << group.status();
+      weak = *group;
+      model = FromPretrainedTensorParallel("tests/data/hf/llama", {}, *plan, *group);
+      ASSERT_TRUE(model.ok()) << model.status();
+    }
+    ASSERT_FALSE(weak.expired());
+    EXPECT_EQ(ParameterPlacement(**model, "model.layers.0.self_attn.q_proj.weight")->mesh_axis,
+              "tp_owned");
+    CausalLMInputs inputs;
+    inputs.input_ids = at::arange(8, at::kLong).view({1, 8});
+    at::NoGradGuard no_grad;
+    EXPECT_EQ((*model)->Forward(inputs).logits.size(-1), 256);  // gathered by lm_head's hook
     model->reset();
-    EXPECT_EQ(ParameterPlacement(*address, "model.layers.1.self_attn.k_proj.weight"), nullptr);
+    EXPECT_TRUE(weak.expired());
   });
   EXPECT_TRUE(result.AllSucceeded()) << result.Describe();
 }
@@ -247,8 +276,8 @@ TEST(Validation, LossParallelNeedsAnEvenVocab) {
     ASSERT_TRUE(plan.ok());
     TensorParallelOptions tp_options;
     tp_options.loss_parallel = true;
-    auto model =
-        FromPretrainedTensorParallel("tests/data/hf/llama", {}, *plan, rt->world(), tp_options);
+    auto model = FromPretrainedTensorParallel("tests/data/hf/llama", {}, *plan, rt->world_group(),
+                                              tp_options);
     ASSERT_FALSE(model.ok());
     EXPECT_EQ(model.status().message(),
               "loss_parallel needs lm_head's vocab 256 divisible by tp 3 (uneven vocab shards are "

@@ -31,7 +31,7 @@ void CheckModel(const std::string& dir, const std::string& plan_file) {
   PretrainedOptions options;
   options.dtype = at::kFloat;
   options.attn_implementation = "eager";
-  auto sharded = FromPretrainedTensorParallel(dir, options, *plan, rt->world());
+  auto sharded = FromPretrainedTensorParallel(dir, options, *plan, rt->world_group());
   ASSERT_TRUE(sharded.ok()) << sharded.status();
   auto full = FromPretrained(dir, options);
   ASSERT_TRUE(full.ok()) << full.status();
@@ -93,7 +93,7 @@ TEST(DataAndTensorParallel, TwoByTwoMesh) {
     options.attn_implementation = "eager";
     auto plan = LoadPlanFile("plans/llama.yaml");
     ASSERT_TRUE(plan.ok());
-    auto sharded = FromPretrainedTensorParallel(dir, options, *plan, (*mesh)["tp"]);
+    auto sharded = FromPretrainedTensorParallel(dir, options, *plan, mesh->group("tp"));
     ASSERT_TRUE(sharded.ok()) << sharded.status();
     auto full = FromPretrained(dir, options);
     ASSERT_TRUE(full.ok());
@@ -136,7 +136,7 @@ TEST(LossParallel, MatchesSingleProcessWithoutGatheringLogits) {
     TensorParallelOptions tp_options;
     tp_options.loss_parallel = true;
     auto plan = LoadPlanFile("plans/qwen2.yaml");
-    auto sharded = FromPretrainedTensorParallel(dir, options, *plan, rt->world(), tp_options);
+    auto sharded = FromPretrainedTensorParallel(dir, options, *plan, rt->world_group(), tp_options);
     ASSERT_TRUE(sharded.ok()) << sharded.status();
     auto full = FromPretrained(dir, options);
     auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
@@ -168,7 +168,7 @@ TEST(PlanValidation, ErrorsBeforeAllocating) {
     ASSERT_TRUE(rt);
     auto plan = LoadPlanFile("plans/llama.yaml");
     ASSERT_TRUE(plan.ok());
-    auto model = FromPretrainedTensorParallel("tests/data/hf/llama", {}, *plan, rt->world());
+    auto model = FromPretrainedTensorParallel("tests/data/hf/llama", {}, *plan, rt->world_group());
     ASSERT_FALSE(model.ok());
     EXPECT_EQ(model.status().message(), "num_attention_heads 4 is not divisible by tp 3");
     auto bad = ParsePlan("tp_plan:\n  \"model.layers.*.self_attn.q_proj\": gather\n", "g.yaml");

@@ -13,6 +13,7 @@
 #include "models/layers.h"
 #include "plans/engine.h"
 #include "plans/shipped_plans.h"
+#include "plans/styles.h"
 
 namespace weft {
 namespace {
@@ -22,39 +23,13 @@ struct Collectives {
   const char* backward;
 };
 
+// The collectives a parameter's module runs, as its style's record says;
+// inside a region (gather, moe_tp_experts, grouped_gemm, ep_router) the
+// region's module communicates, once, and only partial gradients are summed.
 Collectives Of(const ShardSpec& s) {
-  if (!s.region.empty()) {
-    // Inside a region (gather, moe_tp_experts, grouped_gemm, ep_router): the
-    // region's module communicates, once (see RegionCollectives).
-    if (s.style == Style::kReplicatedWithGradAllreduce || s.style == Style::kEpRouter) {
-      return {"-", "all-reduce(param grad)"};
-    }
-    return {"-", "-"};
-  }
-  switch (s.style) {
-    case Style::kColwise:
-    case Style::kPackedColwise:
-      return {"-", "all-reduce(input grad)"};
-    case Style::kColwiseGatherOutput:
-      return {"all-gather(output)", "all-reduce(input grad)"};
-    case Style::kRowwise:
-    case Style::kPackedRowwise:
-      return {"all-reduce(output)", "-"};
-    case Style::kRowwiseSplitInput:
-      return {"all-reduce(output)", "all-gather(input grad)"};
-    case Style::kEmbeddingRowwise:
-    case Style::kAllReduce:
-      return {"all-reduce(output)", "-"};
-    case Style::kEmbeddingColwise:
-      return {"all-gather(output)", "-"};
-    case Style::kSequenceParallel:
-      return {"all-gather(output, seq)", "all-reduce(param grad)"};
-    case Style::kReplicatedWithGradAllreduce:
-    case Style::kEpRouter:
-      return {"-", "all-reduce(param grad)"};
-    default:  // local styles: the module communicates itself
-      return {"-", "-"};
-  }
+  const StyleRule& rule = RuleOf(s.style);
+  if (!s.region.empty()) return {"-", rule.grad_allreduce ? "all-reduce(param grad)" : "-"};
+  return {rule.forward, rule.backward};
 }
 
 std::string Shape(const std::vector<int64_t>& shape) {

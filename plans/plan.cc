@@ -16,57 +16,11 @@
 namespace weft {
 namespace {
 
-struct StyleEntry {
-  const char* name;
-  Style style;
-};
-
-// Canonical names first; aliases after.
-constexpr StyleEntry kStyles[] = {
-    {"colwise", Style::kColwise},
-    {"rowwise", Style::kRowwise},
-    {"colwise_gather_output", Style::kColwiseGatherOutput},
-    {"rowwise_split_input", Style::kRowwiseSplitInput},
-    {"embedding_rowwise", Style::kEmbeddingRowwise},
-    {"embedding_colwise", Style::kEmbeddingColwise},
-    {"packed_colwise", Style::kPackedColwise},
-    {"packed_rowwise", Style::kPackedRowwise},
-    {"sequence_parallel", Style::kSequenceParallel},
-    {"replicated_with_grad_allreduce", Style::kReplicatedWithGradAllreduce},
-    {"all_reduce", Style::kAllReduce},
-    {"local_colwise", Style::kLocalColwise},
-    {"local_rowwise", Style::kLocalRowwise},
-    {"local", Style::kLocal},
-    {"gather", Style::kGather},
-    {"grouped_gemm", Style::kGroupedGemm},
-    {"moe_tp_experts", Style::kMoeTpExperts},
-    {"ep_router", Style::kEpRouter},
-    {"colwise_rep", Style::kColwiseGatherOutput},
-    {"rowwise_rep", Style::kRowwiseSplitInput},
-};
-
 std::vector<std::string> Segments(absl::string_view s) { return absl::StrSplit(s, '.'); }
 
 bool HasWildcard(absl::string_view pattern) { return pattern.find('*') != absl::string_view::npos; }
 
 }  // namespace
-
-const char* StyleName(Style style) {
-  for (const auto& s : kStyles) {
-    if (s.style == style) return s.name;
-  }
-  return "?";
-}
-
-absl::StatusOr<Style> ParseStyle(absl::string_view text) {
-  for (const auto& s : kStyles) {
-    if (text == s.name) return s.style;
-  }
-  std::vector<std::string> names;
-  for (const auto& s : kStyles) names.push_back(s.name);
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown style '", text, "' (expected one of: ", absl::StrJoin(names, ", "), ")"));
-}
 
 bool MatchPattern(absl::string_view pattern, absl::string_view name) {
   std::vector<std::string> p = Segments(pattern), n = Segments(name);

@@ -25,35 +25,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "plans/styles.h"
 
 namespace weft {
-
-/// transformers' tensor-parallel styles (docs/plan_styles.md has the table).
-enum class Style {
-  kColwise,
-  kRowwise,
-  kColwiseGatherOutput,  // "colwise_gather_output", alias "colwise_rep"
-  kRowwiseSplitInput,    // "rowwise_split_input", alias "rowwise_rep"
-  kEmbeddingRowwise,
-  kEmbeddingColwise,
-  kPackedColwise,
-  kPackedRowwise,
-  kSequenceParallel,
-  kReplicatedWithGradAllreduce,
-  kAllReduce,
-  kLocalColwise,
-  kLocalRowwise,
-  kLocal,
-  kGather,
-  kGroupedGemm,
-  kMoeTpExperts,
-  kEpRouter,
-};
-
-/// The canonical string of a style.
-const char* StyleName(Style style);
-/// Parses a style string (aliases included); the error lists the valid ones.
-absl::StatusOr<Style> ParseStyle(absl::string_view text);
 
 struct PlanEntry {
   std::string pattern;

@@ -22,6 +22,7 @@
 #include "base/atomic_file.h"
 #include "base/json.h"
 #include "base/status.h"
+#include "base/syscall.h"
 #include "base/text_file.h"
 #include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/safetensors.h"
@@ -37,16 +38,14 @@ std::string ShardFile(const char* kind, int tp_rank, int tp) {
 }
 
 absl::Status FsyncDir(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return absl::InternalError(absl::StrCat("open ", dir, ": ", std::strerror(errno)));
-  int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) return absl::InternalError(absl::StrCat("fsync ", dir, ": ", std::strerror(errno)));
+  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.ok()) return WEFT_SYSCALL_ERROR("open", dir);
+  if (::fsync(fd.get()) != 0) return WEFT_SYSCALL_ERROR("fsync", dir);
   return absl::OkStatus();
 }
 
 std::string ShardsJson(const std::vector<std::pair<std::string, at::Tensor>>& params,
-                       const std::map<std::string, ShardSpec>* shards) {
+                       const Placements* shards) {
   std::vector<std::string> items;
   for (const auto& [name, tensor] : params) {
     std::vector<int64_t> global = tensor.sizes().vec();
@@ -55,7 +54,7 @@ std::string ShardsJson(const std::vector<std::pair<std::string, at::Tensor>>& pa
       auto it = shards->find(name);
       if (it != shards->end()) {
         global = it->second.global_shape;
-        slice = it->second.slice;
+        slice = it->second.ranges;
       }
     }
     std::vector<std::string> dims;
@@ -286,13 +285,18 @@ absl::StatusOr<std::map<std::string, SavedShard>> ParseShards(const SafetensorsF
   return out;
 }
 
+// True when the rank holds part of the tensor (Shard), not all of it.
+bool IsSharded(const DTensorSpec& spec) {
+  return !spec.placements.empty() && spec.placements[0].kind == Placement::Kind::kShard;
+}
+
 // The optimizer tensor `exp_avg.<name>` is sliced as parameter `<name>`.
 std::string ParameterOf(const std::string& key) { return key.substr(key.find('.') + 1); }
 
 }  // namespace
 
 absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(const std::string& dir, int tp, int tp_rank,
-                                                   const std::map<std::string, ShardSpec>* shards) {
+                                                   const Placements* shards) {
   LoadedCheckpoint out;
   ASSIGN_OR_RETURN(std::string json, ReadTextFile(dir + "/trainer_state.json"));
   ASSIGN_OR_RETURN(out.state, TrainerState::FromJson(json, dir + "/trainer_state.json"));
@@ -337,7 +341,7 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(const std::string& dir, int t
   auto cut = [&](const std::string& param, const at::Tensor& full) {
     if (shards == nullptr) return full;
     auto it = shards->find(param);
-    return it == shards->end() ? full : SliceTensor(full, it->second.slice).contiguous();
+    return it == shards->end() ? full : SliceTensor(full, it->second.ranges).contiguous();
   };
   for (auto& [name, full] : full_params) out.params[name] = cut(name, full);
   for (auto& [name, full] : full_optimizer) out.optimizer[name] = cut(ParameterOf(name), full);
@@ -346,17 +350,17 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(const std::string& dir, int t
 
 absl::Status ExportHuggingFace(const std::string& dir, const std::string& config_json,
                                const std::vector<std::pair<std::string, at::Tensor>>& params,
-                               const std::vector<std::map<std::string, ShardSpec>>& all_shards,
-                               const DeviceMesh& mesh, int world_rank) {
+                               const std::vector<Placements>& all_shards, const DeviceMesh& mesh,
+                               int world_rank) {
   if (mesh.coordinate("dp") != 0) return absl::OkStatus();
   ProcessGroup& tp = mesh["tp"];
   std::vector<std::pair<std::string, at::Tensor>> full;
   for (const auto& [name, local_param] : params) {
     at::Tensor local = local_param.detach().to(at::kCPU);
-    const ShardSpec* mine = nullptr;
+    const DTensorSpec* mine = nullptr;
     if (!all_shards.empty()) {
       auto it = all_shards[tp.rank()].find(name);
-      if (it != all_shards[tp.rank()].end() && !it->second.slice.empty()) mine = &it->second;
+      if (it != all_shards[tp.rank()].end() && IsSharded(it->second)) mine = &it->second;
     }
     if (mine == nullptr) {
       if (world_rank == 0) full.emplace_back(name, local.contiguous());
@@ -368,12 +372,12 @@ absl::Status ExportHuggingFace(const std::string& dir, const std::string& config
     at::Tensor whole = at::zeros(mine->global_shape, local.options());
     int64_t offset = 0;
     for (int r = 0; r < tp.size(); ++r) {
-      const ShardSpec& spec = all_shards[r].at(name);
+      const DTensorSpec& spec = all_shards[r].at(name);
       int64_t numel = 1;
       for (int64_t d : spec.local_shape) numel *= d;
       at::Tensor part = gathered.narrow(0, offset, numel).view(spec.local_shape);
       offset += numel;
-      RETURN_IF_ERROR(PlaceShard(whole, part, spec.slice, name));
+      RETURN_IF_ERROR(PlaceShard(whole, part, spec.ranges, name));
     }
     full.emplace_back(name, whole);
   }

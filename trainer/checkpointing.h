@@ -28,12 +28,16 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "plans/engine.h"
+#include "base/placement.h"
 #include "trainer/data_loader.h"
 
 namespace weft {
 
 class DeviceMesh;
+
+/// A tp rank's placements by parameter name (CausalLM::placements; empty at
+/// tp = 1).
+using Placements = std::map<std::string, DTensorSpec>;
 
 struct TrainerState {
   int64_t step = 0;  // optimizer steps done
@@ -61,8 +65,8 @@ struct SaveRequest {
   /// This rank's parameters and optimizer state (writers only).
   std::vector<std::pair<std::string, at::Tensor>> params;
   std::vector<std::pair<std::string, at::Tensor>> optimizer;
-  /// This tp rank's shard specs (empty at tp = 1), for the metadata.
-  const std::map<std::string, ShardSpec>* shards = nullptr;
+  /// This tp rank's placements (empty or null at tp = 1), for the metadata.
+  const Placements* shards = nullptr;
 };
 
 /// Collective over the world: every rank calls it. Ranks with dp index 0
@@ -82,15 +86,15 @@ struct LoadedCheckpoint {
 /// slice in `shards` (nullptr or absent: the whole tensor). The data-parallel
 /// size may change freely (replicas hold the same shards).
 absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(const std::string& dir, int tp, int tp_rank,
-                                                   const std::map<std::string, ShardSpec>* shards);
+                                                   const Placements* shards);
 
 /// Gathers each parameter over the tp group of `mesh` and, on world rank 0,
 /// writes `dir` as a Hugging Face checkpoint with `config_json` as its
-/// config.json. `all_shards[r]` are tp rank r's shard specs (empty at
+/// config.json. `all_shards[r]` are tp rank r's placements (empty at
 /// tp = 1). Collective over the tp group (ranks of dp index != 0 return at once).
 absl::Status ExportHuggingFace(const std::string& dir, const std::string& config_json,
                                const std::vector<std::pair<std::string, at::Tensor>>& params,
-                               const std::vector<std::map<std::string, ShardSpec>>& all_shards,
-                               const DeviceMesh& mesh, int world_rank);
+                               const std::vector<Placements>& all_shards, const DeviceMesh& mesh,
+                               int world_rank);
 
 }  // namespace weft

@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/json.h"
 #include "base/status.h"
 #include "base/text_file.h"
 #include "models/generate.h"
@@ -25,6 +26,7 @@
 #include "parallel/cuda_plugin.h"
 #include "parallel/data_parallel.h"
 #include "parallel/device_mesh.h"
+#include "parallel/parallel_dims.h"
 #include "parallel/runtime.h"
 #include "plans/engine.h"
 #include "plans/shipped_plans.h"
@@ -63,17 +65,6 @@ std::string ConfigFile(const std::string& path) {
   return fs::is_directory(path, ec) ? path + "/config.json" : path;
 }
 
-// The ranks of the tp group holding identical copies of each parameter's
-// gradient: tp for replicated parameters, tp / kv_heads for replicated KV
-// heads, 1 for shards.
-int Replication(const std::string& name, const std::map<std::string, ShardSpec>& shards, int tp) {
-  if (tp == 1) return 1;
-  auto it = shards.find(name);
-  if (it == shards.end() || it->second.slice.empty()) return tp;
-  if (it->second.kv_head >= 0) return tp / static_cast<int>(it->second.kv_heads);
-  return 1;
-}
-
 std::string Decode(const at::Tensor& ids) {
   std::string out;
   at::Tensor row = ids.to(at::kCPU).contiguous();
@@ -82,72 +73,6 @@ std::string Decode(const at::Tensor& ids) {
     out.push_back(static_cast<char>(id & 0xff));
   }
   return out;
-}
-
-struct Setup {
-  std::unique_ptr<Runtime> runtime;
-  std::unique_ptr<DeviceMesh> mesh;
-  std::shared_ptr<CausalLM> model;
-  std::vector<std::map<std::string, ShardSpec>> all_shards;  // per tp rank; empty at tp = 1
-  std::string config_json;
-  int tp = 1, dp = 1, tp_rank = 0, dp_rank = 0;
-};
-
-absl::Status BuildModel(const TrainConfig& c, Setup& s) {
-  const at::ScalarType dtype = c.precision == "bf16" ? at::kBFloat16 : at::kFloat;
-  const std::string dir = c.model_pretrained;
-  const std::string config_path = dir.empty() ? ConfigFile(c.model_config) : dir + "/config.json";
-  ASSIGN_OR_RETURN(s.config_json, ReadTextFile(config_path));
-  ASSIGN_OR_RETURN(ModelConfig model_config, ParseModelConfig(s.config_json));
-  ModelOptions model_options;
-  model_options.dtype = dtype;
-  model_options.attn_implementation = c.attn_implementation;
-  Plan plan;
-  TensorParallelOptions tp_options;
-  tp_options.loss_parallel = c.loss_parallel;
-  if (s.tp > 1) {
-    ASSIGN_OR_RETURN(plan, ResolvePlanForConfig(c.plan, s.config_json));
-    // Every rank's shards, from a model built on the meta device.
-    ASSIGN_OR_RETURN(std::shared_ptr<CausalLM> meta, CreateCausalLM(model_config, model_options));
-    for (int r = 0; r < s.tp; ++r) {
-      ASSIGN_OR_RETURN(auto shards, PlanShards(*meta, plan, s.tp, r, tp_options.resolve));
-      s.all_shards.push_back(std::move(shards));
-    }
-  } else if (c.loss_parallel) {
-    return absl::InvalidArgumentError("parallel.loss_parallel needs parallel.tp > 1");
-  }
-  const c10::Device device = s.runtime->device();
-  if (!dir.empty()) {
-    PretrainedOptions options;
-    options.dtype = dtype;
-    options.device = device;
-    if (device.is_cuda()) options.device_memory = CudaDeviceMemory();
-    options.attn_implementation = c.attn_implementation;
-    if (s.tp > 1) {
-      ASSIGN_OR_RETURN(
-          s.model, FromPretrainedTensorParallel(dir, options, plan, (*s.mesh)["tp"], tp_options));
-    } else {
-      ASSIGN_OR_RETURN(s.model, FromPretrained(dir, options));
-    }
-    return absl::OkStatus();
-  }
-  ASSIGN_OR_RETURN(s.model, CreateCausalLM(model_config, model_options));
-  InitOptions init;
-  init.seed = static_cast<uint64_t>(c.seed);
-  init.device = device;
-  if (s.tp > 1) {
-    const auto* shards = &s.all_shards[s.tp_rank];
-    init.slice_of = [shards](const std::string& name) {
-      auto it = shards->find(name);
-      return it == shards->end() ? Slice{} : it->second.slice;
-    };
-  }
-  RETURN_IF_ERROR(InitializeWeights(*s.model, init));
-  if (s.tp > 1) {
-    RETURN_IF_ERROR(
-        ApplyTensorParallel(*s.model, s.all_shards[s.tp_rank], (*s.mesh)["tp"], tp_options));
-  }
-  return absl::OkStatus();
 }
 
 std::string Sample(CausalLM& model, const std::string& prompt, int64_t max_new_tokens,
@@ -164,323 +89,494 @@ std::string Sample(CausalLM& model, const std::string& prompt, int64_t max_new_t
   return Decode(out[0]);
 }
 
-}  // namespace
+std::string RngStateHex() {
+  at::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();
+  std::string hex;
+  for (int64_t i = 0; i < rng.numel(); ++i) {
+    hex += absl::StrFormat("%02x", rng.data_ptr<uint8_t>()[i]);
+  }
+  return hex;
+}
 
-absl::StatusOr<TrainResult> Train(const TrainConfig& c, std::ostream& log) {
-  Setup s;
+void RestoreRngState(const std::string& hex) {
+  at::Tensor state = at::empty({static_cast<int64_t>(hex.size() / 2)}, at::kByte);
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+    state.data_ptr<uint8_t>()[i / 2] =
+        static_cast<uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16));
+  }
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  generator.set_state(state);
+}
+
+// Everything one run holds; Train builds it step by step.
+struct Run {
+  Run(const TrainConfig& config, std::ostream& out) : c(config), log(out) {}
+  const TrainConfig& c;
+  std::ostream& log;
+
+  // The job.
+  std::unique_ptr<Runtime> runtime;
+  std::unique_ptr<DeviceMesh> mesh;
+  std::unique_ptr<ParallelDims> dims;
+  int tp_rank = 0, dp_rank = 0;
+  bool lead = false;       // world rank 0 logs and writes the run's files
+  bool restarted = false;  // a restarted attempt under weftrun/torchrun
+
+  // The data.
+  std::string data_prefix;
+  std::shared_ptr<TokenFile> tokens;
+  std::unique_ptr<DataLoader> loader;
+
+  // The model, every tp rank's placements (empty at tp = 1), its parameters
+  // once each (tied embeddings are one tensor) and the optimizer.
+  std::string config_json;
+  std::shared_ptr<CausalLM> model;
+  std::vector<Placements> all_placements;
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  std::vector<at::Tensor> params;
+  std::vector<int> replication;  // per parameter: ranks holding the same gradient
+  std::unique_ptr<AdamW> optimizer;
+  ScheduleOptions schedule;
+
+  int64_t step = 0;  // optimizer steps done
+  std::string metrics_path;
+  std::ofstream metrics;
+  TrainResult result;
+
+  const Placements* placements() const { return dims->tp_enabled() ? &model->placements : nullptr; }
+  bool sampling() const { return !c.sample_prompt.empty() && c.sample_max_new_tokens > 0; }
+};
+
+// 1. Join the job and lay out the mesh (validated before anything large).
+absl::Status JoinJob(Run& run) {
   RuntimeOptions runtime_options;
-  runtime_options.device = c.device;
-  ASSIGN_OR_RETURN(s.runtime, Runtime::Init(runtime_options));
-  const int world = s.runtime->world_size(), rank = s.runtime->rank();
-  const bool lead = rank == 0;
-  s.tp = c.tp;
-  s.dp = c.dp > 0 ? c.dp : std::max(1, world / c.tp);
-  RETURN_IF_ERROR(ValidateMeshShape({{"dp", s.dp}, {"tp", s.tp}}, world));
-  ASSIGN_OR_RETURN(DeviceMesh mesh, DeviceMesh::Create(*s.runtime, {{"dp", s.dp}, {"tp", s.tp}}));
-  s.mesh = std::make_unique<DeviceMesh>(std::move(mesh));
-  s.tp_rank = s.mesh->coordinate("tp");
-  s.dp_rank = s.mesh->coordinate("dp");
+  runtime_options.device = run.c.device;
+  ASSIGN_OR_RETURN(run.runtime, Runtime::Init(runtime_options));
+  run.lead = run.runtime->rank() == 0;
+  ParallelDimsOptions dims;
+  dims.dp = run.c.dp;
+  dims.tp = run.c.tp;
+  dims.global_batch = run.c.global_batch;
+  dims.micro_batch = run.c.micro_batch;
+  ASSIGN_OR_RETURN(ParallelDims parallel_dims,
+                   ParallelDims::Create(dims, run.runtime->world_size()));
+  run.dims = std::make_unique<ParallelDims>(parallel_dims);
+  ASSIGN_OR_RETURN(DeviceMesh mesh, DeviceMesh::Create(*run.runtime, run.dims->mesh_axes()));
+  run.mesh = std::make_unique<DeviceMesh>(std::move(mesh));
+  run.tp_rank = run.mesh->coordinate("tp");
+  run.dp_rank = run.mesh->coordinate("dp");
+  return absl::OkStatus();
+}
 
-  // Batch arithmetic, validated before anything large is built.
-  if (c.global_batch % s.dp != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("train.global_batch ", c.global_batch, " is not divisible by dp ", s.dp));
-  }
-  const int64_t local_batch = c.global_batch / s.dp;
-  const int64_t micro = c.micro_batch > 0 ? c.micro_batch : local_batch;
-  if (local_batch % micro != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("train.micro_batch ", micro, " does not divide the per-rank batch ",
-                     local_batch, " (global_batch ", c.global_batch, " / dp ", s.dp, ")"));
-  }
-  const int64_t accumulation = local_batch / micro;
-
-  // A fresh run never mixes its checkpoints with an earlier run's (keeping
-  // the last K by step would delete the new ones).
+// 2. A fresh run never mixes its checkpoints with an earlier run's (keeping
+// the last K by step would delete the new ones).
+absl::Status CheckOutputDir(Run& run) {
   const char* restarts = std::getenv("TORCHELASTIC_RESTART_COUNT");
-  const std::optional<std::string> earlier = LatestCheckpoint(c.output_dir);
-  const bool restarted = restarts != nullptr && std::string(restarts) != "0" && earlier;
-  if (!c.resume && !restarted && earlier) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("output_dir ", c.output_dir, " already holds checkpoints (latest ", *earlier,
-                     "): pass --resume to continue that run, or choose another output_dir"));
+  const std::optional<std::string> earlier = LatestCheckpoint(run.c.output_dir);
+  run.restarted = restarts != nullptr && std::string(restarts) != "0" && earlier;
+  if (!run.c.resume && !run.restarted && earlier) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "output_dir ", run.c.output_dir, " already holds checkpoints (latest ", *earlier,
+        "): pass --resume to continue that run, or choose another output_dir"));
   }
+  return absl::OkStatus();
+}
 
-  // Data: a token file, or a text tokenised byte-level by rank 0.
-  std::string prefix = c.data_path;
+// 3. Data: a token file, or a text tokenised byte-level by rank 0.
+absl::Status OpenData(Run& run) {
+  const TrainConfig& c = run.c;
+  run.data_prefix = c.data_path;
   bool byte_level = false;
   if (!c.data_text.empty()) {
-    prefix = absl::StrCat(c.output_dir, "/data/", fs::path(c.data_text).stem().string());
+    run.data_prefix = absl::StrCat(c.output_dir, "/data/", fs::path(c.data_text).stem().string());
     byte_level = true;
     absl::Status written = absl::OkStatus();
-    if (lead) {
+    if (run.lead) {
       std::error_code ec;
       fs::create_directories(c.output_dir + "/data", ec);
-      written = WriteByteLevelTokenFile(c.data_text, prefix);
+      written = WriteByteLevelTokenFile(c.data_text, run.data_prefix);
     }
-    s.runtime->world().Barrier();
+    run.runtime->world().Barrier();
     RETURN_IF_ERROR(written);
   }
-  ASSIGN_OR_RETURN(std::shared_ptr<TokenFile> tokens, TokenFile::Open(prefix));
-  byte_level = byte_level || tokens->vocab_size() == 256;
+  ASSIGN_OR_RETURN(run.tokens, TokenFile::Open(run.data_prefix));
+  byte_level = byte_level || run.tokens->vocab_size() == 256;
   DataLoaderOptions data_options;
   data_options.seq_len = c.seq_len;
   data_options.global_batch = c.global_batch;
-  data_options.dp_rank = s.dp_rank;
-  data_options.dp_size = s.dp;
+  data_options.dp_rank = run.dp_rank;
+  data_options.dp_size = run.dims->dp();
   data_options.seed = static_cast<uint64_t>(c.seed);
   data_options.shuffle = c.shuffle;
-  ASSIGN_OR_RETURN(std::unique_ptr<DataLoader> loader, DataLoader::Create(tokens, data_options));
-  if (!c.sample_prompt.empty() && c.sample_max_new_tokens > 0 && !byte_level) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sample.prompt needs byte-level data (vocab_size 256); ", prefix, " has vocab_size ",
-        tokens->vocab_size(), " (weft has no tokenizer: leave sample.prompt empty)"));
-  }
-
-  at::manual_seed(static_cast<uint64_t>(c.seed));
-  RETURN_IF_ERROR(BuildModel(c, s));
-  CausalLM& model = *s.model;
-  if (tokens->vocab_size() > model.config.vocab_size) {
+  ASSIGN_OR_RETURN(run.loader, DataLoader::Create(run.tokens, data_options));
+  if (run.sampling() && !byte_level) {
     return absl::InvalidArgumentError(
-        absl::StrCat("data ", prefix, " has vocab_size ", tokens->vocab_size(),
+        absl::StrCat("sample.prompt needs byte-level data (vocab_size 256); ", run.data_prefix,
+                     " has vocab_size ", run.tokens->vocab_size(),
+                     " (weft has no tokenizer: leave sample.prompt empty)"));
+  }
+  return absl::OkStatus();
+}
+
+// 4. The model: a Hugging Face checkpoint (each rank loads only its shards)
+// or transformers' initialisation from a config (the same values at any tp).
+absl::Status BuildModel(Run& run) {
+  const TrainConfig& c = run.c;
+  const at::ScalarType dtype = c.precision == "bf16" ? at::kBFloat16 : at::kFloat;
+  const std::string dir = c.model_pretrained;
+  const std::string config_path = dir.empty() ? ConfigFile(c.model_config) : dir + "/config.json";
+  ASSIGN_OR_RETURN(run.config_json, ReadTextFile(config_path));
+  ASSIGN_OR_RETURN(ModelConfig model_config, ParseModelConfig(run.config_json));
+  ModelOptions model_options;
+  model_options.dtype = dtype;
+  model_options.attn_implementation = c.attn_implementation;
+  const c10::Device device = run.runtime->device();
+  at::manual_seed(static_cast<uint64_t>(c.seed));
+  if (!run.dims->tp_enabled()) {
+    if (c.loss_parallel) {
+      return absl::InvalidArgumentError("parallel.loss_parallel needs parallel.tp > 1");
+    }
+    if (!dir.empty()) {
+      PretrainedOptions options;
+      options.dtype = dtype;
+      options.device = device;
+      if (device.is_cuda()) options.device_memory = CudaDeviceMemory();
+      options.attn_implementation = c.attn_implementation;
+      ASSIGN_OR_RETURN(run.model, FromPretrained(dir, options));
+      return absl::OkStatus();
+    }
+    ASSIGN_OR_RETURN(run.model, CreateCausalLM(model_config, model_options));
+    InitOptions init;
+    init.seed = static_cast<uint64_t>(c.seed);
+    init.device = device;
+    return InitializeWeights(*run.model, init);
+  }
+  ASSIGN_OR_RETURN(Plan plan, ResolvePlanForConfig(c.plan, run.config_json));
+  TensorParallelOptions tp_options;
+  tp_options.loss_parallel = c.loss_parallel;
+  // Every tp rank's placements, for checkpoints and the export.
+  ASSIGN_OR_RETURN(run.all_placements, PlanPlacements(model_config, model_options, plan,
+                                                      run.dims->tp(), tp_options.resolve));
+  if (!dir.empty()) {
+    PretrainedOptions options;
+    options.dtype = dtype;
+    options.device = device;
+    if (device.is_cuda()) options.device_memory = CudaDeviceMemory();
+    options.attn_implementation = c.attn_implementation;
+    ASSIGN_OR_RETURN(run.model, FromPretrainedTensorParallel(dir, options, plan,
+                                                             run.mesh->group("tp"), tp_options));
+    return absl::OkStatus();
+  }
+  InitOptions init;
+  init.seed = static_cast<uint64_t>(c.seed);
+  init.device = device;
+  ASSIGN_OR_RETURN(run.model, InitTensorParallel(model_config, model_options, init, plan,
+                                                 run.mesh->group("tp"), tp_options));
+  return absl::OkStatus();
+}
+
+// 5. The parameters, once each, and the optimizer over them.
+absl::Status SetUpOptimizer(Run& run) {
+  CausalLM& model = *run.model;
+  if (run.tokens->vocab_size() > model.config.vocab_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("data ", run.data_prefix, " has vocab_size ", run.tokens->vocab_size(),
                      ", larger than the model's vocab_size ", model.config.vocab_size));
   }
   model.train();
-  if (c.activation_checkpointing) EnableActivationCheckpointing(model);
-
-  // Parameters, once each (tied embeddings are one tensor).
-  static const std::map<std::string, ShardSpec> kNoShards;
-  const auto& my_shards = s.tp > 1 ? s.all_shards[s.tp_rank] : kNoShards;
+  if (run.c.activation_checkpointing) EnableActivationCheckpointing(model);
   std::vector<AdamW::Param> opt_params;
-  std::vector<at::Tensor> params;
-  std::vector<int> replication;
-  std::vector<std::pair<std::string, at::Tensor>> named;
   std::set<const void*> seen;
   for (const auto& item : model.named_parameters()) {
     if (!seen.insert(item.value().unsafeGetTensorImpl()).second) continue;
     const std::string& name = item.key();
-    auto it = my_shards.find(name);
-    const size_t global_dims =
-        it == my_shards.end() ? item.value().dim() : it->second.global_shape.size();
+    const DTensorSpec* spec = ParameterPlacement(model, name);
+    const size_t global_dims = spec == nullptr ? item.value().dim() : spec->global_shape.size();
     const bool decay = global_dims >= 2;  // not norms, not biases
     opt_params.push_back({name, item.value(), decay});
-    params.push_back(item.value());
-    replication.push_back(Replication(name, my_shards, s.tp));
-    named.emplace_back(name, item.value());
+    run.params.push_back(item.value());
+    run.replication.push_back(run.dims->GradReplication(spec));
+    run.named.emplace_back(name, item.value());
   }
-  AdamW optimizer(opt_params, {c.betas[0], c.betas[1], c.eps, c.weight_decay});
-  ScheduleOptions schedule{c.lr, c.warmup_steps, c.steps, c.decay, c.min_lr_ratio};
+  AdamWOptions options;
+  options.beta1 = run.c.betas[0];
+  options.beta2 = run.c.betas[1];
+  options.eps = run.c.eps;
+  options.weight_decay = run.c.weight_decay;
+  run.optimizer = std::make_unique<AdamW>(opt_params, options);
+  run.schedule.lr = run.c.lr;
+  run.schedule.warmup_steps = run.c.warmup_steps;
+  run.schedule.total_steps = run.c.steps;
+  run.schedule.decay = run.c.decay;
+  run.schedule.min_lr_ratio = run.c.min_lr_ratio;
+  return absl::OkStatus();
+}
 
-  TrainResult result;
-  int64_t step = 0;  // optimizer steps done
-  // A restarted attempt under weftrun/torchrun continues from the latest
-  // checkpoint, if there is one (torchelastic's contract for restarts).
-  if (c.resume || restarted) {
-    std::optional<std::string> latest = LatestCheckpoint(c.output_dir);
-    if (!latest) {
-      return absl::NotFoundError(
-          absl::StrCat("train.resume: no checkpoint under ", c.output_dir, "/checkpoints"));
-    }
-    ASSIGN_OR_RETURN(LoadedCheckpoint ckpt,
-                     LoadCheckpointDir(*latest, s.tp, s.tp_rank, s.tp > 1 ? &my_shards : nullptr));
-    {
-      at::NoGradGuard no_grad;
-      for (auto& [name, tensor] : named) {
-        auto it = ckpt.params.find(name);
-        if (it == ckpt.params.end() || it->second.sizes() != tensor.sizes()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(*latest, ": parameter '", name, "' is missing or has another shape"));
-        }
-        tensor.detach().copy_(it->second);
-      }
-    }
-    RETURN_IF_ERROR(optimizer.LoadState(ckpt.optimizer, ckpt.state.step));
-    RETURN_IF_ERROR(loader->Restore(ckpt.state.data));
-    step = ckpt.state.step;
-    if (lead && (ckpt.state.tp != s.tp || ckpt.state.dp != s.dp)) {
-      log << "[train] resharded from dp " << ckpt.state.dp << " x tp " << ckpt.state.tp << " to dp "
-          << s.dp << " x tp " << s.tp << "\n";
-    }
-    if (!ckpt.state.rng_state_hex.empty()) {
-      const std::string& hex = ckpt.state.rng_state_hex;
-      at::Tensor state = at::empty({static_cast<int64_t>(hex.size() / 2)}, at::kByte);
-      for (size_t i = 0; i + 1 < hex.size(); i += 2) {
-        state.data_ptr<uint8_t>()[i / 2] =
-            static_cast<uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16));
-      }
-      at::Generator generator = at::detail::getDefaultCPUGenerator();
-      generator.set_state(state);
-    }
-    if (lead) log << "[train] resumed from " << *latest << " at step " << step << "\n";
+// 6. Resume: --resume, or a restarted attempt under weftrun/torchrun that
+// finds a checkpoint (torchelastic's contract for restarts).
+absl::Status Resume(Run& run) {
+  const TrainConfig& c = run.c;
+  if (!c.resume && !run.restarted) return absl::OkStatus();
+  std::optional<std::string> latest = LatestCheckpoint(c.output_dir);
+  if (!latest) {
+    return absl::NotFoundError(
+        absl::StrCat("train.resume: no checkpoint under ", c.output_dir, "/checkpoints"));
   }
-  result.first_step = step + 1;
+  ASSIGN_OR_RETURN(LoadedCheckpoint ckpt,
+                   LoadCheckpointDir(*latest, run.dims->tp(), run.tp_rank, run.placements()));
+  {
+    at::NoGradGuard no_grad;
+    for (auto& [name, tensor] : run.named) {
+      auto it = ckpt.params.find(name);
+      if (it == ckpt.params.end() || it->second.sizes() != tensor.sizes()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(*latest, ": parameter '", name, "' is missing or has another shape"));
+      }
+      tensor.detach().copy_(it->second);
+    }
+  }
+  RETURN_IF_ERROR(run.optimizer->LoadState(ckpt.optimizer, ckpt.state.step));
+  RETURN_IF_ERROR(run.loader->Restore(ckpt.state.data));
+  run.step = ckpt.state.step;
+  if (run.lead && (ckpt.state.tp != run.dims->tp() || ckpt.state.dp != run.dims->dp())) {
+    run.log << "[train] resharded from dp " << ckpt.state.dp << " x tp " << ckpt.state.tp
+            << " to dp " << run.dims->dp() << " x tp " << run.dims->tp() << "\n";
+  }
+  if (!ckpt.state.rng_state_hex.empty()) RestoreRngState(ckpt.state.rng_state_hex);
+  if (run.lead) run.log << "[train] resumed from " << *latest << " at step " << run.step << "\n";
+  return absl::OkStatus();
+}
 
-  const c10::Device device = s.runtime->device();
-  const bool sample = !c.sample_prompt.empty() && c.sample_max_new_tokens > 0;
-  if (sample) {
-    result.sample_before = Sample(model, c.sample_prompt, c.sample_max_new_tokens, device);
-    if (lead) log << "[train] sample before training:\n" << result.sample_before << "\n---\n";
+// 7. Before the first step: a sample, the header line, metrics.jsonl.
+absl::Status Start(Run& run) {
+  const TrainConfig& c = run.c;
+  CausalLM& model = *run.model;
+  run.result.first_step = run.step + 1;
+  if (run.sampling()) {
+    run.result.sample_before =
+        Sample(model, c.sample_prompt, c.sample_max_new_tokens, run.runtime->device());
+    if (run.lead) {
+      run.log << "[train] sample before training:\n" << run.result.sample_before << "\n---\n";
+    }
   }
-  if (lead) {
+  if (run.lead) {
     int64_t n = 0;
-    for (const at::Tensor& p : params) n += p.numel();
-    log << absl::StrFormat(
+    for (const at::Tensor& p : run.params) n += p.numel();
+    run.log << absl::StrFormat(
         "[train] %s, %d layers, %.2fM parameters on this rank; mesh dp %d x tp %d; global batch "
         "%d x %d tokens (%d micro-batches of %d per rank); %d steps\n",
-        model.config.architecture, model.config.num_hidden_layers, n / 1e6, s.dp, s.tp,
-        c.global_batch, c.seq_len, accumulation, micro, c.steps);
-    log.flush();
+        model.config.architecture, model.config.num_hidden_layers, n / 1e6, run.dims->dp(),
+        run.dims->tp(), c.global_batch, c.seq_len, run.dims->accumulation(),
+        run.dims->micro_batch(), c.steps);
+    run.log.flush();
   }
-
   std::error_code ec;
-  if (lead) fs::create_directories(c.output_dir, ec);
-  const std::string metrics_path = c.output_dir + "/metrics.jsonl";
-  std::ofstream metrics;
-  if (lead) {
-    metrics.open(metrics_path, c.resume ? std::ios::app : std::ios::trunc);
-    if (!metrics) return absl::InternalError(absl::StrCat(metrics_path, ": cannot be written"));
+  if (run.lead) fs::create_directories(c.output_dir, ec);
+  run.metrics_path = c.output_dir + "/metrics.jsonl";
+  if (run.lead) {
+    run.metrics.open(run.metrics_path, c.resume ? std::ios::app : std::ios::trunc);
+    if (!run.metrics) {
+      return absl::InternalError(absl::StrCat(run.metrics_path, ": cannot be written"));
+    }
   }
-  ProcessGroup* tp_group = s.tp > 1 ? &(*s.mesh)["tp"] : nullptr;
-  ProcessGroup* dp_group = s.dp > 1 ? &(*s.mesh)["dp"] : nullptr;
+  return absl::OkStatus();
+}
 
-  auto save = [&](int64_t at_step) -> absl::Status {
-    SaveRequest request;
-    request.output_dir = c.output_dir;
-    request.keep = c.checkpoint_keep;
-    request.state.step = at_step;
-    request.state.data = loader->position();
-    request.state.tp = s.tp;
-    request.state.dp = s.dp;
-    request.state.seed = c.seed;
-    at::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();
-    std::string hex;
-    for (int64_t i = 0; i < rng.numel(); ++i)
-      hex += absl::StrFormat("%02x", rng.data_ptr<uint8_t>()[i]);
-    request.state.rng_state_hex = hex;
-    request.config_yaml = c.ToYaml();
-    for (auto& [name, t] : named) request.params.emplace_back(name, t.detach());
-    request.optimizer = optimizer.StateTensors();
-    request.shards = s.tp > 1 ? &s.all_shards[s.tp_rank] : nullptr;
-    return SaveCheckpoint(request, *s.mesh, rank);
-  };
+// A checkpoint of the state after `at_step` steps (collective).
+absl::Status Save(Run& run, int64_t at_step) {
+  SaveRequest request;
+  request.output_dir = run.c.output_dir;
+  request.keep = run.c.checkpoint_keep;
+  request.state.step = at_step;
+  request.state.data = run.loader->position();
+  request.state.tp = run.dims->tp();
+  request.state.dp = run.dims->dp();
+  request.state.seed = run.c.seed;
+  request.state.rng_state_hex = RngStateHex();
+  request.config_yaml = run.c.ToYaml();
+  for (auto& [name, t] : run.named) request.params.emplace_back(name, t.detach());
+  request.optimizer = run.optimizer->StateTensors();
+  request.shards = run.placements();
+  RETURN_IF_ERROR(SaveCheckpoint(request, *run.mesh, run.runtime->rank()));
+  if (run.lead)
+    run.log << "[train] checkpoint " << CheckpointDir(run.c.output_dir, at_step) << "\n";
+  return absl::OkStatus();
+}
 
-  const Clock::time_point start = Clock::now();
-  Clock::time_point window = start;
-  double window_comm = ProcessGroup::CollectiveSeconds();
-  int64_t window_steps = 0;
-  const int64_t tokens_per_step = c.global_batch * c.seq_len;
-  const int64_t first = step;
-  while (step < c.steps) {
-    const double lr = LearningRate(schedule, step);
-    at::Tensor batch = loader->Next();
-    double loss_sum = 0;  // sum over this rank's counted tokens
-    double counted = 0;
-    for (int64_t m = 0; m < accumulation; ++m) {
-      at::Tensor ids = batch.narrow(0, m * micro, micro).to(device);
-      CausalLMInputs inputs;
-      inputs.input_ids = ids;
-      inputs.labels = ids;
-      CausalLMOutput out = model.Forward(inputs);
-      const double n = static_cast<double>(micro * (c.seq_len - 1));
-      // The mean over this rank's tokens; the dp average makes it the mean
-      // over the global batch (every micro-batch counts the same tokens).
-      (out.loss * (n / static_cast<double>(local_batch * (c.seq_len - 1)))).backward();
-      loss_sum += out.loss.item<double>() * n;
-      counted += n;
-    }
-    at::Tensor totals = at::tensor({loss_sum, counted}, at::kDouble);
-    if (dp_group != nullptr) {
-      AllReduceGradients(params, *dp_group);
-      dp_group->AllReduce(totals);
-    }
-    const double loss = totals[0].item<double>() / totals[1].item<double>();
-    const double grad_norm = ClipGradNorm(params, replication, tp_group, c.grad_clip);
-    optimizer.Step(lr);
-    optimizer.ZeroGrad();
-    ++step;
-    ++window_steps;
-    result.losses.emplace_back(step, loss);
-    result.grad_norms.push_back(grad_norm);
+struct StepStats {
+  double loss = 0;
+  double grad_norm = 0;
+  double lr = 0;
+};
 
-    if (step % c.log_every == 0 || step == c.steps || step == first + 1) {
-      const double elapsed = Seconds(start);
-      const double window_s = std::max(1e-9, Seconds(window));
-      const double rate = tokens_per_step * window_steps / window_s;
-      // The share of the window this rank spent inside collectives.
-      const double comm = (ProcessGroup::CollectiveSeconds() - window_comm) / window_s;
-      const double eta =
-          elapsed / static_cast<double>(step - first) * static_cast<double>(c.steps - step);
-      if (lead) {
-        log << absl::StrFormat(
+// 8. One optimizer step: micro-batches accumulate gradients, dp averages
+// them, the global norm clips them, AdamW updates.
+StepStats RunStep(Run& run) {
+  const TrainConfig& c = run.c;
+  const ParallelDims& dims = *run.dims;
+  StepStats stats;
+  stats.lr = LearningRate(run.schedule, run.step);
+  at::Tensor batch = run.loader->Next();
+  const int64_t micro = dims.micro_batch();
+  double loss_sum = 0;  // sum over this rank's counted tokens
+  double counted = 0;
+  for (int64_t m = 0; m < dims.accumulation(); ++m) {
+    at::Tensor ids = batch.narrow(0, m * micro, micro).to(run.runtime->device());
+    CausalLMInputs inputs;
+    inputs.input_ids = ids;
+    inputs.labels = ids;
+    CausalLMOutput out = run.model->Forward(inputs);
+    const double n = static_cast<double>(micro * (c.seq_len - 1));
+    // The mean over this rank's tokens; the dp average makes it the mean
+    // over the global batch (every micro-batch counts the same tokens).
+    (out.loss * (n / static_cast<double>(dims.local_batch() * (c.seq_len - 1)))).backward();
+    loss_sum += out.loss.item<double>() * n;
+    counted += n;
+  }
+  at::Tensor totals = at::tensor({loss_sum, counted}, at::kDouble);
+  if (dims.dp_enabled()) {
+    ProcessGroup& dp = (*run.mesh)["dp"];
+    AllReduceGradients(run.params, dp);
+    dp.AllReduce(totals);
+  }
+  stats.loss = totals[0].item<double>() / totals[1].item<double>();
+  ProcessGroup* tp = dims.tp_enabled() ? &(*run.mesh)["tp"] : nullptr;
+  stats.grad_norm = ClipGradNorm(run.params, run.replication, tp, c.grad_clip);
+  run.optimizer->Step(stats.lr);
+  run.optimizer->ZeroGrad();
+  ++run.step;
+  run.result.losses.emplace_back(run.step, stats.loss);
+  run.result.grad_norms.push_back(stats.grad_norm);
+  return stats;
+}
+
+// The progress line and metrics.jsonl cover a window of steps.
+struct Window {
+  Clock::time_point run_start = Clock::now();
+  Clock::time_point start = run_start;
+  double comm_start = ProcessGroup::CollectiveSeconds();
+  int64_t steps = 0;
+  int64_t first_step = 0;  // steps done before this attempt
+};
+
+// 9. A progress line per logging step (rank 0) and its metrics.jsonl record.
+void LogStep(Run& run, const StepStats& stats, Window& window) {
+  const TrainConfig& c = run.c;
+  ++window.steps;
+  if (run.step % c.log_every != 0 && run.step != c.steps && run.step != window.first_step + 1) {
+    return;
+  }
+  const double elapsed = Seconds(window.run_start);
+  const double window_s = std::max(1e-9, Seconds(window.start));
+  const double rate = static_cast<double>(c.global_batch * c.seq_len) * window.steps / window_s;
+  // The share of the window this rank spent inside collectives.
+  const double comm = (ProcessGroup::CollectiveSeconds() - window.comm_start) / window_s;
+  const double eta = elapsed / static_cast<double>(run.step - window.first_step) *
+                     static_cast<double>(c.steps - run.step);
+  if (run.lead) {
+    run.log << absl::StrFormat(
                    "[train] step %*d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %s tok/s%s | "
                    "elapsed %s | eta %s",
-                   static_cast<int>(std::to_string(c.steps).size()), step, c.steps, loss, lr,
-                   grad_norm, Rate(rate),
-                   world > 1 ? absl::StrFormat(" (comm %.0f%%)", 100 * comm) : std::string(),
+                   static_cast<int>(std::to_string(c.steps).size()), run.step, c.steps, stats.loss,
+                   stats.lr, stats.grad_norm, Rate(rate),
+                   run.runtime->world_size() > 1 ? absl::StrFormat(" (comm %.0f%%)", 100 * comm)
+                                                 : std::string(),
                    Duration(elapsed), Duration(eta))
             << "\n";
-        log.flush();
-        metrics << absl::StrFormat(
+    run.log.flush();
+    run.metrics << absl::StrFormat(
                        "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, "
                        "\"tokens_per_s\": %.1f, \"comm_share\": %.4f, \"elapsed_s\": %.3f}",
-                       step, loss, lr, grad_norm, rate, comm, elapsed)
+                       run.step, stats.loss, stats.lr, stats.grad_norm, rate, comm, elapsed)
                 << "\n";
-        metrics.flush();
-      }
-      window = Clock::now();
-      window_comm = ProcessGroup::CollectiveSeconds();
-      window_steps = 0;
-    }
-    if (c.checkpoint_every > 0 && step % c.checkpoint_every == 0 && step < c.steps) {
-      RETURN_IF_ERROR(save(step));
-      if (lead) log << "[train] checkpoint " << CheckpointDir(c.output_dir, step) << "\n";
-    }
+    run.metrics.flush();
   }
-  if (step > first) {
-    RETURN_IF_ERROR(save(step));
-    if (lead) log << "[train] checkpoint " << CheckpointDir(c.output_dir, step) << "\n";
+  window.start = Clock::now();
+  window.comm_start = ProcessGroup::CollectiveSeconds();
+  window.steps = 0;
+}
+
+// The whole run's loss curve, earlier attempts included (metrics.jsonl).
+std::vector<std::pair<int64_t, double>> LossCurve(const Run& run) {
+  std::map<int64_t, double> curve;
+  std::ifstream in(run.metrics_path);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto record = ParseJson(line);
+    if (!record.ok() || !record->is_object()) continue;
+    const JsonValue* step = record->Find("step");
+    const JsonValue* loss = record->Find("loss");
+    if (step == nullptr || loss == nullptr || !step->AsUint64() || !loss->AsDouble()) continue;
+    const int64_t at_step = static_cast<int64_t>(*step->AsUint64());
+    if (at_step <= run.step) curve[at_step] = *loss->AsDouble();
   }
+  for (const auto& [at_step, at_loss] : run.result.losses) curve[at_step] = at_loss;
+  return {curve.begin(), curve.end()};
+}
+
+// 10. After the last step: the final checkpoint, the Hugging Face export,
+// the loss curve and a sample.
+absl::Status Finish(Run& run, int64_t first_step) {
+  const TrainConfig& c = run.c;
+  CausalLM& model = *run.model;
+  if (run.step > first_step) RETURN_IF_ERROR(Save(run, run.step));
   if (c.checkpoint_export) {
-    result.export_dir = c.output_dir + "/hf";
+    run.result.export_dir = c.output_dir + "/hf";
     std::vector<std::pair<std::string, at::Tensor>> exported;
-    for (auto& [name, t] : named) {
+    for (auto& [name, t] : run.named) {
       if (name == "lm_head.weight" && model.config.tie_word_embeddings) continue;
       exported.emplace_back(name, t);
     }
-    RETURN_IF_ERROR(
-        ExportHuggingFace(result.export_dir, s.config_json, exported, s.all_shards, *s.mesh, rank));
-    s.runtime->world().Barrier();
-    if (lead) log << "[train] exported a Hugging Face checkpoint to " << result.export_dir << "\n";
-  }
-  if (lead) {
-    // The whole run's curve, earlier attempts included (metrics.jsonl).
-    metrics.close();
-    std::map<int64_t, double> curve;
-    std::ifstream in(metrics_path);
-    std::string line;
-    while (std::getline(in, line)) {
-      int64_t at_step = 0;
-      double at_loss = 0;
-      if (std::sscanf(line.c_str(), "{\"step\": %ld, \"loss\": %lf", &at_step, &at_loss) == 2) {
-        if (at_step <= step) curve[at_step] = at_loss;
-      }
+    RETURN_IF_ERROR(ExportHuggingFace(run.result.export_dir, run.config_json, exported,
+                                      run.all_placements, *run.mesh, run.runtime->rank()));
+    run.runtime->world().Barrier();
+    if (run.lead) {
+      run.log << "[train] exported a Hugging Face checkpoint to " << run.result.export_dir << "\n";
     }
-    for (const auto& [at_step, at_loss] : result.losses) curve[at_step] = at_loss;
-    std::vector<std::pair<int64_t, double>> points(curve.begin(), curve.end());
+  }
+  if (run.lead) {
+    run.metrics.close();
     const std::string svg = c.output_dir + "/loss.svg";
     RETURN_IF_ERROR(
-        WriteLossCurveSvg(svg, points,
+        WriteLossCurveSvg(svg, LossCurve(run),
                           absl::StrFormat("%s, dp %d x tp %d, %d steps", model.config.architecture,
-                                          s.dp, s.tp, c.steps)));
-    log << "[train] metrics " << metrics_path << ", loss curve " << svg << "\n";
+                                          run.dims->dp(), run.dims->tp(), c.steps)));
+    run.log << "[train] metrics " << run.metrics_path << ", loss curve " << svg << "\n";
   }
-  if (sample) {
+  if (run.sampling()) {
     model.eval();
-    result.sample_after = Sample(model, c.sample_prompt, c.sample_max_new_tokens, device);
-    if (lead) log << "[train] sample after training:\n" << result.sample_after << "\n---\n";
+    run.result.sample_after =
+        Sample(model, c.sample_prompt, c.sample_max_new_tokens, run.runtime->device());
+    if (run.lead) {
+      run.log << "[train] sample after training:\n" << run.result.sample_after << "\n---\n";
+    }
   }
-  log.flush();
-  return result;
+  run.log.flush();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<TrainResult> Train(const TrainConfig& c, std::ostream& log) {
+  Run run(c, log);
+  RETURN_IF_ERROR(JoinJob(run));
+  RETURN_IF_ERROR(CheckOutputDir(run));
+  RETURN_IF_ERROR(OpenData(run));
+  RETURN_IF_ERROR(BuildModel(run));
+  RETURN_IF_ERROR(SetUpOptimizer(run));
+  RETURN_IF_ERROR(Resume(run));
+  RETURN_IF_ERROR(Start(run));
+  Window window;
+  window.first_step = run.step;
+  while (run.step < c.steps) {
+    const StepStats stats = RunStep(run);
+    LogStep(run, stats, window);
+    if (c.checkpoint_every > 0 && run.step % c.checkpoint_every == 0 && run.step < c.steps) {
+      RETURN_IF_ERROR(Save(run, run.step));
+    }
+  }
+  RETURN_IF_ERROR(Finish(run, window.first_step));
+  return run.result;
 }
 
 }  // namespace weft
