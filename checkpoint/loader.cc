@@ -246,22 +246,24 @@ int64_t PeakRssBytes() {
   return -1;
 }
 
-absl::StatusOr<LoadResult> LoadCheckpoint(const Checkpoint& checkpoint,
-                                          const std::vector<LoadRequest>& requests,
-                                          const LoadOptions& options) {
-  const auto start = std::chrono::steady_clock::now();  // everything the caller waits for
-  std::map<const SafetensorsFile*, size_t> file_index;
-  for (size_t i = 0; i < checkpoint.files().size(); ++i)
-    file_index[checkpoint.files()[i].get()] = i;
+namespace {
 
-  // 1. Validate everything before allocating anything.
+// 1. Validates every request before anything is allocated, and orders the
+// plan by file and offset.
+absl::StatusOr<std::vector<Planned>> PlanAll(const Checkpoint& checkpoint,
+                                             const std::vector<LoadRequest>& requests,
+                                             const DeviceMemory& device_memory) {
+  std::map<const SafetensorsFile*, size_t> file_index;
+  for (size_t i = 0; i < checkpoint.files().size(); ++i) {
+    file_index[checkpoint.files()[i].get()] = i;
+  }
   std::vector<Planned> plan;
   std::set<std::string> names;
   for (const LoadRequest& r : requests) {
     if (!names.insert(r.name).second) {
       return absl::InvalidArgumentError(absl::StrCat("'", r.name, "' is requested twice"));
     }
-    auto p = Plan(checkpoint, r, file_index, options.device_memory);
+    auto p = Plan(checkpoint, r, file_index, device_memory);
     if (!p.ok()) return p.status();
     plan.push_back(std::move(p).value());
   }
@@ -269,11 +271,14 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const Checkpoint& checkpoint,
     return a.file_index != b.file_index ? a.file_index < b.file_index
                                         : a.entry->begin < b.entry->begin;
   });
+  return plan;
+}
 
-  LoadResult result;
-  const int threads = options.threads > 0 ? options.threads : at::get_num_threads();
-
-  // 2. Reserve each device's total at once.
+// 2. Reserves each device's total at once and makes every destination
+// tensor: views of one arena on the CPU, allocations carved from the warmed
+// caching allocator on CUDA.
+void Allocate(const std::vector<Planned>& plan, const DeviceMemory& device_memory,
+              LoadResult& result) {
   std::map<DeviceKey, std::pair<c10::Device, uint64_t>> totals;
   for (const Planned& p : plan) {
     auto it = totals.try_emplace(Key(p.request->device), p.request->device, 0).first;
@@ -290,7 +295,7 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const Checkpoint& checkpoint,
     if (device.is_cuda()) {
       // Warm LibTorch's caching allocator: one block for every parameter,
       // freed at once and then carved up by the allocations below.
-      result.stats.bytes_reserved += options.device_memory.reserve(device, total);
+      result.stats.bytes_reserved += device_memory.reserve(device, total);
     }
   }
   std::map<DeviceKey, uint64_t> cursor;
@@ -310,66 +315,80 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const Checkpoint& checkpoint,
     result.tensors.emplace(p.request->name, t);
     result.stats.bytes_loaded += p.out_bytes;
   }
+}
 
-  // 3. Copy, file by file, in file order. Contiguous same-dtype blocks
-  //    become pread jobs, run in parallel at the end of each file.
-  try {
-    std::vector<ReadJob> jobs;
-    for (size_t i = 0; i < plan.size(); ++i) {
-      const Planned& p = plan[i];
-      const TensorEntry& e = *p.entry;
-      const MappedFile& mapping = *p.file->mapping();
-      at::Tensor dst = result.tensors.at(p.request->name);
-      const uint64_t src_element = c10::elementSize(e.dtype);
-      const uint64_t file_base = p.file->header().data_offset + e.begin;
-      at::Tensor src_view;  // the mapping, made only when needed
-      bool touched_mapping = false;
-      ForEachBlock(
-          p.ranges, [&](const std::vector<Range>& block, const std::vector<int64_t>& dst_offset) {
-            uint64_t numel = 1;
-            for (const Range& r : block) numel *= static_cast<uint64_t>(r.end - r.start);
-            if (numel == 0) return;
-            result.stats.bytes_read += numel * src_element;
-            at::Tensor dst_block = dst;
-            for (size_t d = 0; d < block.size(); ++d) {
-              dst_block = dst_block.narrow(d, dst_offset[d], block[d].end - block[d].start);
-            }
-            if (p.dtype == e.dtype && dst.is_cpu() && ContiguousBlock(block, e.shape) &&
-                dst_block.is_contiguous()) {
-              result.stats.bytes_pread += numel * src_element;
-              AddReadJobs(jobs, mapping.fd(), static_cast<uint8_t*>(dst_block.data_ptr()),
-                          numel * src_element, file_base + FlatOffset(block, e.shape) * src_element,
-                          &mapping.path());
-              return;
-            }
-            if (!src_view.defined()) {
-              src_view = at::from_blob(const_cast<uint8_t*>(mapping.data() + file_base), e.shape,
-                                       at::TensorOptions().dtype(e.dtype));
-            }
-            touched_mapping = true;
-            at::Tensor src_block = src_view;
-            for (size_t d = 0; d < block.size(); ++d) {
-              src_block = src_block.narrow(d, block[d].start, block[d].end - block[d].start);
-            }
-            dst_block.copy_(src_block);
-          });
-      if (e.shape.empty()) {  // 0-d: one element, no ranges to visit
-        result.stats.bytes_read += src_element;
-        at::Tensor src = at::from_blob(const_cast<uint8_t*>(mapping.data() + file_base), {},
-                                       at::TensorOptions().dtype(e.dtype));
-        dst.copy_(src);
-        touched_mapping = true;
-      }
-      if (touched_mapping) mapping.Release(file_base, e.nbytes());
-      if (i + 1 == plan.size() || plan[i + 1].file_index != p.file_index) {
-        RunReadJobs(jobs, threads);
-        jobs.clear();
-      }
+// 3. Copies, file by file, in file order. Contiguous same-dtype blocks
+// become pread jobs, run in parallel at the end of each file; the rest is
+// copied from the mapping, whose pages are released after each tensor.
+void Copy(const std::vector<Planned>& plan, int threads, LoadResult& result) {
+  std::vector<ReadJob> jobs;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const Planned& p = plan[i];
+    const TensorEntry& e = *p.entry;
+    const MappedFile& mapping = *p.file->mapping();
+    at::Tensor dst = result.tensors.at(p.request->name);
+    const uint64_t src_element = c10::elementSize(e.dtype);
+    const uint64_t file_base = p.file->header().data_offset + e.begin;
+    at::Tensor src_view;  // the mapping, made only when needed
+    bool touched_mapping = false;
+    ForEachBlock(
+        p.ranges, [&](const std::vector<Range>& block, const std::vector<int64_t>& dst_offset) {
+          uint64_t numel = 1;
+          for (const Range& r : block) numel *= static_cast<uint64_t>(r.end - r.start);
+          if (numel == 0) return;
+          result.stats.bytes_read += numel * src_element;
+          at::Tensor dst_block = dst;
+          for (size_t d = 0; d < block.size(); ++d) {
+            dst_block = dst_block.narrow(d, dst_offset[d], block[d].end - block[d].start);
+          }
+          if (p.dtype == e.dtype && dst.is_cpu() && ContiguousBlock(block, e.shape) &&
+              dst_block.is_contiguous()) {
+            result.stats.bytes_pread += numel * src_element;
+            AddReadJobs(jobs, mapping.fd(), static_cast<uint8_t*>(dst_block.data_ptr()),
+                        numel * src_element, file_base + FlatOffset(block, e.shape) * src_element,
+                        &mapping.path());
+            return;
+          }
+          if (!src_view.defined()) {
+            src_view = at::from_blob(const_cast<uint8_t*>(mapping.data() + file_base), e.shape,
+                                     at::TensorOptions().dtype(e.dtype));
+          }
+          touched_mapping = true;
+          at::Tensor src_block = src_view;
+          for (size_t d = 0; d < block.size(); ++d) {
+            src_block = src_block.narrow(d, block[d].start, block[d].end - block[d].start);
+          }
+          dst_block.copy_(src_block);
+        });
+    if (e.shape.empty()) {  // 0-d: one element, no ranges to visit
+      result.stats.bytes_read += src_element;
+      at::Tensor src = at::from_blob(const_cast<uint8_t*>(mapping.data() + file_base), {},
+                                     at::TensorOptions().dtype(e.dtype));
+      dst.copy_(src);
+      touched_mapping = true;
     }
+    if (touched_mapping) mapping.Release(file_base, e.nbytes());
+    if (i + 1 == plan.size() || plan[i + 1].file_index != p.file_index) {
+      RunReadJobs(jobs, threads);
+      jobs.clear();
+    }
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<LoadResult> LoadCheckpoint(const Checkpoint& checkpoint,
+                                          const std::vector<LoadRequest>& requests,
+                                          const LoadOptions& options) {
+  const auto start = std::chrono::steady_clock::now();  // everything the caller waits for
+  ASSIGN_OR_RETURN(std::vector<Planned> plan, PlanAll(checkpoint, requests, options.device_memory));
+  LoadResult result;
+  Allocate(plan, options.device_memory, result);
+  try {
+    Copy(plan, options.threads > 0 ? options.threads : at::get_num_threads(), result);
   } catch (const std::exception& ex) {
     return absl::UnavailableError(absl::StrCat("loading failed: ", FirstLine(ex.what())));
   }
-
   result.stats.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   result.stats.gb_per_s =

@@ -11,14 +11,6 @@
 namespace weft {
 namespace {
 
-// PretrainedOptions by member assignment (C++17: no designated initialisers).
-PretrainedOptions Options(at::ScalarType dtype, const std::string& attn) {
-  PretrainedOptions options;
-  options.dtype = dtype;
-  options.attn_implementation = attn;
-  return options;
-}
-
 double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
 }
@@ -48,7 +40,10 @@ class Generated : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Generated, MatchesTransformers) {
   const std::string dir = "tests/data/gen/" + GetParam();
-  auto model = FromPretrained(dir, Options(at::kFloat, "eager"));
+  PretrainedOptions pretrained;
+  pretrained.dtype = at::kFloat;
+  pretrained.attn_implementation = "eager";
+  auto model = FromPretrained(dir, pretrained);
   ASSERT_TRUE(model.ok()) << model.status();
   auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
   ASSERT_TRUE(ref.ok()) << ref.status();

@@ -10,9 +10,7 @@
 // on the order of construction.
 //
 //   ASSIGN_OR_RETURN(auto model, CreateCausalLM(config, ModelOptions()));  // meta
-//   InitOptions init;
-//   init.seed = 1234;
-//   RETURN_IF_ERROR(InitializeWeights(*model, init));
+//   RETURN_IF_ERROR(InitializeWeights(*model, InitOptions(/*seed=*/1234)));
 #pragma once
 
 #include <c10/core/Device.h>
@@ -28,6 +26,8 @@
 namespace weft {
 
 struct InitOptions {
+  explicit InitOptions(uint64_t seed_value = 0) : seed(seed_value) {}
+  /// Every parameter's values are a function of (seed, name).
   uint64_t seed = 0;
   c10::Device device = c10::Device(c10::kCPU);
   /// The part of each parameter (by name) this rank keeps; empty: all of it.

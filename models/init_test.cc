@@ -10,13 +10,6 @@
 namespace weft {
 namespace {
 
-// InitOptions by member assignment (C++17: no designated initialisers).
-InitOptions Seed(uint64_t seed) {
-  InitOptions options;
-  options.seed = seed;
-  return options;
-}
-
 std::shared_ptr<CausalLM> MetaModel(const std::string& dir) {
   auto config = LoadModelConfig(dir);
   EXPECT_TRUE(config.ok()) << config.status();
@@ -33,7 +26,7 @@ std::map<std::string, at::Tensor> Params(CausalLM& model) {
 
 TEST(InitializeWeights, TransformersDistributions) {
   auto model = MetaModel("tests/data/hf/llama");
-  ASSERT_TRUE(InitializeWeights(*model, Seed(7)).ok());
+  ASSERT_TRUE(InitializeWeights(*model, InitOptions(7)).ok());
   for (const auto& [name, p] : Params(*model)) {
     ASSERT_FALSE(p.is_meta()) << name;
     ASSERT_TRUE(p.requires_grad()) << name;
@@ -49,9 +42,9 @@ TEST(InitializeWeights, TransformersDistributions) {
 TEST(InitializeWeights, DeterministicPerSeedAndName) {
   auto a = MetaModel("tests/data/hf/llama"), b = MetaModel("tests/data/hf/llama"),
        c = MetaModel("tests/data/hf/llama");
-  ASSERT_TRUE(InitializeWeights(*a, Seed(1)).ok());
-  ASSERT_TRUE(InitializeWeights(*b, Seed(1)).ok());
-  ASSERT_TRUE(InitializeWeights(*c, Seed(2)).ok());
+  ASSERT_TRUE(InitializeWeights(*a, InitOptions(1)).ok());
+  ASSERT_TRUE(InitializeWeights(*b, InitOptions(1)).ok());
+  ASSERT_TRUE(InitializeWeights(*c, InitOptions(2)).ok());
   auto pa = Params(*a), pb = Params(*b), pc = Params(*c);
   for (const auto& [name, p] : pa) {
     EXPECT_TRUE(at::equal(p, pb[name])) << name;
@@ -64,8 +57,8 @@ TEST(InitializeWeights, DeterministicPerSeedAndName) {
 
 TEST(InitializeWeights, SlicesEqualSlicingTheFullWeights) {
   auto full = MetaModel("tests/data/hf/llama"), part = MetaModel("tests/data/hf/llama");
-  ASSERT_TRUE(InitializeWeights(*full, Seed(3)).ok());
-  InitOptions options = Seed(3);
+  ASSERT_TRUE(InitializeWeights(*full, InitOptions(3)).ok());
+  InitOptions options(3);
   options.slice_of = [](const std::string& name) -> Slice {
     if (name.find("q_proj") != std::string::npos) return {{{2, 5}, {9, 12}}, {}};  // packed-like
     if (name.find("down_proj") != std::string::npos) return {{}, {{4, 8}}};
@@ -83,7 +76,7 @@ TEST(InitializeWeights, SlicesEqualSlicingTheFullWeights) {
 TEST(InitializeWeights, TiedEmbeddingsShareOneTensor) {
   auto model = MetaModel("tests/data/gen/llama-tied");
   ASSERT_TRUE(model->config.tie_word_embeddings);
-  ASSERT_TRUE(InitializeWeights(*model, Seed(0)).ok());
+  ASSERT_TRUE(InitializeWeights(*model, InitOptions(0)).ok());
   auto p = Params(*model);
   EXPECT_EQ(p["lm_head.weight"].data_ptr(), p["model.embed_tokens.weight"].data_ptr());
 }

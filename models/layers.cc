@@ -14,10 +14,10 @@ at::TensorOptions Meta(at::ScalarType dtype) {
 
 }  // namespace
 
-Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, at::ScalarType dtype)
-    : Module("Linear") {
-  weight = register_parameter("weight", at::empty({out_features, in_features}, Meta(dtype)));
-  if (has_bias) bias = register_parameter("bias", at::empty({out_features}, Meta(dtype)));
+Linear::Linear(const LinearOptions& o) : Module("Linear") {
+  weight =
+      register_parameter("weight", at::empty({o.out_features(), o.in_features()}, Meta(o.dtype())));
+  if (o.bias()) bias = register_parameter("bias", at::empty({o.out_features()}, Meta(o.dtype())));
 }
 
 void Linear::OnParametersReplaced() {

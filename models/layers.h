@@ -3,11 +3,12 @@
 // (no memory) and filled by the loader (see pretrained.h); their names are
 // Hugging Face's ("weight", "bias").
 //
-//   auto q_proj = std::make_shared<Linear>(hidden, heads * head_dim, /*bias=*/false, dtype);
+//   auto q_proj = std::make_shared<Linear>(LinearOptions(hidden, heads * head_dim).bias(false));
 //   at::Tensor q = q_proj->forward(x);
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <torch/arg.h>
 
 #include <string>
 #include <utility>
@@ -17,10 +18,26 @@
 
 namespace weft {
 
+/// Options for `Linear`: LibTorch's LinearOptions plus the dtype.
+///
+///   auto q_proj = std::make_shared<Linear>(LinearOptions(hidden, heads * head_dim).bias(false));
+struct LinearOptions {
+  LinearOptions(int64_t in_features, int64_t out_features)
+      : in_features_(in_features), out_features_(out_features) {}
+  /// Size of each input sample.
+  TORCH_ARG(int64_t, in_features);
+  /// Size of each output sample.
+  TORCH_ARG(int64_t, out_features);
+  /// Whether the layer learns an additive bias. Default: true (as torch.nn.Linear).
+  TORCH_ARG(bool, bias) = true;
+  /// The parameters' dtype. Default: float32.
+  TORCH_ARG(at::ScalarType, dtype) = at::kFloat;
+};
+
 /// y = x W^T + b; W is [out_features, in_features].
 class Linear : public Module {
  public:
-  Linear(int64_t in_features, int64_t out_features, bool bias, at::ScalarType dtype);
+  explicit Linear(const LinearOptions& options);
   at::Tensor forward(const at::Tensor& x);
   at::Tensor weight;
   at::Tensor bias;  // undefined when the layer has none

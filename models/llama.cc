@@ -22,16 +22,22 @@ class LlamaAttention : public Module {
         kv_heads_(c.num_key_value_heads),
         head_dim_(c.head_dim),
         attention_(GetAttention(o.attn_implementation)) {
-    q_proj = register_module("q_proj", std::make_shared<Linear>(c.hidden_size, heads_ * head_dim_,
-                                                                c.attention_bias, o.dtype));
+    q_proj = register_module(
+        "q_proj", std::make_shared<Linear>(LinearOptions(c.hidden_size, heads_ * head_dim_)
+                                               .bias(c.attention_bias)
+                                               .dtype(o.dtype)));
     k_proj = register_module(
-        "k_proj",
-        std::make_shared<Linear>(c.hidden_size, kv_heads_ * head_dim_, c.attention_bias, o.dtype));
+        "k_proj", std::make_shared<Linear>(LinearOptions(c.hidden_size, kv_heads_ * head_dim_)
+                                               .bias(c.attention_bias)
+                                               .dtype(o.dtype)));
     v_proj = register_module(
-        "v_proj",
-        std::make_shared<Linear>(c.hidden_size, kv_heads_ * head_dim_, c.attention_bias, o.dtype));
-    o_proj = register_module("o_proj", std::make_shared<Linear>(heads_ * head_dim_, c.hidden_size,
-                                                                c.attention_bias, o.dtype));
+        "v_proj", std::make_shared<Linear>(LinearOptions(c.hidden_size, kv_heads_ * head_dim_)
+                                               .bias(c.attention_bias)
+                                               .dtype(o.dtype)));
+    o_proj = register_module(
+        "o_proj", std::make_shared<Linear>(LinearOptions(heads_ * head_dim_, c.hidden_size)
+                                               .bias(c.attention_bias)
+                                               .dtype(o.dtype)));
   }
 
   at::Tensor forward(const LayerInputs& inputs, KVCache* cache) {
@@ -67,13 +73,16 @@ class LlamaMLP : public Module {
   LlamaMLP(const ModelConfig& c, const ModelOptions& o) : Module("LlamaMLP"), act_(c.hidden_act) {
     gate_proj = register_module(
         "gate_proj",
-        std::make_shared<Linear>(c.hidden_size, c.intermediate_size, c.mlp_bias, o.dtype));
+        std::make_shared<Linear>(
+            LinearOptions(c.hidden_size, c.intermediate_size).bias(c.mlp_bias).dtype(o.dtype)));
     up_proj = register_module(
         "up_proj",
-        std::make_shared<Linear>(c.hidden_size, c.intermediate_size, c.mlp_bias, o.dtype));
+        std::make_shared<Linear>(
+            LinearOptions(c.hidden_size, c.intermediate_size).bias(c.mlp_bias).dtype(o.dtype)));
     down_proj = register_module(
         "down_proj",
-        std::make_shared<Linear>(c.intermediate_size, c.hidden_size, c.mlp_bias, o.dtype));
+        std::make_shared<Linear>(
+            LinearOptions(c.intermediate_size, c.hidden_size).bias(c.mlp_bias).dtype(o.dtype)));
   }
 
   at::Tensor forward(const at::Tensor& x) {
@@ -162,7 +171,8 @@ class LlamaForCausalLM : public CausalLM {
       : CausalLM("LlamaForCausalLM", c, o) {
     model = register_module("model", std::make_shared<LlamaModel>(c, o));
     lm_head = register_module(
-        "lm_head", std::make_shared<Linear>(c.hidden_size, c.vocab_size, false, o.dtype));
+        "lm_head", std::make_shared<Linear>(
+                       LinearOptions(c.hidden_size, c.vocab_size).bias(false).dtype(o.dtype)));
   }
 
   CausalLMOutput Forward(const CausalLMInputs& inputs) override {

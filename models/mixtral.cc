@@ -24,16 +24,22 @@ class MixtralAttention : public Module {
         kv_heads_(c.num_key_value_heads),
         head_dim_(c.head_dim),
         attention_(GetAttention(o.attn_implementation)) {
-    q_proj = register_module("q_proj", std::make_shared<Linear>(c.hidden_size, heads_ * head_dim_,
-                                                                c.attention_bias, o.dtype));
+    q_proj = register_module(
+        "q_proj", std::make_shared<Linear>(LinearOptions(c.hidden_size, heads_ * head_dim_)
+                                               .bias(c.attention_bias)
+                                               .dtype(o.dtype)));
     k_proj = register_module(
-        "k_proj",
-        std::make_shared<Linear>(c.hidden_size, kv_heads_ * head_dim_, c.attention_bias, o.dtype));
+        "k_proj", std::make_shared<Linear>(LinearOptions(c.hidden_size, kv_heads_ * head_dim_)
+                                               .bias(c.attention_bias)
+                                               .dtype(o.dtype)));
     v_proj = register_module(
-        "v_proj",
-        std::make_shared<Linear>(c.hidden_size, kv_heads_ * head_dim_, c.attention_bias, o.dtype));
-    o_proj = register_module("o_proj", std::make_shared<Linear>(heads_ * head_dim_, c.hidden_size,
-                                                                c.attention_bias, o.dtype));
+        "v_proj", std::make_shared<Linear>(LinearOptions(c.hidden_size, kv_heads_ * head_dim_)
+                                               .bias(c.attention_bias)
+                                               .dtype(o.dtype)));
+    o_proj = register_module(
+        "o_proj", std::make_shared<Linear>(LinearOptions(heads_ * head_dim_, c.hidden_size)
+                                               .bias(c.attention_bias)
+                                               .dtype(o.dtype)));
   }
 
   at::Tensor forward(const LayerInputs& inputs, KVCache* cache) {
@@ -69,11 +75,14 @@ class MixtralExpert : public Module {
   MixtralExpert(const ModelConfig& c, const ModelOptions& o)
       : Module("MixtralExpert"), act_(c.hidden_act) {
     w1 = register_module(
-        "w1", std::make_shared<Linear>(c.hidden_size, c.intermediate_size, false, o.dtype));
+        "w1", std::make_shared<Linear>(
+                  LinearOptions(c.hidden_size, c.intermediate_size).bias(false).dtype(o.dtype)));
     w2 = register_module(
-        "w2", std::make_shared<Linear>(c.intermediate_size, c.hidden_size, false, o.dtype));
+        "w2", std::make_shared<Linear>(
+                  LinearOptions(c.intermediate_size, c.hidden_size).bias(false).dtype(o.dtype)));
     w3 = register_module(
-        "w3", std::make_shared<Linear>(c.hidden_size, c.intermediate_size, false, o.dtype));
+        "w3", std::make_shared<Linear>(
+                  LinearOptions(c.hidden_size, c.intermediate_size).bias(false).dtype(o.dtype)));
   }
 
   at::Tensor forward(const at::Tensor& x) {
@@ -98,8 +107,9 @@ class MixtralSparseMoeBlock : public Module {
     top_k_ = top_k_key && top_k_key->AsUint64() ? *top_k_key->AsUint64() : 2;
     TORCH_CHECK(top_k_ >= 1 && top_k_ <= num_experts_, "config.json: num_experts_per_tok is ",
                 top_k_, " (expected 1..num_local_experts = ", num_experts_, ")");
-    gate = register_module("gate",
-                           std::make_shared<Linear>(c.hidden_size, num_experts_, false, o.dtype));
+    gate = register_module(
+        "gate", std::make_shared<Linear>(
+                    LinearOptions(c.hidden_size, num_experts_).bias(false).dtype(o.dtype)));
     experts = register_module("experts", torch::nn::ModuleList());
     for (int64_t e = 0; e < num_experts_; ++e) {
       experts->push_back(std::make_shared<MixtralExpert>(c, o));
@@ -214,7 +224,8 @@ class MixtralForCausalLM : public CausalLM {
       : CausalLM("MixtralForCausalLM", c, o) {
     model = register_module("model", std::make_shared<MixtralModel>(c, o));
     lm_head = register_module(
-        "lm_head", std::make_shared<Linear>(c.hidden_size, c.vocab_size, false, o.dtype));
+        "lm_head", std::make_shared<Linear>(
+                       LinearOptions(c.hidden_size, c.vocab_size).bias(false).dtype(o.dtype)));
   }
 
   CausalLMOutput Forward(const CausalLMInputs& inputs) override {

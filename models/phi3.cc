@@ -23,10 +23,13 @@ class Phi3Attention : public Module {
         head_dim_(c.head_dim),
         attention_(GetAttention(o.attn_implementation)) {
     qkv_proj = register_module(
-        "qkv_proj", std::make_shared<Linear>(c.hidden_size, (heads_ + 2 * kv_heads_) * head_dim_,
-                                             false, o.dtype));
+        "qkv_proj",
+        std::make_shared<Linear>(LinearOptions(c.hidden_size, (heads_ + 2 * kv_heads_) * head_dim_)
+                                     .bias(false)
+                                     .dtype(o.dtype)));
     o_proj = register_module(
-        "o_proj", std::make_shared<Linear>(heads_ * head_dim_, c.hidden_size, false, o.dtype));
+        "o_proj", std::make_shared<Linear>(
+                      LinearOptions(heads_ * head_dim_, c.hidden_size).bias(false).dtype(o.dtype)));
   }
 
   at::Tensor forward(const LayerInputs& inputs, KVCache* cache) {
@@ -70,9 +73,12 @@ class Phi3MLP : public Module {
   Phi3MLP(const ModelConfig& c, const ModelOptions& o) : Module("Phi3MLP"), act_(c.hidden_act) {
     gate_up_proj = register_module(
         "gate_up_proj",
-        std::make_shared<Linear>(c.hidden_size, 2 * c.intermediate_size, false, o.dtype));
+        std::make_shared<Linear>(
+            LinearOptions(c.hidden_size, 2 * c.intermediate_size).bias(false).dtype(o.dtype)));
     down_proj = register_module(
-        "down_proj", std::make_shared<Linear>(c.intermediate_size, c.hidden_size, false, o.dtype));
+        "down_proj",
+        std::make_shared<Linear>(
+            LinearOptions(c.intermediate_size, c.hidden_size).bias(false).dtype(o.dtype)));
   }
 
   at::Tensor forward(const at::Tensor& x) {
@@ -163,7 +169,8 @@ class Phi3ForCausalLM : public CausalLM {
   Phi3ForCausalLM(const ModelConfig& c, const ModelOptions& o) : CausalLM("Phi3ForCausalLM", c, o) {
     model = register_module("model", std::make_shared<Phi3Model>(c, o));
     lm_head = register_module(
-        "lm_head", std::make_shared<Linear>(c.hidden_size, c.vocab_size, false, o.dtype));
+        "lm_head", std::make_shared<Linear>(
+                       LinearOptions(c.hidden_size, c.vocab_size).bias(false).dtype(o.dtype)));
   }
 
   CausalLMOutput Forward(const CausalLMInputs& inputs) override {

@@ -24,13 +24,19 @@ class Qwen2Attention : public Module {
         head_dim_(c.head_dim),
         attention_(GetAttention(o.attn_implementation)) {
     q_proj = register_module(
-        "q_proj", std::make_shared<Linear>(c.hidden_size, heads_ * head_dim_, true, o.dtype));
+        "q_proj", std::make_shared<Linear>(
+                      LinearOptions(c.hidden_size, heads_ * head_dim_).bias(true).dtype(o.dtype)));
     k_proj = register_module(
-        "k_proj", std::make_shared<Linear>(c.hidden_size, kv_heads_ * head_dim_, true, o.dtype));
+        "k_proj",
+        std::make_shared<Linear>(
+            LinearOptions(c.hidden_size, kv_heads_ * head_dim_).bias(true).dtype(o.dtype)));
     v_proj = register_module(
-        "v_proj", std::make_shared<Linear>(c.hidden_size, kv_heads_ * head_dim_, true, o.dtype));
+        "v_proj",
+        std::make_shared<Linear>(
+            LinearOptions(c.hidden_size, kv_heads_ * head_dim_).bias(true).dtype(o.dtype)));
     o_proj = register_module(
-        "o_proj", std::make_shared<Linear>(heads_ * head_dim_, c.hidden_size, false, o.dtype));
+        "o_proj", std::make_shared<Linear>(
+                      LinearOptions(heads_ * head_dim_, c.hidden_size).bias(false).dtype(o.dtype)));
   }
 
   at::Tensor forward(const LayerInputs& inputs, KVCache* cache) {
@@ -65,11 +71,17 @@ class Qwen2MLP : public Module {
  public:
   Qwen2MLP(const ModelConfig& c, const ModelOptions& o) : Module("Qwen2MLP"), act_(c.hidden_act) {
     gate_proj = register_module(
-        "gate_proj", std::make_shared<Linear>(c.hidden_size, c.intermediate_size, false, o.dtype));
+        "gate_proj",
+        std::make_shared<Linear>(
+            LinearOptions(c.hidden_size, c.intermediate_size).bias(false).dtype(o.dtype)));
     up_proj = register_module(
-        "up_proj", std::make_shared<Linear>(c.hidden_size, c.intermediate_size, false, o.dtype));
+        "up_proj",
+        std::make_shared<Linear>(
+            LinearOptions(c.hidden_size, c.intermediate_size).bias(false).dtype(o.dtype)));
     down_proj = register_module(
-        "down_proj", std::make_shared<Linear>(c.intermediate_size, c.hidden_size, false, o.dtype));
+        "down_proj",
+        std::make_shared<Linear>(
+            LinearOptions(c.intermediate_size, c.hidden_size).bias(false).dtype(o.dtype)));
   }
 
   at::Tensor forward(const at::Tensor& x) {
@@ -180,7 +192,8 @@ class Qwen2ForCausalLM : public CausalLM {
       : CausalLM("Qwen2ForCausalLM", c, o) {
     model = register_module("model", std::make_shared<Qwen2Model>(c, o));
     lm_head = register_module(
-        "lm_head", std::make_shared<Linear>(c.hidden_size, c.vocab_size, false, o.dtype));
+        "lm_head", std::make_shared<Linear>(
+                       LinearOptions(c.hidden_size, c.vocab_size).bias(false).dtype(o.dtype)));
   }
 
   CausalLMOutput Forward(const CausalLMInputs& inputs) override {

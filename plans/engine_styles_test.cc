@@ -18,13 +18,6 @@
 namespace weft {
 namespace {
 
-// InitOptions by member assignment (C++17: no designated initialisers).
-InitOptions Seed(uint64_t seed) {
-  InitOptions options;
-  options.seed = seed;
-  return options;
-}
-
 using testing::CompareWithSingleProcess;
 using testing::InitCpuRuntime;
 using testing::MatchingSlice;
@@ -88,7 +81,7 @@ TEST_P(Styles, InitializedFromConfigMatchesSingleProcess) {
       return it == shards->end() ? Slice{} : it->second.slice;
     };
     ASSERT_TRUE(InitializeWeights(**sharded, io).ok());
-    ASSERT_TRUE(InitializeWeights(**full, Seed(7)).ok());
+    ASSERT_TRUE(InitializeWeights(**full, InitOptions(7)).ok());
     absl::Status applied = ApplyTensorParallel(**sharded, *shards, rt->world_group());
     ASSERT_TRUE(applied.ok()) << applied;
     at::Tensor ids = at::arange(32, at::kLong).reshape({2, 16}).mul(7).remainder(100);

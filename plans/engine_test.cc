@@ -41,6 +41,38 @@ void CheckModel(const std::string& dir, const std::string& plan_file) {
   CompareWithSingleProcess(**sharded, **full, (*ref)->Get("input_ids").clone(), dir);
 }
 
+// The comparison with one process catches a missing collective: with
+// o_proj's all-reduce dropped (local_rowwise instead of rowwise), every
+// rank's logits leave the single-process ones.
+TEST(TensorParallel, DroppedCollectiveIsCaught) {
+  RankResults result = RunRanks(2, [] {
+    auto rt = InitCpuRuntime();
+    ASSERT_TRUE(rt);
+    auto plan = LoadPlanFile("plans/llama.yaml");
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    bool dropped = false;
+    for (PlanEntry& e : plan->tp) {
+      if (e.style == Style::kRowwise && e.pattern.find("o_proj") != std::string::npos) {
+        e.style = Style::kLocalRowwise;
+        dropped = true;
+      }
+    }
+    ASSERT_TRUE(dropped);
+    PretrainedOptions options;
+    options.attn_implementation = "eager";
+    auto sharded =
+        FromPretrainedTensorParallel("tests/data/hf/llama", options, *plan, rt->world_group());
+    ASSERT_TRUE(sharded.ok()) << sharded.status();
+    auto full = FromPretrained("tests/data/hf/llama", options);
+    ASSERT_TRUE(full.ok()) << full.status();
+    CausalLMInputs inputs;
+    inputs.input_ids = at::arange(16, at::kLong).view({2, 8});
+    at::NoGradGuard no_grad;
+    EXPECT_GT(MaxDiff((*sharded)->Forward(inputs).logits, (*full)->Forward(inputs).logits), 1e-3);
+  });
+  EXPECT_TRUE(result.AllSucceeded()) << result.Describe();
+}
+
 struct Case {
   std::string dir;
   std::string plan;

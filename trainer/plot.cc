@@ -85,49 +85,46 @@ std::vector<double> SmoothedLosses(const std::vector<double>& losses) {
   return out;
 }
 
-std::string LossCurveSvg(const std::vector<std::pair<int64_t, double>>& points,
-                         const std::string& title) {
-  std::vector<std::pair<int64_t, double>> finite;
-  std::vector<int64_t> skipped;
-  for (const auto& p : points) {
-    if (std::isfinite(p.second)) {
-      finite.push_back(p);
-    } else {
-      skipped.push_back(p.first);
-    }
-  }
-  std::stable_sort(finite.begin(), finite.end(),
-                   [](const auto& a, const auto& b) { return a.first < b.first; });
+namespace {
 
-  // Data ranges: x exactly the steps, y widened to whole ticks.
-  double xmin = 0, xmax = 1, ymin = 0, ymax = 1;
+using Points = std::vector<std::pair<int64_t, double>>;
+
+// The plotted ranges (x exactly the steps, y widened to whole ticks) and
+// the data -> pixel mapping.
+struct Frame {
+  double xmin = 0, xmax = 1, ymin = 0, ymax = 1, xstep = 1, ystep = 1;
+  double X(double step) const { return kLeft + (step - xmin) / (xmax - xmin) * (kRight - kLeft); }
+  double Y(double loss) const { return kBottom - (loss - ymin) / (ymax - ymin) * (kBottom - kTop); }
+};
+
+Frame FrameOf(const Points& finite) {
+  Frame f;
   if (!finite.empty()) {
-    xmin = xmax = static_cast<double>(finite.front().first);
-    xmax = static_cast<double>(finite.back().first);
-    ymin = ymax = finite.front().second;
+    f.xmin = f.xmax = static_cast<double>(finite.front().first);
+    f.xmax = static_cast<double>(finite.back().first);
+    f.ymin = f.ymax = finite.front().second;
     for (const auto& p : finite) {
-      ymin = std::min(ymin, p.second);
-      ymax = std::max(ymax, p.second);
+      f.ymin = std::min(f.ymin, p.second);
+      f.ymax = std::max(f.ymax, p.second);
     }
   }
-  if (xmax - xmin < 1) {
-    xmin -= 1;
-    xmax += 1;
+  if (f.xmax - f.xmin < 1) {
+    f.xmin -= 1;
+    f.xmax += 1;
   }
-  if (ymax - ymin < 1e-9 * std::max(1.0, std::fabs(ymax))) {
-    double pad = std::max(0.5, std::fabs(ymax) * 0.1);
-    ymin -= pad;
-    ymax += pad;
+  if (f.ymax - f.ymin < 1e-9 * std::max(1.0, std::fabs(f.ymax))) {
+    double pad = std::max(0.5, std::fabs(f.ymax) * 0.1);
+    f.ymin -= pad;
+    f.ymax += pad;
   }
-  const double ystep = NiceStep(ymax - ymin, 6);
-  ymin = std::floor(ymin / ystep + 1e-9) * ystep;
-  ymax = std::ceil(ymax / ystep - 1e-9) * ystep;
-  const double xstep = std::max(1.0, NiceStep(xmax - xmin, 8));
+  f.ystep = NiceStep(f.ymax - f.ymin, 6);
+  f.ymin = std::floor(f.ymin / f.ystep + 1e-9) * f.ystep;
+  f.ymax = std::ceil(f.ymax / f.ystep - 1e-9) * f.ystep;
+  f.xstep = std::max(1.0, NiceStep(f.xmax - f.xmin, 8));
+  return f;
+}
 
-  auto X = [&](double step) { return kLeft + (step - xmin) / (xmax - xmin) * (kRight - kLeft); };
-  auto Y = [&](double loss) { return kBottom - (loss - ymin) / (ymax - ymin) * (kBottom - kTop); };
-
-  std::string s;
+void AppendHeader(std::string& s, const std::string& title) {
   absl::StrAppend(&s, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"", kWidth, "\" height=\"",
                   kHeight, "\" viewBox=\"0 0 ", kWidth, " ", kHeight,
                   "\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n");
@@ -136,20 +133,23 @@ std::string LossCurveSvg(const std::vector<std::pair<int64_t, double>>& points,
   absl::StrAppend(&s, "<text x=\"", Num((kLeft + kRight) / 2), "\" y=\"28\" font-size=\"17\" ",
                   "font-weight=\"bold\" text-anchor=\"middle\" fill=\"#222\">", Escape(title),
                   "</text>\n");
+}
 
-  // Grid and tick labels.
+// Grid lines, tick labels, the plot's border and the axis titles.
+void AppendAxes(std::string& s, const Frame& f) {
   absl::StrAppend(&s, "<g class=\"grid\" stroke=\"#e3e3e3\" stroke-width=\"1\">\n");
   std::string labels;
-  for (double v = ymin; v <= ymax + ystep * 1e-6; v += ystep) {
-    const double y = Y(v);
+  for (double v = f.ymin; v <= f.ymax + f.ystep * 1e-6; v += f.ystep) {
+    const double y = f.Y(v);
     absl::StrAppend(&s, "<line x1=\"", Num(kLeft), "\" y1=\"", Num(y), "\" x2=\"", Num(kRight),
                     "\" y2=\"", Num(y), "\"/>\n");
     absl::StrAppend(&labels, "<text x=\"", Num(kLeft - 8), "\" y=\"", Num(y + 4),
                     "\" text-anchor=\"end\">",
-                    LossLabel(std::fabs(v) < ystep * 1e-6 ? 0 : v, ystep), "</text>\n");
+                    LossLabel(std::fabs(v) < f.ystep * 1e-6 ? 0 : v, f.ystep), "</text>\n");
   }
-  for (double v = std::ceil(xmin / xstep) * xstep; v <= xmax + xstep * 1e-6; v += xstep) {
-    const double x = X(v);
+  for (double v = std::ceil(f.xmin / f.xstep) * f.xstep; v <= f.xmax + f.xstep * 1e-6;
+       v += f.xstep) {
+    const double x = f.X(v);
     absl::StrAppend(&s, "<line x1=\"", Num(x), "\" y1=\"", Num(kTop), "\" x2=\"", Num(x),
                     "\" y2=\"", Num(kBottom), "\"/>\n");
     absl::StrAppend(&labels, "<text x=\"", Num(x), "\" y=\"", Num(kBottom + 18),
@@ -165,13 +165,16 @@ std::string LossCurveSvg(const std::vector<std::pair<int64_t, double>>& points,
   absl::StrAppend(&s, "<text x=\"18\" y=\"", Num((kTop + kBottom) / 2),
                   "\" font-size=\"13\" text-anchor=\"middle\" fill=\"#333\" ",
                   "transform=\"rotate(-90 18 ", Num((kTop + kBottom) / 2), ")\">loss</text>\n");
+}
 
-  // The curves.
+// The loss per step, its EMA when there are many points (returned), and
+// markers when there are few.
+std::vector<double> AppendCurves(std::string& s, const Frame& f, const Points& finite) {
   const bool smooth = finite.size() > kSmoothAbove;
   std::vector<std::string> coords;
   coords.reserve(finite.size());
   for (const auto& p : finite) {
-    coords.push_back(absl::StrCat(Num(X(static_cast<double>(p.first))), ",", Num(Y(p.second))));
+    coords.push_back(absl::StrCat(Num(f.X(static_cast<double>(p.first))), ",", Num(f.Y(p.second))));
   }
   if (!finite.empty()) {
     absl::StrAppend(&s, "<polyline class=\"loss\" fill=\"none\" stroke=\"",
@@ -186,7 +189,7 @@ std::string LossCurveSvg(const std::vector<std::pair<int64_t, double>>& points,
     std::vector<std::string> ema_coords;
     for (size_t i = 0; i < finite.size(); ++i) {
       ema_coords.push_back(
-          absl::StrCat(Num(X(static_cast<double>(finite[i].first))), ",", Num(Y(ema[i]))));
+          absl::StrCat(Num(f.X(static_cast<double>(finite[i].first))), ",", Num(f.Y(ema[i]))));
     }
     absl::StrAppend(&s,
                     "<polyline class=\"ema\" fill=\"none\" stroke=\"#0b4f8a\" "
@@ -196,13 +199,18 @@ std::string LossCurveSvg(const std::vector<std::pair<int64_t, double>>& points,
   if (!finite.empty() && finite.size() <= kMarkersUpTo) {
     absl::StrAppend(&s, "<g class=\"markers\" fill=\"#1f77b4\">\n");
     for (const auto& p : finite) {
-      absl::StrAppend(&s, "<circle cx=\"", Num(X(static_cast<double>(p.first))), "\" cy=\"",
-                      Num(Y(p.second)), "\" r=\"3\"/>\n");
+      absl::StrAppend(&s, "<circle cx=\"", Num(f.X(static_cast<double>(p.first))), "\" cy=\"",
+                      Num(f.Y(p.second)), "\" r=\"3\"/>\n");
     }
     absl::StrAppend(&s, "</g>\n");
   }
+  return ema;
+}
 
-  // Labels in the top-right corner: final loss, legend, skipped points.
+// Labels in the top-right corner: final loss, legend, skipped points.
+void AppendNotes(std::string& s, const Points& finite, const std::vector<int64_t>& skipped,
+                 const std::vector<double>& ema) {
+  const bool smooth = !ema.empty();
   std::vector<std::pair<std::string, std::string>> notes;  // (text, color)
   if (finite.empty()) {
     absl::StrAppend(&s, "<text x=\"", Num((kLeft + kRight) / 2), "\" y=\"",
@@ -229,24 +237,46 @@ std::string LossCurveSvg(const std::vector<std::pair<int64_t, double>>& points,
                       absl::StrJoin(first, ", "), skipped.size() > 5 ? ", ..." : "", ")"),
          "#c0392b"});
   }
-  if (!notes.empty()) {
-    size_t longest = 0;
-    for (const auto& n : notes) longest = std::max(longest, n.first.size());
-    const double w = 7.0 * static_cast<double>(longest) + 16;
-    const double h = 18.0 * static_cast<double>(notes.size()) + 8;
-    absl::StrAppend(&s, "<g class=\"notes\" font-size=\"12.5\">\n");
-    absl::StrAppend(&s, "<rect x=\"", Num(kRight - 8 - w), "\" y=\"", Num(kTop + 8), "\" width=\"",
-                    Num(w), "\" height=\"", Num(h),
-                    "\" fill=\"#ffffff\" fill-opacity=\"0.85\" stroke=\"#ccc\" rx=\"3\"/>\n");
-    for (size_t i = 0; i < notes.size(); ++i) {
-      absl::StrAppend(&s, "<text x=\"", Num(kRight - 16), "\" y=\"",
-                      Num(kTop + 25 + 18.0 * static_cast<double>(i)),
-                      "\" text-anchor=\"end\" fill=\"", notes[i].second, "\"",
-                      i == 0 && !finite.empty() ? " font-weight=\"bold\"" : "", ">",
-                      Escape(notes[i].first), "</text>\n");
-    }
-    absl::StrAppend(&s, "</g>\n");
+  if (notes.empty()) return;
+  size_t longest = 0;
+  for (const auto& n : notes) longest = std::max(longest, n.first.size());
+  const double w = 7.0 * static_cast<double>(longest) + 16;
+  const double h = 18.0 * static_cast<double>(notes.size()) + 8;
+  absl::StrAppend(&s, "<g class=\"notes\" font-size=\"12.5\">\n");
+  absl::StrAppend(&s, "<rect x=\"", Num(kRight - 8 - w), "\" y=\"", Num(kTop + 8), "\" width=\"",
+                  Num(w), "\" height=\"", Num(h),
+                  "\" fill=\"#ffffff\" fill-opacity=\"0.85\" stroke=\"#ccc\" rx=\"3\"/>\n");
+  for (size_t i = 0; i < notes.size(); ++i) {
+    absl::StrAppend(&s, "<text x=\"", Num(kRight - 16), "\" y=\"",
+                    Num(kTop + 25 + 18.0 * static_cast<double>(i)),
+                    "\" text-anchor=\"end\" fill=\"", notes[i].second, "\"",
+                    i == 0 && !finite.empty() ? " font-weight=\"bold\"" : "", ">",
+                    Escape(notes[i].first), "</text>\n");
   }
+  absl::StrAppend(&s, "</g>\n");
+}
+
+}  // namespace
+
+std::string LossCurveSvg(const std::vector<std::pair<int64_t, double>>& points,
+                         const std::string& title) {
+  Points finite;
+  std::vector<int64_t> skipped;
+  for (const auto& p : points) {
+    if (std::isfinite(p.second)) {
+      finite.push_back(p);
+    } else {
+      skipped.push_back(p.first);
+    }
+  }
+  std::stable_sort(finite.begin(), finite.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  const Frame frame = FrameOf(finite);
+  std::string s;
+  AppendHeader(s, title);
+  AppendAxes(s, frame);
+  const std::vector<double> ema = AppendCurves(s, frame, finite);
+  AppendNotes(s, finite, skipped, ema);
   absl::StrAppend(&s, "</svg>\n");
   return s;
 }

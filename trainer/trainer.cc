@@ -231,24 +231,23 @@ absl::Status BuildModel(Run& run) {
   model_options.dtype = dtype;
   model_options.attn_implementation = c.attn_implementation;
   const c10::Device device = run.runtime->device();
+  PretrainedOptions pretrained;
+  pretrained.dtype = dtype;
+  pretrained.device = device;
+  if (device.is_cuda()) pretrained.device_memory = CudaDeviceMemory();
+  pretrained.attn_implementation = c.attn_implementation;
+  InitOptions init(static_cast<uint64_t>(c.seed));
+  init.device = device;
   at::manual_seed(static_cast<uint64_t>(c.seed));
   if (!run.dims->tp_enabled()) {
     if (c.loss_parallel) {
       return absl::InvalidArgumentError("parallel.loss_parallel needs parallel.tp > 1");
     }
     if (!dir.empty()) {
-      PretrainedOptions options;
-      options.dtype = dtype;
-      options.device = device;
-      if (device.is_cuda()) options.device_memory = CudaDeviceMemory();
-      options.attn_implementation = c.attn_implementation;
-      ASSIGN_OR_RETURN(run.model, FromPretrained(dir, options));
+      ASSIGN_OR_RETURN(run.model, FromPretrained(dir, pretrained));
       return absl::OkStatus();
     }
     ASSIGN_OR_RETURN(run.model, CreateCausalLM(model_config, model_options));
-    InitOptions init;
-    init.seed = static_cast<uint64_t>(c.seed);
-    init.device = device;
     return InitializeWeights(*run.model, init);
   }
   ASSIGN_OR_RETURN(Plan plan, ResolvePlanForConfig(c.plan, run.config_json));
@@ -258,20 +257,12 @@ absl::Status BuildModel(Run& run) {
   ASSIGN_OR_RETURN(run.all_placements, PlanPlacements(model_config, model_options, plan,
                                                       run.dims->tp(), tp_options.resolve));
   if (!dir.empty()) {
-    PretrainedOptions options;
-    options.dtype = dtype;
-    options.device = device;
-    if (device.is_cuda()) options.device_memory = CudaDeviceMemory();
-    options.attn_implementation = c.attn_implementation;
-    ASSIGN_OR_RETURN(run.model, FromPretrainedTensorParallel(dir, options, plan,
+    ASSIGN_OR_RETURN(run.model, FromPretrainedTensorParallel(dir, pretrained, plan,
                                                              run.mesh->group("tp"), tp_options));
-    return absl::OkStatus();
+  } else {
+    ASSIGN_OR_RETURN(run.model, InitTensorParallel(model_config, model_options, init, plan,
+                                                   run.mesh->group("tp"), tp_options));
   }
-  InitOptions init;
-  init.seed = static_cast<uint64_t>(c.seed);
-  init.device = device;
-  ASSIGN_OR_RETURN(run.model, InitTensorParallel(model_config, model_options, init, plan,
-                                                 run.mesh->group("tp"), tp_options));
   return absl::OkStatus();
 }
 
