@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "base/net.h"
+#include "base/syscall.h"
 #include "launcher/node_rendezvous.h"
 
 extern char** environ;
@@ -63,8 +64,7 @@ struct Worker {
   int local_rank = 0;
   int global_rank = 0;
   pid_t pid = -1;
-  int out_fd = -1;
-  int err_fd = -1;
+  UniqueFd out_fd, err_fd;  // the read ends of the worker's stdout and stderr
   std::string out_partial, err_partial;
   std::deque<std::string> err_tail;
   bool exited = false;
@@ -136,7 +136,8 @@ struct WorkerWorld {
 bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt, const WorkerWorld& world,
            std::vector<Worker>& workers) {
   pid_t group = 0;
-  workers.assign(o.nproc_per_node, Worker());
+  workers.clear();
+  workers.resize(o.nproc_per_node);
   for (int lr = 0; lr < o.nproc_per_node; ++lr) {
     Worker& w = workers[lr];
     w.local_rank = lr;
@@ -157,7 +158,10 @@ bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt, const W
       w.err_log = std::make_shared<std::ofstream>(dir + "/stderr.log");
     }
     int out[2], err[2];
-    if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) return false;
+    if (::pipe2(out, O_CLOEXEC) != 0) return false;
+    UniqueFd out_read(out[0]), out_write(out[1]);
+    if (::pipe2(err, O_CLOEXEC) != 0) return false;
+    UniqueFd err_read(err[0]), err_write(err[1]);
     std::vector<std::pair<std::string, std::string>> vars = {
         {"RANK", std::to_string(w.global_rank)},
         {"LOCAL_RANK", std::to_string(lr)},
@@ -198,8 +202,8 @@ bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt, const W
     if (pid == 0) {
       ::setpgid(0, group);  // group 0: become the leader of a new group
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      ::dup2(out[1], 1);
-      ::dup2(err[1], 2);
+      ::dup2(out_write.get(), 1);
+      ::dup2(err_write.get(), 2);
       struct sigaction dfl {};
       dfl.sa_handler = SIG_DFL;
       for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2}) ::sigaction(sig, &dfl, nullptr);
@@ -213,11 +217,11 @@ bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt, const W
     }
     if (group == 0) group = pid;
     ::setpgid(pid, group);  // also from the parent, to win the race with exec
-    ::close(out[1]);
-    ::close(err[1]);
+    out_write.reset();      // the child holds the write ends
+    err_write.reset();
     w.pid = pid;
-    w.out_fd = out[0];
-    w.err_fd = err[0];
+    w.out_fd = std::move(out_read);
+    w.err_fd = std::move(err_read);
   }
   g_worker_group = group;
   return true;
@@ -249,10 +253,10 @@ SuperviseResult Supervise(const WeftrunOptions& o, std::vector<Worker>& workers,
     std::vector<pollfd> fds;
     std::vector<std::pair<int, bool>> owners;  // worker index, is_err
     for (size_t i = 0; i < workers.size(); ++i) {
-      if (workers[i].out_fd >= 0)
-        fds.push_back({workers[i].out_fd, POLLIN, 0}), owners.push_back({i, false});
-      if (workers[i].err_fd >= 0)
-        fds.push_back({workers[i].err_fd, POLLIN, 0}), owners.push_back({i, true});
+      if (workers[i].out_fd.ok())
+        fds.push_back({workers[i].out_fd.get(), POLLIN, 0}), owners.push_back({i, false});
+      if (workers[i].err_fd.ok())
+        fds.push_back({workers[i].err_fd.get(), POLLIN, 0}), owners.push_back({i, true});
     }
     if (!fds.empty()) {
       ::poll(fds.data(), fds.size(), static_cast<int>(interval * 1000));
@@ -268,8 +272,7 @@ SuperviseResult Supervise(const WeftrunOptions& o, std::vector<Worker>& workers,
         EmitLines(w, is_err ? w.err_partial : w.out_partial, buffer, n, is_err, false);
       } else if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
         EmitLines(w, is_err ? w.err_partial : w.out_partial, "", 0, is_err, true);
-        ::close(fds[k].fd);
-        (is_err ? w.err_fd : w.out_fd) = -1;
+        (is_err ? w.err_fd : w.out_fd).reset();
       }
     }
     bool all_done = true;
@@ -283,8 +286,8 @@ SuperviseResult Supervise(const WeftrunOptions& o, std::vector<Worker>& workers,
             // Tell the other nodes at once, with the stderr that is already
             // in the pipe (without blocking: a grandchild may hold it open).
             if (hooks.on_failure) {
-              for (int fd : {w.out_fd, w.err_fd}) {
-                bool is_err = fd == w.err_fd;
+              for (int fd : {w.out_fd.get(), w.err_fd.get()}) {
+                bool is_err = fd == w.err_fd.get();
                 pollfd p{fd, POLLIN, 0};
                 while (fd >= 0 && ::poll(&p, 1, 0) > 0 && (p.revents & POLLIN)) {
                   ssize_t n = ::read(fd, buffer, sizeof(buffer));
@@ -297,7 +300,7 @@ SuperviseResult Supervise(const WeftrunOptions& o, std::vector<Worker>& workers,
           }
         }
       }
-      if (!w.exited || w.out_fd >= 0 || w.err_fd >= 0) all_done = false;
+      if (!w.exited || w.out_fd.ok() || w.err_fd.ok()) all_done = false;
     }
     if (all_done) break;
     // Asked also while stopping: it sends this node's heartbeats.
