@@ -139,6 +139,10 @@ bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt, const W
   workers.clear();
   workers.resize(o.nproc_per_node);
   for (int lr = 0; lr < o.nproc_per_node; ++lr) {
+    if (g_signal != 0) {  // stay responsive: stop spawning, stop those started
+      workers.resize(lr);
+      break;
+    }
     Worker& w = workers[lr];
     w.local_rank = lr;
     w.global_rank = world.rank_offset + lr;

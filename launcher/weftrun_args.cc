@@ -5,6 +5,9 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <thread>
 
@@ -156,18 +159,49 @@ absl::StatusOr<std::vector<int>> ParseStreams(const std::string& flag, const std
   return masks;
 }
 
+// At most this many workers per node: 8 per CPU core, and never fewer
+// than 64 (a GPU node runs one worker per GPU; more is a typo).
+int MaxWorkersPerNode() {
+  return std::max(64, 8 * static_cast<int>(std::thread::hardware_concurrency()));
+}
+
 absl::StatusOr<int> ParseNprocPerNode(const std::string& nproc) {
   if (nproc == "auto") {
     int gpus = CountGpus();
-    return gpus > 0 ? gpus : static_cast<int>(std::thread::hardware_concurrency());
+    return gpus > 0 ? gpus : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   }
   char* end = nullptr;
+  errno = 0;
   long n = std::strtol(nproc.c_str(), &end, 10);
-  if (*end != '\0' || n < 1) {
+  if (nproc.empty() || *end != '\0' || n < 1 || errno == ERANGE) {
     return Invalid(absl::StrCat("--nproc-per-node=", nproc,
                                 " is not a worker count (expected N >= 1 or auto)"));
   }
+  if (n > MaxWorkersPerNode()) {
+    return Invalid(absl::StrCat("--nproc-per-node=", nproc,
+                                " is more workers than this node runs (", "expected at most ",
+                                MaxWorkersPerNode(), ": 8 per CPU core, ", "at least 64)"));
+  }
   return static_cast<int>(n);
+}
+
+// Every local rank the filter names exists.
+absl::Status CheckLocalRanksFilter(const std::vector<int>& ranks, int nproc_per_node) {
+  for (int r : ranks) {
+    if (r >= nproc_per_node) {
+      return Invalid(absl::StrCat(
+          "--local-ranks-filter names local rank ", r, ", but this node runs ", nproc_per_node,
+          " worker", nproc_per_node == 1 ? "" : "s", " (expected 0..", nproc_per_node - 1, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckInterval(const char* flag, double seconds) {
+  if (!std::isfinite(seconds) || seconds <= 0) {
+    return Invalid(absl::StrCat(flag, "=", seconds, " is not an interval (expected seconds > 0)"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<int> ParseNnodes(const std::string& nnodes) {
@@ -264,6 +298,8 @@ absl::StatusOr<WeftrunArgs> ParseWeftrunArgs(int argc, char** argv) {
     return Invalid("--redirects needs --log-dir (expected a directory for the log files)");
   }
   ASSIGN_OR_RETURN(o.nproc_per_node, ParseNprocPerNode(raw.nproc));
+  RETURN_IF_ERROR(CheckLocalRanksFilter(o.local_ranks_filter, o.nproc_per_node));
+  RETURN_IF_ERROR(CheckInterval("--monitor-interval", o.monitor_interval));
   ASSIGN_OR_RETURN(o.nnodes, ParseNnodes(raw.nnodes));
   if (o.node_rank < 0 || o.node_rank >= o.nnodes) {
     return Invalid(absl::StrCat("--node-rank=", o.node_rank, " is out of range for --nnodes=",

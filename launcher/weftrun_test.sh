@@ -86,6 +86,12 @@ check_error "weftrun: cannot execute '/no/such/program': No such file or directo
 check_error "weftrun: cannot execute 'no-such-program-xyz': not found on PATH" no-such-program-xyz
 check_error "weftrun: --node-rank=2 is out of range for --nnodes=2 (expected 0..1)" --nnodes 2 --node-rank 2 true
 check_error "weftrun: --nproc-per-node=0 is not a worker count (expected N >= 1 or auto)" --nproc-per-node 0 true
+max_workers=$((8 * $(nproc) > 64 ? 8 * $(nproc) : 64))
+check_error "weftrun: --nproc-per-node=100000 is more workers than this node runs (expected at most $max_workers: 8 per CPU core, at least 64)" --nproc-per-node 100000 true
+check_error "weftrun: --local-ranks-filter names local rank 5, but this node runs 2 workers (expected 0..1)" --nproc-per-node 2 --local-ranks-filter 5 true
+check_error "weftrun: --monitor-interval=0 is not an interval (expected seconds > 0)" --monitor-interval 0 true
+check_error "weftrun: --monitor-interval=-1 is not an interval (expected seconds > 0)" --monitor-interval -1 true
+check_error "weftrun: --monitor-interval=nan is not an interval (expected seconds > 0)" --monitor-interval nan true
 "$WEFTRUN" --help | grep -q -- "--nproc-per-node" || fail "--help does not list --nproc-per-node"
 
 # 8. The runtime's own errors reach the user as one line through weftrun.
