@@ -4,6 +4,7 @@
 #include <ATen/core/grad_mode.h>
 #include <CLI/CLI.hpp>
 
+#include <cmath>
 #include <iostream>
 #include <memory>
 
@@ -59,6 +60,43 @@ absl::StatusOr<Loaded> Load(const std::string& dir, PretrainedOptions options,
   return loaded;
 }
 
+// Every id below the model's vocab_size (torch would say only "index out of
+// range in self").
+absl::Status CheckIds(const at::Tensor& ids, const ModelConfig& config, const std::string& what) {
+  if (ids.numel() == 0) return absl::OkStatus();
+  const int64_t lowest = ids.min().item<int64_t>(), highest = ids.max().item<int64_t>();
+  if (lowest < 0 || highest >= config.vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": token id ",
+                                                   lowest < 0 ? lowest : highest,
+                                                   " is outside the vocabulary (expected 0 <= id "
+                                                   "< vocab_size ",
+                                                   config.vocab_size, ")"));
+  }
+  return absl::OkStatus();
+}
+
+// The sampling flags, and the length the model can attend to.
+absl::Status CheckGenerateFlags(const GenerateCommand& c) {
+  if (c.max_new_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-new-tokens ", c.max_new_tokens, " is negative (expected >= 0)"));
+  }
+  if (c.greedy) return absl::OkStatus();
+  if (!(c.temperature > 0) || !std::isfinite(c.temperature)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--temperature ", c.temperature, " is not a temperature (expected > 0)"));
+  }
+  if (c.top_k < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--top-k ", c.top_k, " is negative (expected >= 0; 0 keeps every token)"));
+  }
+  if (!(c.top_p > 0 && c.top_p <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--top-p ", c.top_p, " is not a probability mass (expected 0 < p <= 1)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Forward(const ForwardCommand& c) {
   ASSIGN_OR_RETURN(at::ScalarType dtype, ComputeDtype(c.dtype));
   ASSIGN_OR_RETURN(std::shared_ptr<SafetensorsFile> input, SafetensorsFile::Open(c.input));
@@ -75,6 +113,7 @@ absl::Status Forward(const ForwardCommand& c) {
 
   CausalLMInputs inputs;
   inputs.input_ids = input->Get(*ids).clone();
+  RETURN_IF_ERROR(CheckIds(inputs.input_ids, model.config, c.input + ": input_ids"));
   if (const TensorEntry* mask = input->Find("attention_mask")) {
     inputs.attention_mask = input->Get(*mask).clone();
   }
@@ -103,12 +142,20 @@ absl::Status Generate(const GenerateCommand& c, std::ostream& out) {
     }
     prompt.push_back(id);
   }
+  RETURN_IF_ERROR(CheckGenerateFlags(c));
   ASSIGN_OR_RETURN(at::ScalarType dtype, ComputeDtype(c.dtype));
   PretrainedOptions options;
   options.dtype = dtype;
   options.attn_implementation = c.attn;
   ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan));
   CausalLM& model = *loaded.model;
+  const int64_t length = static_cast<int64_t>(prompt.size()) + c.max_new_tokens;
+  if (length > model.config.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-new-tokens ", c.max_new_tokens, " with a prompt of ", prompt.size(),
+        " tokens makes ", length, " positions (expected at most max_position_embeddings ",
+        model.config.max_position_embeddings, ")"));
+  }
   for (int64_t id : prompt) {
     if (id >= model.config.vocab_size) {
       return absl::InvalidArgumentError(

@@ -2,9 +2,12 @@
 
 #include <ATen/ATen.h>
 
+#include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
+#include "base/text_file.h"
 #include "checkpoint/safetensors.h"
 #include "gtest/gtest.h"
 
@@ -78,6 +81,83 @@ TEST(GenerateCommand, GreedyIdsAndErrors) {
   std::ostringstream out3, err3;
   EXPECT_EQ(RunGenerate(c, out3, err3), 2);
   EXPECT_EQ(err3.str(), "weft generate: --prompt-ids: 999 is not below vocab_size 256\n");
+}
+
+// Out-of-range ids and flags are one line naming the value and the bound.
+TEST(ModelCommands, IdsAndFlagsAreValidated) {
+  ASSERT_TRUE(WriteSafetensors(Tmp("big_id.safetensors"),
+                               {{"input_ids", at::tensor({1, 2, 300}, at::kLong).view({1, 3})}})
+                  .ok());
+  ForwardCommand f;
+  f.model = "tests/data/hf/llama";
+  f.input = Tmp("big_id.safetensors");
+  f.output = Tmp("big_id_out.safetensors");
+  std::ostringstream ferr;
+  EXPECT_EQ(RunForward(f, ferr), 2);
+  EXPECT_EQ(ferr.str(), "weft forward: " + f.input +
+                            ": input_ids: token id 300 is outside the vocabulary (expected 0 <= id "
+                            "< vocab_size 256)\n");
+  struct Case {
+    std::function<void(GenerateCommand&)> set;
+    std::string error;
+  };
+  const std::vector<Case> cases = {
+      {[](GenerateCommand& c) { c.max_new_tokens = -1; },
+       "--max-new-tokens -1 is negative (expected >= 0)"},
+      {[](GenerateCommand& c) { c.greedy = false, c.top_p = 2; },
+       "--top-p 2 is not a probability mass (expected 0 < p <= 1)"},
+      {[](GenerateCommand& c) { c.greedy = false, c.top_p = 0; },
+       "--top-p 0 is not a probability mass (expected 0 < p <= 1)"},
+      {[](GenerateCommand& c) { c.greedy = false, c.top_k = -5; },
+       "--top-k -5 is negative (expected >= 0; 0 keeps every token)"},
+      {[](GenerateCommand& c) { c.greedy = false, c.temperature = 0; },
+       "--temperature 0 is not a temperature (expected > 0)"},
+      {[](GenerateCommand& c) { c.max_new_tokens = 1000000; },
+       "--max-new-tokens 1000000 with a prompt of 3 tokens makes 1000003 positions (expected at "
+       "most max_position_embeddings 256)"},
+  };
+  for (const Case& k : cases) {
+    GenerateCommand c;
+    c.model = "tests/data/hf/llama";
+    c.prompt_ids = "1,2,3";
+    k.set(c);
+    std::ostringstream out, err;
+    EXPECT_EQ(RunGenerate(c, out, err), 2);
+    EXPECT_EQ(err.str(), "weft generate: " + k.error + "\n");
+  }
+}
+
+// Generation stops at any id of an eos list (Llama 3, Qwen): the greedy
+// continuation above is 85, 32, ...; with eos_token_id [999, 32] it stops
+// after 32.
+TEST(GenerateCommand, StopsAtAnyIdOfAnEosList) {
+  const std::string dir = Tmp("mistral_eos_list");
+  std::filesystem::create_directories(dir);
+  for (const auto& entry : std::filesystem::directory_iterator("tests/data/hf/mistral")) {
+    std::filesystem::copy(entry.path(), dir + "/" + entry.path().filename().string(),
+                          std::filesystem::copy_options::overwrite_existing);
+  }
+  std::string config = ReadTextFile(dir + "/config.json").value();
+  const size_t brace = config.rfind('}');
+  config = config.substr(0, brace) + ", \"eos_token_id\": [999, 32]}";
+  {
+    // The fixture's own eos_token_id is replaced: JSON keeps the first
+    // occurrence, so drop it.
+    const size_t key = config.find("\"eos_token_id\"");
+    const size_t last = config.rfind("\"eos_token_id\"");
+    if (key != last) {
+      const size_t end = config.find_first_of(",}", key);
+      config.erase(key, end - key + (config[end] == ',' ? 1 : 0));
+    }
+  }
+  ASSERT_TRUE(WriteTextFileAtomically(dir + "/config.json", config).ok());
+  GenerateCommand c;
+  c.model = dir;
+  c.prompt_ids = "47,211,38,53,204,116,152,249";
+  c.max_new_tokens = 8;
+  std::ostringstream out, err;
+  ASSERT_EQ(RunGenerate(c, out, err), 0) << err.str();
+  EXPECT_EQ(out.str(), "47,211,38,53,204,116,152,249,85,32\n");
 }
 
 }  // namespace

@@ -33,6 +33,31 @@ absl::Status Int(const JsonValue& root, absl::string_view key, int64_t& out, boo
   return absl::OkStatus();
 }
 
+// A token id: any non-negative integer (0 included), or null; with `list`
+// also a list of them (transformers' eos_token_id). `first` is the first id.
+absl::Status TokenIds(const JsonValue& root, absl::string_view key, bool list,
+                      std::optional<int64_t>& first, std::vector<int64_t>* all) {
+  const JsonValue* v = root.Find(key);
+  if (v == nullptr || v->type == JsonValue::Type::kNull) return absl::OkStatus();
+  const char* expected =
+      list ? "a non-negative token id, a list of them, or null" : "a non-negative token id or null";
+  std::vector<const JsonValue*> items;
+  if (list && v->is_array()) {
+    for (const JsonValue& item : v->items) items.push_back(&item);
+  } else {
+    items.push_back(v);
+  }
+  std::vector<int64_t> ids;
+  for (const JsonValue* item : items) {
+    auto value = item->AsUint64();
+    if (!value || *value > static_cast<uint64_t>(INT64_MAX)) return Bad(key, *item, expected);
+    ids.push_back(static_cast<int64_t>(*value));
+  }
+  if (!ids.empty()) first = ids.front();
+  if (all != nullptr) *all = ids;
+  return absl::OkStatus();
+}
+
 absl::Status Double(const JsonValue& root, absl::string_view key, double& out) {
   const JsonValue* v = root.Find(key);
   if (v == nullptr || v->type == JsonValue::Type::kNull) return absl::OkStatus();
@@ -133,15 +158,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text) {
   int64_t window = 0;
   RETURN_IF_ERROR(Int(root, "sliding_window", window, false));
   if (window > 0 && use_sliding_window) c.sliding_window = window;
-  int64_t id = 0;
-  if (root.Find("bos_token_id") && root.Find("bos_token_id")->is_number()) {
-    RETURN_IF_ERROR(Int(root, "bos_token_id", id, false));
-    c.bos_token_id = id;
-  }
-  if (root.Find("eos_token_id") && root.Find("eos_token_id")->is_number()) {
-    RETURN_IF_ERROR(Int(root, "eos_token_id", id, false));
-    c.eos_token_id = id;
-  }
+  RETURN_IF_ERROR(TokenIds(root, "bos_token_id", false, c.bos_token_id, nullptr));
+  RETURN_IF_ERROR(TokenIds(root, "eos_token_id", true, c.eos_token_id, &c.eos_token_ids));
+  RETURN_IF_ERROR(TokenIds(root, "pad_token_id", false, c.pad_token_id, nullptr));
   double partial_rotary = 1.0;
   RETURN_IF_ERROR(Double(root, "partial_rotary_factor", partial_rotary));
   if (const JsonValue* params = root.Find("rope_parameters"); params && params->is_object()) {

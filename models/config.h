@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "base/json.h"
@@ -57,8 +58,13 @@ struct ModelConfig {
   std::string torch_dtype = "float32";
   /// Attention window in tokens; nullopt: full causal attention.
   std::optional<int64_t> sliding_window;
+  /// Token ids: any non-negative id (0 included), or absent for null.
   std::optional<int64_t> bos_token_id;
+  /// The first end-of-sequence id; `eos_token_ids` holds all of them (a
+  /// list in transformers' config.json: generation stops at any).
   std::optional<int64_t> eos_token_id;
+  std::vector<int64_t> eos_token_ids;
+  std::optional<int64_t> pad_token_id;
   /// The parsed file, for architecture-specific keys.
   JsonValue json;
 };

@@ -16,6 +16,29 @@ TEST(ModelConfig, DefaultsFollowTransformers) {
   EXPECT_FALSE(c->sliding_window.has_value());
 }
 
+// Token ids are any non-negative integer, 0 included, or null; eos may be
+// a list (Llama 3, Qwen), and every id in it ends generation.
+TEST(ModelConfig, TokenIdsIncludeZeroListsAndNull) {
+  const std::string base = R"("hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+      "num_attention_heads": 4, "vocab_size": 256)";
+  auto c = ParseModelConfig("{" + base +
+                            R"(, "bos_token_id": 0, "eos_token_id": [2, 7], "pad_token_id": 0})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->bos_token_id, 0);
+  EXPECT_EQ(c->eos_token_id, 2);
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int64_t>{2, 7}));
+  EXPECT_EQ(c->pad_token_id, 0);
+  auto null_ids = ParseModelConfig("{" + base + R"(, "bos_token_id": null, "eos_token_id": 5})");
+  ASSERT_TRUE(null_ids.ok()) << null_ids.status();
+  EXPECT_FALSE(null_ids->bos_token_id.has_value());
+  EXPECT_EQ(null_ids->eos_token_ids, (std::vector<int64_t>{5}));
+  EXPECT_EQ(ParseModelConfig("{" + base + R"(, "bos_token_id": -1})").status().message(),
+            "config.json: bos_token_id is -1 (expected a non-negative token id or null)");
+  EXPECT_EQ(ParseModelConfig("{" + base + R"(, "eos_token_id": [1, "x"]})").status().message(),
+            "config.json: eos_token_id is \"x\" (expected a non-negative token id, a list of "
+            "them, or null)");
+}
+
 TEST(ModelConfig, ReadsRopeScalingAndWindows) {
   auto c = ParseModelConfig(R"({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
       "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256, "sliding_window": 4096,

@@ -34,7 +34,12 @@ at::Tensor Generate(CausalLM& model, const at::Tensor& prompt, const GenerateOpt
               "prompt must be int64 [B, T], got ", prompt.scalar_type(), " ", prompt.sizes());
   at::NoGradGuard no_grad;
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(o.seed);
-  std::optional<int64_t> eos = o.eos_token_id ? o.eos_token_id : model.config.eos_token_id;
+  // Generation stops at any end-of-sequence id (transformers' eos lists).
+  std::vector<int64_t> eos_ids =
+      o.eos_token_id ? std::vector<int64_t>{*o.eos_token_id} : model.config.eos_token_ids;
+  std::optional<int64_t> eos;
+  if (!eos_ids.empty()) eos = eos_ids.front();
+  at::Tensor eos_tensor = at::tensor(eos_ids, at::kLong);
   KVCache cache;
   CausalLMInputs inputs;
   inputs.input_ids = prompt;
@@ -47,7 +52,7 @@ at::Tensor Generate(CausalLM& model, const at::Tensor& prompt, const GenerateOpt
     if (eos) next = next.masked_fill(finished, *eos);
     sequence = at::cat({sequence, next.unsqueeze(1).to(sequence.device())}, 1);
     if (eos) {
-      finished = finished.logical_or(next == *eos);
+      finished = finished.logical_or(at::isin(next, eos_tensor));
       if (finished.all().item<bool>()) break;
     }
     inputs.input_ids = next.unsqueeze(1).to(prompt.device());

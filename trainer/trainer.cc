@@ -274,6 +274,17 @@ absl::Status SetUpOptimizer(Run& run) {
         absl::StrCat("data ", run.data_prefix, " has vocab_size ", run.tokens->vocab_size(),
                      ", larger than the model's vocab_size ", model.config.vocab_size));
   }
+  if (run.sampling()) {
+    const int64_t length =
+        static_cast<int64_t>(run.c.sample_prompt.size()) + run.c.sample_max_new_tokens;
+    if (length > model.config.max_position_embeddings) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sample.max_new_tokens ", run.c.sample_max_new_tokens, " with a prompt of ",
+                       run.c.sample_prompt.size(), " bytes makes ", length,
+                       " positions (expected at most max_position_embeddings ",
+                       model.config.max_position_embeddings, ")"));
+    }
+  }
   model.train();
   if (run.c.activation_checkpointing) EnableActivationCheckpointing(model);
   std::vector<AdamW::Param> opt_params;

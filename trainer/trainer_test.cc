@@ -276,6 +276,12 @@ TEST(Trainer, RunTimeErrorsAreOneLine) {
                          CheckpointDir(c.output_dir, 1),
                          "): pass --resume to continue that run, or choose another output_dir"));
   c = Tiny("errors");
+  c.sample_prompt = "To be";
+  c.sample_max_new_tokens = 1000000;
+  EXPECT_EQ(TrainError(1, c),
+            "sample.max_new_tokens 1000000 with a prompt of 5 bytes makes 1000005 positions "
+            "(expected at most max_position_embeddings 128)");
+  c = Tiny("errors");
   c.model_config = "/nonexistent/config.json";
   EXPECT_EQ(TrainError(1, c),
             "/nonexistent/config.json: cannot be opened (No such file or directory)");
