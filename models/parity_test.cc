@@ -4,8 +4,12 @@
 // gradients 1e-4 absolute + 1e-3 relative.
 #include <ATen/ATen.h>
 
+#include <filesystem>
+
 #include <ATen/CPUGeneratorImpl.h>
+#include <filesystem>
 #include "checkpoint/safetensors.h"
+
 #include "gtest/gtest.h"
 
 #include <ATen/core/grad_mode.h>
@@ -98,6 +102,30 @@ TEST(FromPretrained, ErrorsNameTheProblem) {
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().message(),
             "tests/data/hf/nope/config.json: cannot read (expected a config.json)");
+}
+
+// An integer tensor never loads into a float parameter (it became zeros).
+TEST(FromPretrained, IntegerTensorForAFloatParameterIsAnError) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  const std::string dir = std::string(tmp ? tmp : "/tmp") + "/llama_int_up_proj";
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file("tests/data/hf/llama/config.json", dir + "/config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  auto source = SafetensorsFile::Open("tests/data/hf/llama/model.safetensors");
+  ASSERT_TRUE(source.ok()) << source.status();
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const TensorEntry& e : (*source)->tensors()) {
+    at::Tensor t = (*source)->Get(e);
+    if (e.name == "model.layers.0.mlp.up_proj.weight") t = t.to(at::kInt);
+    tensors.emplace_back(e.name, t);
+  }
+  ASSERT_TRUE(WriteSafetensors(dir + "/model.safetensors", tensors).ok());
+  auto model = FromPretrained(dir);
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().message(),
+            dir +
+                ": tensor 'model.layers.0.mlp.up_proj.weight' is I32 in the checkpoint (expected "
+                "a floating-point dtype for a parameter of LlamaForCausalLM)");
 }
 
 }  // namespace

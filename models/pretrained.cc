@@ -55,6 +55,12 @@ absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
         return absl::NotFoundError(absl::StrCat(dir, ": the checkpoint has no tensor '", name,
                                                 "' (a parameter of ", config.architecture, ")"));
       }
+      if (!c10::isFloatingType(at->entry->dtype)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(dir, ": tensor '", name, "' is ", at->entry->dtype_name,
+                         " in the checkpoint (expected a floating-point dtype for a parameter of ",
+                         config.architecture, ")"));
+      }
       std::vector<int64_t> shape = item.value().sizes().vec();
       if (at->entry->shape != shape) {
         return absl::InvalidArgumentError(absl::StrCat(
