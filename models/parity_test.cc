@@ -3,17 +3,13 @@
 // Tolerances: fp32 logits and hidden states 1e-4 absolute; loss 1e-5;
 // gradients 1e-4 absolute + 1e-3 relative.
 #include <ATen/ATen.h>
-
-#include <filesystem>
-
 #include <ATen/CPUGeneratorImpl.h>
-#include <filesystem>
-#include "checkpoint/safetensors.h"
-
-#include "gtest/gtest.h"
-
 #include <ATen/core/grad_mode.h>
 
+#include <filesystem>
+
+#include "checkpoint/safetensors.h"
+#include "gtest/gtest.h"
 #include "models/attention.h"
 #include "models/generate.h"
 #include "models/pretrained.h"
