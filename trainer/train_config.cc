@@ -1,5 +1,7 @@
 #include "trainer/train_config.h"
 
+#include <cmath>
+
 #include <yaml-cpp/yaml.h>
 
 #include <cerrno>
@@ -122,6 +124,7 @@ absl::Status Set(TrainConfig& config, const Field& field, const YAML::Node& node
       if (!item.IsScalar() || !YAML::convert<double>::decode(item, v)) {
         return wrong("a list of numbers");
       }
+      if (!std::isfinite(v)) return wrong("a list of finite numbers");
       values.push_back(v);
     }
     config.*(*m) = values;
@@ -158,6 +161,7 @@ absl::Status Set(TrainConfig& config, const Field& field, const YAML::Node& node
         } else if constexpr (std::is_same_v<T, double>) {
           double v;
           if (!YAML::convert<double>::decode(node, v)) return wrong("a number");
+          if (!std::isfinite(v)) return wrong("a finite number");
           config.*m = v;
           return absl::OkStatus();
         } else {

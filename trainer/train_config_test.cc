@@ -105,6 +105,13 @@ TEST(TrainConfig, IllTypedValuesNameTheKey) {
   EXPECT_EQ(Error(std::string(kMinimal) + "parallel: {tp: [2]}\n"),
             "run.yaml: parallel.tp is a list (expected an integer)");
   EXPECT_EQ(Error("- a\n- b\n"), "run.yaml: the top level is a list (expected a mapping)");
+  // Non-finite numbers never reach the optimizer (lr=.inf made every loss NaN).
+  EXPECT_EQ(Error(kMinimal, {"optimizer.lr=.inf"}),
+            "--set: optimizer.lr is '.inf' (expected a finite number)");
+  EXPECT_EQ(Error(kMinimal, {"optimizer.weight_decay=.nan"}),
+            "--set: optimizer.weight_decay is '.nan' (expected a finite number)");
+  EXPECT_EQ(Error(kMinimal, {"optimizer.betas=[0.9, .inf]"}),
+            "--set: optimizer.betas is a list (expected a list of finite numbers)");
 }
 
 TEST(TrainConfig, ValuesAreValidated) {

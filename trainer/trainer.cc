@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
@@ -19,6 +22,7 @@
 #include "absl/strings/str_format.h"
 #include "base/json.h"
 #include "base/status.h"
+#include "base/syscall.h"
 #include "base/text_file.h"
 #include "models/generate.h"
 #include "models/init.h"
@@ -121,6 +125,7 @@ struct Run {
   int tp_rank = 0, dp_rank = 0;
   bool lead = false;       // world rank 0 logs and writes the run's files
   bool restarted = false;  // a restarted attempt under weftrun/torchrun
+  UniqueFd output_lock;    // rank 0: the flock on <output_dir>/.weft.lock
 
   // The data.
   std::string data_prefix;
@@ -168,7 +173,43 @@ absl::Status JoinJob(Run& run) {
   return absl::OkStatus();
 }
 
-// 2. A fresh run never mixes its checkpoints with an earlier run's (keeping
+// 2. One run per output_dir: rank 0 holds an exclusive lock on
+// <output_dir>/.weft.lock (with its pid inside) for the run's lifetime, and
+// every rank learns whether it got it (two runs would overwrite each
+// other's checkpoints and export).
+absl::Status LockOutputDir(Run& run) {
+  const std::string path = run.c.output_dir + "/.weft.lock";
+  std::string error;
+  if (run.lead) {
+    std::error_code ec;
+    fs::create_directories(run.c.output_dir, ec);
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+    if (!fd.ok()) {
+      error = std::string(WEFT_SYSCALL_ERROR("open", path).message());
+    } else if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+      const std::string holder = ReadTextFile(path).value_or("");
+      error = absl::StrCat("output_dir ", run.c.output_dir, " is in use by another run (", path,
+                           " is locked", holder.empty() ? "" : " by pid " + holder,
+                           "; expected one run per output_dir)");
+    } else {
+      const std::string pid = std::to_string(::getpid());
+      if (::ftruncate(fd.get(), 0) != 0 || ::pwrite(fd.get(), pid.data(), pid.size(), 0) < 0) {
+        error = std::string(WEFT_SYSCALL_ERROR("write", path).message());
+      }
+      run.output_lock = std::move(fd);
+    }
+  }
+  at::Tensor failed = at::tensor({error.empty() ? 0.0 : 1.0}, at::kFloat);
+  run.runtime->world().AllReduce(failed, ReduceOp::kMax);
+  if (failed.item<float>() == 0) return absl::OkStatus();
+  if (error.empty()) {
+    error = absl::StrCat("output_dir ", run.c.output_dir,
+                         " is in use by another run (rank 0 could not lock ", path, ")");
+  }
+  return absl::FailedPreconditionError(error);
+}
+
+// 3. A fresh run never mixes its checkpoints with an earlier run's (keeping
 // the last K by step would delete the new ones).
 absl::Status CheckOutputDir(Run& run) {
   const char* restarts = std::getenv("TORCHELASTIC_RESTART_COUNT");
@@ -182,7 +223,7 @@ absl::Status CheckOutputDir(Run& run) {
   return absl::OkStatus();
 }
 
-// 3. Data: a token file, or a text tokenised byte-level by rank 0.
+// 4. Data: a token file, or a text tokenised byte-level by rank 0.
 absl::Status OpenData(Run& run) {
   const TrainConfig& c = run.c;
   run.data_prefix = c.data_path;
@@ -218,7 +259,7 @@ absl::Status OpenData(Run& run) {
   return absl::OkStatus();
 }
 
-// 4. The model: a Hugging Face checkpoint (each rank loads only its shards)
+// 5. The model: a Hugging Face checkpoint (each rank loads only its shards)
 // or transformers' initialisation from a config (the same values at any tp).
 absl::Status BuildModel(Run& run) {
   const TrainConfig& c = run.c;
@@ -266,7 +307,7 @@ absl::Status BuildModel(Run& run) {
   return absl::OkStatus();
 }
 
-// 5. The parameters, once each, and the optimizer over them.
+// 6. The parameters, once each, and the optimizer over them.
 absl::Status SetUpOptimizer(Run& run) {
   CausalLM& model = *run.model;
   if (run.tokens->vocab_size() > model.config.vocab_size) {
@@ -314,7 +355,7 @@ absl::Status SetUpOptimizer(Run& run) {
   return absl::OkStatus();
 }
 
-// 6. Resume: --resume, or a restarted attempt under weftrun/torchrun that
+// 7. Resume: --resume, or a restarted attempt under weftrun/torchrun that
 // finds a checkpoint (torchelastic's contract for restarts).
 absl::Status Resume(Run& run) {
   const TrainConfig& c = run.c;
@@ -349,7 +390,32 @@ absl::Status Resume(Run& run) {
   return absl::OkStatus();
 }
 
-// 7. Before the first step: a sample, the header line, metrics.jsonl.
+// metrics.jsonl's records by step (a later line for the same step wins).
+std::map<int64_t, std::string> MetricsByStep(const std::string& path) {
+  std::map<int64_t, std::string> records;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto record = ParseJson(line);
+    if (!record.ok() || !record->is_object()) continue;
+    const JsonValue* step = record->Find("step");
+    if (step == nullptr || !step->AsUint64()) continue;
+    records[static_cast<int64_t>(*step->AsUint64())] = line;
+  }
+  return records;
+}
+
+// Rewrites metrics.jsonl with the records of steps 1..`step` only.
+absl::Status KeepMetricsUpTo(const std::string& path, int64_t step) {
+  if (!fs::exists(path)) return absl::OkStatus();
+  std::string kept;
+  for (const auto& [at_step, line] : MetricsByStep(path)) {
+    if (at_step <= step) absl::StrAppend(&kept, line, "\n");
+  }
+  return WriteTextFileAtomically(path, kept);
+}
+
+// 8. Before the first step: a sample, the header line, metrics.jsonl.
 absl::Status Start(Run& run) {
   const TrainConfig& c = run.c;
   CausalLM& model = *run.model;
@@ -375,8 +441,12 @@ absl::Status Start(Run& run) {
   std::error_code ec;
   if (run.lead) fs::create_directories(c.output_dir, ec);
   run.metrics_path = c.output_dir + "/metrics.jsonl";
+  // A resumed run (--resume or a restarted attempt) keeps the steps up to its
+  // checkpoint, once each and in order, and appends the new ones.
+  const bool resuming = c.resume || run.restarted;
+  if (run.lead && resuming) RETURN_IF_ERROR(KeepMetricsUpTo(run.metrics_path, run.step));
   if (run.lead) {
-    run.metrics.open(run.metrics_path, c.resume ? std::ios::app : std::ios::trunc);
+    run.metrics.open(run.metrics_path, resuming ? std::ios::app : std::ios::trunc);
     if (!run.metrics) {
       return absl::InternalError(absl::StrCat(run.metrics_path, ": cannot be written"));
     }
@@ -411,9 +481,9 @@ struct StepStats {
   double lr = 0;
 };
 
-// 8. One optimizer step: micro-batches accumulate gradients, dp averages
+// 9. One optimizer step: micro-batches accumulate gradients, dp averages
 // them, the global norm clips them, AdamW updates.
-StepStats RunStep(Run& run) {
+absl::StatusOr<StepStats> RunStep(Run& run) {
   const TrainConfig& c = run.c;
   const ParallelDims& dims = *run.dims;
   StepStats stats;
@@ -444,6 +514,16 @@ StepStats RunStep(Run& run) {
   stats.loss = totals[0].item<double>() / totals[1].item<double>();
   ProcessGroup* tp = dims.tp_enabled() ? &(*run.mesh)["tp"] : nullptr;
   stats.grad_norm = ClipGradNorm(run.params, run.replication, tp, c.grad_clip);
+  // Every rank holds the same global loss and norm, so all stop together,
+  // before a non-finite update reaches the weights (or a checkpoint).
+  if (!std::isfinite(stats.loss) || !std::isfinite(stats.grad_norm)) {
+    const std::optional<std::string> last = LatestCheckpoint(c.output_dir);
+    return absl::InternalError(absl::StrFormat(
+        "step %d: the loss is %g and the gradient norm %g (expected finite values); stopped "
+        "before the update, the last checkpoint is %s (lower optimizer.lr or set "
+        "optimizer.grad_clip, then --resume)",
+        run.step + 1, stats.loss, stats.grad_norm, last ? *last : std::string("none")));
+  }
   run.optimizer->Step(stats.lr);
   run.optimizer->ZeroGrad();
   ++run.step;
@@ -461,7 +541,7 @@ struct Window {
   int64_t first_step = 0;  // steps done before this attempt
 };
 
-// 9. A progress line per logging step (rank 0) and its metrics.jsonl record.
+// 10. A progress line per logging step (rank 0) and its metrics.jsonl record.
 void LogStep(Run& run, const StepStats& stats, Window& window) {
   const TrainConfig& c = run.c;
   ++window.steps;
@@ -516,7 +596,7 @@ std::vector<std::pair<int64_t, double>> LossCurve(const Run& run) {
   return {curve.begin(), curve.end()};
 }
 
-// 10. After the last step: the final checkpoint, the Hugging Face export,
+// 11. After the last step: the final checkpoint, the Hugging Face export,
 // the loss curve and a sample.
 absl::Status Finish(Run& run, int64_t first_step) {
   const TrainConfig& c = run.c;
@@ -562,6 +642,7 @@ absl::Status Finish(Run& run, int64_t first_step) {
 absl::StatusOr<TrainResult> Train(const TrainConfig& c, std::ostream& log) {
   Run run(c, log);
   RETURN_IF_ERROR(JoinJob(run));
+  RETURN_IF_ERROR(LockOutputDir(run));
   RETURN_IF_ERROR(CheckOutputDir(run));
   RETURN_IF_ERROR(OpenData(run));
   RETURN_IF_ERROR(BuildModel(run));
@@ -571,7 +652,7 @@ absl::StatusOr<TrainResult> Train(const TrainConfig& c, std::ostream& log) {
   Window window;
   window.first_step = run.step;
   while (run.step < c.steps) {
-    const StepStats stats = RunStep(run);
+    ASSIGN_OR_RETURN(const StepStats stats, RunStep(run));
     LogStep(run, stats, window);
     if (c.checkpoint_every > 0 && run.step % c.checkpoint_every == 0 && run.step < c.steps) {
       RETURN_IF_ERROR(Save(run, run.step));

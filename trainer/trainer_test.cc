@@ -4,6 +4,10 @@
 // run-time errors are one line.
 #include "trainer/trainer.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -281,10 +285,78 @@ TEST(Trainer, RunTimeErrorsAreOneLine) {
   EXPECT_EQ(TrainError(1, c),
             "sample.max_new_tokens 1000000 with a prompt of 5 bytes makes 1000005 positions "
             "(expected at most max_position_embeddings 128)");
+  c = Tiny("errors_locked");
+  {
+    // Another run holds the output directory.
+    fs::create_directories(c.output_dir);
+    const std::string lock = c.output_dir + "/.weft.lock";
+    int fd = ::open(lock.c_str(), O_RDWR | O_CREAT, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
+    EXPECT_EQ(TrainError(2, c),
+              absl::StrCat("output_dir ", c.output_dir, " is in use by another run (", lock,
+                           " is locked; expected one run per output_dir)"));
+    ::close(fd);
+  }
   c = Tiny("errors");
   c.model_config = "/nonexistent/config.json";
   EXPECT_EQ(TrainError(1, c),
             "/nonexistent/config.json: cannot be opened (No such file or directory)");
+}
+
+// A loss that stops being finite stops the run before the update: the last
+// good checkpoint stays, nothing is exported, metrics.jsonl stays JSON.
+TEST(Trainer, ANonFiniteLossStopsTheRun) {
+  TrainConfig c = Tiny("nan");
+  c.lr = 1e30;
+  c.warmup_steps = 0;
+  c.grad_clip = 0;
+  c.steps = 6;
+  c.log_every = 1;
+  c.checkpoint_every = 1;
+  c.checkpoint_export = true;
+  const std::string error = TrainError(1, c);
+  EXPECT_NE(error.find("(expected finite values); stopped before the update, the last "
+                       "checkpoint is " +
+                       c.output_dir + "/checkpoints/step_"),
+            std::string::npos)
+      << error;
+  EXPECT_FALSE(fs::exists(c.output_dir + "/hf"));
+  std::ifstream metrics(c.output_dir + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(metrics, line)) {
+    EXPECT_EQ(line.find("nan"), std::string::npos) << line;
+    EXPECT_EQ(line.find("inf"), std::string::npos) << line;
+  }
+}
+
+// After a resume metrics.jsonl holds each step once, in order: the steps up
+// to the checkpoint, then the new ones (a restart used to truncate it, a
+// resume to duplicate the rolled-back steps).
+TEST(Trainer, ResumeKeepsEachMetricsStepOnce) {
+  TrainConfig c = Tiny("metrics_resume");
+  c.steps = 6;
+  c.log_every = 1;
+  c.checkpoint_every = 3;
+  c.checkpoint_keep = 3;
+  ASSERT_EQ(RunAndGetLosses(1, c).size(), 6u);
+  fs::remove_all(CheckpointDir(c.output_dir, 6));  // roll back to step 3
+  TrainConfig resumed = c;
+  resumed.resume = true;
+  ASSERT_EQ(RunAndGetLosses(1, resumed).size(), 3u);
+  fs::remove_all(CheckpointDir(c.output_dir, 6));
+  RunOptions restart;  // and once more as a restarted attempt
+  restart.env["TORCHELASTIC_RESTART_COUNT"] = "1";
+  ASSERT_TRUE(RunJob(1, c, restart).AllSucceeded());
+  std::ifstream in(c.output_dir + "/metrics.jsonl");
+  std::vector<int64_t> steps;
+  std::string line;
+  while (std::getline(in, line)) {
+    int64_t step = 0;
+    ASSERT_EQ(std::sscanf(line.c_str(), "{\"step\": %ld,", &step), 1) << line;
+    steps.push_back(step);
+  }
+  EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
 }
 
 // As DCP: a checkpoint saved at TP=2 resumes at TP=1 x DP=2 (and back at
