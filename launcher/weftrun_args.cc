@@ -44,6 +44,7 @@ struct RawFlags {
   std::string redirects;
   std::string tee;
   std::string local_ranks_filter;
+  bool no_python = false;
 };
 
 absl::Status Invalid(absl::string_view message) {
@@ -102,6 +103,8 @@ void AddFlags(CLI::App& app, WeftrunOptions& o, RawFlags& raw) {
   app.add_option("--tee,-t", raw.tee,
                  "Streams to the log files and the console (what --log-dir does by default); "
                  "same format as --redirects.");
+  app.add_flag("--no-python,--no_python", raw.no_python,
+               "Accepted for torchrun's command lines: weftrun always runs PROGRAM itself.");
   app.add_option("--local-ranks-filter,--local_ranks_filter", raw.local_ranks_filter,
                  "Comma-separated local ranks whose output reaches the console (default: all).");
   app.prefix_command();

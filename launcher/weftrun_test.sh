@@ -93,6 +93,12 @@ check_error "weftrun: --monitor-interval=0 is not an interval (expected seconds 
 check_error "weftrun: --monitor-interval=-1 is not an interval (expected seconds > 0)" --monitor-interval -1 true
 check_error "weftrun: --monitor-interval=nan is not an interval (expected seconds > 0)" --monitor-interval nan true
 "$WEFTRUN" --help | grep -q -- "--nproc-per-node" || fail "--help does not list --nproc-per-node"
+# torchrun's command lines run unchanged: --no-python / --no_python are accepted.
+for flag in --no-python --no_python; do
+  out="$("$WEFTRUN" --standalone --nproc-per-node 1 "$flag" sh -c 'echo ran' 2>&1)" ||
+    fail "weftrun $flag exited $?: $out"
+  [[ "$out" == "[rank0]:ran" ]] || fail "weftrun $flag: got '$out'"
+done
 
 # 8. The runtime's own errors reach the user as one line through weftrun.
 out="$("$WEFTRUN" --nproc-per-node 2 --master-port 29577 env WORLD_SIZE=3 WEFT_RDZV_TIMEOUT=2 "$WEFT" smoke --device cpu 2>&1)"

@@ -203,6 +203,9 @@ absl::StatusOr<LaunchEnv> DetectLaunchEnv(const EnvLookup& env) {
                      IntVar(env, "GROUP_RANK", e.rank / std::max(1, e.local_world_size)));
     RETURN_IF_ERROR(Validate(e, "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"));
     RETURN_IF_ERROR(ReadMaster(env, e, /*required=*/true));
+    const std::optional<std::string> agent = env("TORCHELASTIC_USE_AGENT_STORE");
+    e.agent_store = agent.has_value() && (*agent == "True" || *agent == "true" || *agent == "1");
+    ASSIGN_OR_RETURN(e.restart_count, IntVar(env, "TORCHELASTIC_RESTART_COUNT", 0));
     return e;
   }
   if (env("OMPI_COMM_WORLD_RANK") || env("OMPI_COMM_WORLD_SIZE")) {

@@ -49,6 +49,12 @@ struct LaunchEnv {
   int master_port = 29500;
   /// False under mpirun without MASTER_ADDR: the address is agreed through MPI.
   bool master_known = true;
+  /// PyTorch's torchrun: its agent hosts the store at MASTER_ADDR:MASTER_PORT
+  /// (TORCHELASTIC_USE_AGENT_STORE=True), so rank 0 connects as a client, and
+  /// each attempt's keys live under /worker/attempt_<restart_count>, as
+  /// torch's env:// does.
+  bool agent_store = false;
+  int restart_count = 0;  // TORCHELASTIC_RESTART_COUNT
 };
 
 /// Reads and validates the launch environment. Errors name the variable, the

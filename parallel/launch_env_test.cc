@@ -42,6 +42,26 @@ TEST(LaunchEnv, Torchrun) {
   EXPECT_EQ(env->master_port, 1234);
 }
 
+// PyTorch's torchrun: its agent hosts the store, and each attempt has its own.
+TEST(LaunchEnv, TorchrunAgentStore) {
+  auto env = DetectLaunchEnv(Env({{"RANK", "0"},
+                                  {"WORLD_SIZE", "2"},
+                                  {"MASTER_ADDR", "127.0.0.1"},
+                                  {"MASTER_PORT", "29500"},
+                                  {"TORCHELASTIC_USE_AGENT_STORE", "True"},
+                                  {"TORCHELASTIC_RESTART_COUNT", "3"}}));
+  ASSERT_TRUE(env.ok()) << env.status();
+  EXPECT_TRUE(env->agent_store);
+  EXPECT_EQ(env->restart_count, 3);
+  auto weftrun = DetectLaunchEnv(Env({{"RANK", "0"},
+                                      {"WORLD_SIZE", "2"},
+                                      {"MASTER_ADDR", "127.0.0.1"},
+                                      {"MASTER_PORT", "29500"},
+                                      {"TORCHELASTIC_USE_AGENT_STORE", "False"}}));
+  ASSERT_TRUE(weftrun.ok()) << weftrun.status();
+  EXPECT_FALSE(weftrun->agent_store);  // rank 0 hosts the store
+}
+
 TEST(LaunchEnv, TorchrunErrorsNameVariableFoundAndExpected) {
   auto check = [](std::map<std::string, std::string> vars, const std::string& message) {
     auto env = DetectLaunchEnv(Env(vars));

@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -98,27 +99,35 @@ absl::StatusOr<c10::intrusive_ptr<c10d::Store>> Rendezvous(const LaunchEnv& env,
                                                            std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   const std::string where = absl::StrCat(env.master_addr, ":", env.master_port);
-  if (env.rank == 0) {
+  // Rank 0 hosts the store, except under PyTorch's torchrun, whose agent does.
+  const bool host = env.rank == 0 && !env.agent_store;
+  if (host) {
     absl::Status free = CheckPortFree(env);
     if (!free.ok()) return free;
   }
   c10d::TCPStoreOptions options;
   options.port = static_cast<uint16_t>(env.master_port);
-  options.isServer = env.rank == 0;
+  options.isServer = host;
   options.waitWorkers = false;
   options.timeout = timeout;
   c10::intrusive_ptr<c10d::Store> store;
   try {
     store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, options);
   } catch (const std::exception& e) {
-    if (env.rank == 0) {
+    if (host) {
       return absl::UnavailableError(absl::StrCat("rank 0 could not host the store on port ",
                                                  env.master_port, ": ", FirstLine(e.what())));
     }
-    return absl::DeadlineExceededError(
-        absl::StrCat("rank ", env.rank, " could not reach the store at ", where, " within ",
-                     Seconds(timeout), " (rank 0 hosts it; expected rank 0 to be running with the ",
-                     "same MASTER_ADDR/MASTER_PORT)"));
+    return absl::DeadlineExceededError(absl::StrCat(
+        "rank ", env.rank, " could not reach the store at ", where, " within ", Seconds(timeout),
+        env.agent_store ? " (torchrun's agent hosts it; expected it to be running)"
+                        : " (rank 0 hosts it; expected rank 0 to be running with the same "
+                          "MASTER_ADDR/MASTER_PORT)"));
+  }
+  if (env.agent_store) {
+    // The agent's store outlives attempts: each attempt keeps its own keys.
+    store = c10::make_intrusive<c10d::PrefixStore>(
+        absl::StrCat("/worker/attempt_", env.restart_count), store);
   }
   try {
     if (env.rank == 0) {

@@ -73,9 +73,12 @@ std::string ShardsJson(const std::vector<std::pair<std::string, at::Tensor>>& pa
   return absl::StrCat("{", absl::StrJoin(items, ","), "}");
 }
 
-// Fault injection for the crash test: WEFT_TEST_KILL_DURING_SAVE=<step>
-// kills this process (SIGKILL) after its shard files of that step are written.
+// Fault injection for the crash tests: WEFT_TEST_KILL_DURING_SAVE=<step>
+// kills this process (SIGKILL) after its shard files of that step are
+// written, in the first attempt only (a restarted one runs through).
 void MaybeDieDuringSave(int64_t step) {
+  const char* attempt = std::getenv("TORCHELASTIC_RESTART_COUNT");
+  if (attempt != nullptr && std::string(attempt) != "0") return;
   const char* at = std::getenv("WEFT_TEST_KILL_DURING_SAVE");
   int64_t kill_step = 0;
   if (at != nullptr && absl::SimpleAtoi(at, &kill_step) && kill_step == step) ::raise(SIGKILL);
