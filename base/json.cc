@@ -362,4 +362,58 @@ std::string JsonQuote(absl::string_view s) {
   return out + "\"";
 }
 
+namespace {
+
+void Dump(const JsonValue& v, int indent, std::string& out) {
+  const std::string pad(2 * (indent + 1), ' '), close(2 * indent, ' ');
+  switch (v.type) {
+    case JsonValue::Type::kNull:
+      out += "null";
+      return;
+    case JsonValue::Type::kBool:
+      out += v.boolean ? "true" : "false";
+      return;
+    case JsonValue::Type::kNumber:
+      out += v.text;
+      return;
+    case JsonValue::Type::kString:
+      out += JsonQuote(v.text);
+      return;
+    case JsonValue::Type::kArray:
+      if (v.items.empty()) {
+        out += "[]";
+        return;
+      }
+      out += "[\n";
+      for (size_t i = 0; i < v.items.size(); ++i) {
+        out += pad;
+        Dump(v.items[i], indent + 1, out);
+        out += i + 1 < v.items.size() ? ",\n" : "\n";
+      }
+      out += close + "]";
+      return;
+    case JsonValue::Type::kObject:
+      if (v.members.empty()) {
+        out += "{}";
+        return;
+      }
+      out += "{\n";
+      for (size_t i = 0; i < v.members.size(); ++i) {
+        out += pad + JsonQuote(v.members[i].first) + ": ";
+        Dump(v.members[i].second, indent + 1, out);
+        out += i + 1 < v.members.size() ? ",\n" : "\n";
+      }
+      out += close + "}";
+      return;
+  }
+}
+
+}  // namespace
+
+std::string DumpJson(const JsonValue& value) {
+  std::string out;
+  Dump(value, 0, out);
+  return out;
+}
+
 }  // namespace weft

@@ -55,4 +55,8 @@ int64_t FirstInvalidUtf8(absl::string_view text);
 /// `s` as a JSON string literal, quotes included.
 std::string JsonQuote(absl::string_view s);
 
+/// `value` as JSON text, indented by two spaces per level (as Python's
+/// json.dump(indent=2)); numbers keep their literal text.
+std::string DumpJson(const JsonValue& value);
+
 }  // namespace weft

@@ -55,5 +55,19 @@ TEST(Json, Utf8AndQuoting) {
   EXPECT_EQ(JsonQuote("a\"b\\c\n\x01"), "\"a\\\"b\\\\c\\n\\u0001\"");
 }
 
+TEST(Json, DumpRoundTrips) {
+  const std::string text =
+      R"({"a": [1, 2.5e-3, "x\"y"], "b": {"c": null, "d": true}, "e": [], "f": {}})";
+  auto parsed = ParseJson(text);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  const std::string dumped = DumpJson(*parsed);
+  EXPECT_EQ(dumped,
+            "{\n  \"a\": [\n    1,\n    2.5e-3,\n    \"x\\\"y\"\n  ],\n  \"b\": {\n    \"c\": "
+            "null,\n    \"d\": true\n  },\n  \"e\": [],\n  \"f\": {}\n}");
+  auto again = ParseJson(dumped);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(DumpJson(*again), dumped);
+}
+
 }  // namespace
 }  // namespace weft

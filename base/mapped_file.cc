@@ -22,7 +22,12 @@ size_t PageSize() {
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  // stat first: opening a FIFO (or a device) would block or read forever.
+  struct stat before {};
+  if (::stat(path.c_str(), &before) == 0 && !S_ISREG(before.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+  }
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (!fd.ok()) return WEFT_SYSCALL_ERROR("open", path);
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return WEFT_SYSCALL_ERROR("fstat", path);

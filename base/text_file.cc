@@ -1,5 +1,7 @@
 #include "base/text_file.h"
 
+#include <sys/stat.h>
+
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -13,6 +15,13 @@ namespace weft {
 
 absl::StatusOr<std::string> ReadTextFile(const std::string& path, int* open_errno) {
   if (open_errno != nullptr) *open_errno = 0;
+  // A directory opens as an empty stream and a FIFO blocks: only files.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, S_ISDIR(st.st_mode) ? ": is a directory" : ": is not a regular file",
+                     " (expected a file)"));
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     const int err = errno;

@@ -13,7 +13,9 @@
 namespace weft {
 
 /// The file's bytes. NotFound naming the path and errno's text when it
-/// cannot be opened: `run.yaml: cannot be opened (No such file or directory)`.
+/// cannot be opened: `run.yaml: cannot be opened (No such file or directory)`;
+/// InvalidArgument for a directory or another non-regular file
+/// (`runs/: is a directory (expected a file)`).
 /// `open_errno`, when given, receives errno of a failed open (0 otherwise),
 /// for callers that word their own message.
 absl::StatusOr<std::string> ReadTextFile(const std::string& path, int* open_errno = nullptr);

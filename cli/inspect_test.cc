@@ -1,5 +1,8 @@
 #include "cli/inspect.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <fstream>
 #include <sstream>
 
@@ -35,6 +38,17 @@ TEST(Inspect, BadFileIsOneLineAndExitCode2) {
                            ": header length 16 runs past the end of the file (5 bytes follow the "
                            "length)\n");
   EXPECT_TRUE(out.str().empty());
+}
+
+// A FIFO used to block forever (open waits for a writer).
+TEST(Inspect, AFifoIsAnErrorNotAHang) {
+  const char* dir = std::getenv("TEST_TMPDIR");
+  const std::string fifo = std::string(dir ? dir : "/tmp") + "/inspect_fifo";
+  ::unlink(fifo.c_str());
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  std::ostringstream out, err;
+  EXPECT_EQ(RunInspect(fifo, out, err), 2);
+  EXPECT_EQ(err.str(), "weft inspect: " + fifo + ": not a regular file\n");
 }
 
 }  // namespace

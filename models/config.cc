@@ -1,5 +1,7 @@
 #include "models/config.h"
 
+#include <filesystem>
+
 #include "absl/strings/str_cat.h"
 #include "base/dtype.h"
 #include "base/status.h"
@@ -187,8 +189,14 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text) {
 }
 
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
+  std::error_code ec;
+  if (std::filesystem::is_regular_file(dir, ec)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir, " is a file (expected a Hugging Face checkpoint directory holding config.json)"));
+  }
   std::string path = dir + "/config.json";
   auto text = ReadTextFile(path);
+  if (absl::IsInvalidArgument(text.status())) return text.status();  // a directory, a FIFO
   if (!text.ok()) {
     return absl::NotFoundError(absl::StrCat(path, ": cannot read (expected a config.json)"));
   }

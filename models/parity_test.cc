@@ -98,6 +98,10 @@ TEST(FromPretrained, ErrorsNameTheProblem) {
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().message(),
             "tests/data/hf/nope/config.json: cannot read (expected a config.json)");
+  auto file = FromPretrained("tests/data/hf/llama/config.json");  // was config.json/config.json
+  EXPECT_EQ(file.status().message(),
+            "tests/data/hf/llama/config.json is a file (expected a Hugging Face checkpoint "
+            "directory holding config.json)");
 }
 
 // An integer tensor never loads into a float parameter (it became zeros).

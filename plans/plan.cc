@@ -43,6 +43,13 @@ absl::StatusOr<Plan> ParsePlan(absl::string_view text, const std::string& source
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": no tp_plan mapping (expected tp_plan: {pattern: style})"));
   }
+  for (const auto& item : root) {
+    const std::string top = item.first.as<std::string>();
+    if (top != "tp_plan") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": unknown top-level key '", top, "' (expected tp_plan)"));
+    }
+  }
   YAML::Node tp = root["tp_plan"];
   if (!tp.IsMap()) {
     return absl::InvalidArgumentError(
@@ -55,6 +62,13 @@ absl::StatusOr<Plan> ParsePlan(absl::string_view text, const std::string& source
     if (!item.second.IsScalar()) {
       return absl::InvalidArgumentError(
           absl::StrCat(source, ": tp_plan key '", key, "' has no style string"));
+    }
+    for (const std::string& segment : Segments(key)) {
+      if (segment.empty() || (segment != "*" && segment.find('*') != std::string::npos)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, ": tp_plan key '", key, "': segment '", segment,
+                         "' is not a pattern (expected a name or '*', one dot-separated segment)"));
+      }
     }
     std::string value = item.second.as<std::string>();
     auto style = ParseStyle(value);
@@ -73,6 +87,7 @@ absl::StatusOr<Plan> ParsePlan(absl::string_view text, const std::string& source
 
 absl::StatusOr<Plan> LoadPlanFile(const std::string& path) {
   auto text = ReadTextFile(path);
+  if (absl::IsInvalidArgument(text.status())) return text.status();  // a directory, a FIFO
   if (!text.ok()) return absl::NotFoundError(absl::StrCat(path, ": cannot read the plan file"));
   return ParsePlan(*text, path);
 }

@@ -82,6 +82,16 @@ TEST(Parse, ErrorsNameTheFileAndKey) {
   EXPECT_EQ(ParsePlan("tp_plan: [1\n", "p.yaml").status().message().substr(0, 9), "p.yaml:2:");
   EXPECT_EQ(LoadPlanFile("plans/nope.yaml").status().message(),
             "plans/nope.yaml: cannot read the plan file");
+  // Nothing in a plan file is silently ignored, and a directory is no file.
+  EXPECT_EQ(ParsePlan("tp_plan: {\"lm_head\": colwise}\nlayers: 1\n", "p.yaml").status().message(),
+            "p.yaml: unknown top-level key 'layers' (expected tp_plan)");
+  EXPECT_EQ(ParsePlan("tp_plan: {\"model.**.q_proj\": colwise}\n", "p.yaml").status().message(),
+            "p.yaml: tp_plan key 'model.**.q_proj': segment '**' is not a pattern (expected a "
+            "name or '*', one dot-separated segment)");
+  EXPECT_EQ(ParsePlan("tp_plan: {\"model..q_proj\": colwise}\n", "p.yaml").status().message(),
+            "p.yaml: tp_plan key 'model..q_proj': segment '' is not a pattern (expected a name or "
+            "'*', one dot-separated segment)");
+  EXPECT_EQ(LoadPlanFile("plans").status().message(), "plans: is a directory (expected a file)");
 }
 
 TEST(Auto, BaseModelPlanFromConfigJson) {

@@ -175,6 +175,11 @@ def main(argv=None):
                 ids = ids + [eos]
             return np.asarray(ids, dtype=np.int64)
 
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    try:
+        os.makedirs(out_dir, exist_ok=True)  # -o data/train: data/ may not exist yet
+    except OSError as e:
+        sys.exit(f"-o {args.output}: cannot create {out_dir} ({e.strerror})")
     parts, starts = [], [0]
     for path in args.inputs:
         for doc in documents(path, args.field, args.byte_level):

@@ -273,6 +273,9 @@ absl::Status WriteByteLevelTokenFile(const std::string& text_path, const std::st
     return absl::NotFoundError(absl::StrCat("text file ", text_path, ": ", std::strerror(err),
                                             " (expected a readable text file)"));
   }
+  if (absl::IsInvalidArgument(read.status())) {  // a directory, a FIFO
+    return absl::InvalidArgumentError(absl::StrCat("text file ", read.status().message()));
+  }
   if (!read.ok()) {
     return absl::UnavailableError(
         absl::StrCat("text file ", text_path, ": read failed (expected a readable text file)"));

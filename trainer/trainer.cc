@@ -20,6 +20,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/dtype.h"
 #include "base/json.h"
 #include "base/status.h"
 #include "base/syscall.h"
@@ -596,6 +597,46 @@ std::vector<std::pair<int64_t, double>> LossCurve(const Run& run) {
   return {curve.begin(), curve.end()};
 }
 
+// The export's config.json: the model's, with the dtype the export holds
+// (a bf16 run writes BF16 tensors; its config.json said float32).
+absl::StatusOr<std::string> ExportedConfig(const std::string& config_json, at::ScalarType dtype) {
+  ASSIGN_OR_RETURN(JsonValue config, ParseJson(config_json));
+  if (!config.is_object()) return config_json;
+  JsonValue name;
+  name.type = JsonValue::Type::kString;
+  name.text = TorchDtypeName(dtype);
+  bool set = false;
+  for (auto& [key, value] : config.members) {
+    if (key == "torch_dtype" || key == "dtype") value = name, set = true;
+  }
+  if (!set) config.members.emplace_back("torch_dtype", name);
+  return DumpJson(config) + "\n";
+}
+
+// What transformers needs besides the weights, copied from the checkpoint
+// being fine-tuned: the tokenizer, its chat template, generation defaults.
+constexpr const char* kCompanionFiles[] = {
+    "tokenizer.json",     "tokenizer_config.json",
+    "tokenizer.model",    "special_tokens_map.json",
+    "added_tokens.json",  "vocab.json",
+    "merges.txt",         "chat_template.jinja",
+    "chat_template.json", "generation_config.json",
+};
+
+absl::Status CopyCompanionFiles(const std::string& from, const std::string& to) {
+  for (const char* name : kCompanionFiles) {
+    const std::string source = from + "/" + name;
+    if (!fs::is_regular_file(source)) continue;
+    std::error_code ec;
+    fs::copy_file(source, to + "/" + name, fs::copy_options::overwrite_existing, ec);
+    if (ec) {
+      return absl::InternalError(
+          absl::StrCat("cannot copy ", source, " into ", to, ": ", ec.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // 11. After the last step: the final checkpoint, the Hugging Face export,
 // the loss curve and a sample.
 absl::Status Finish(Run& run, int64_t first_step) {
@@ -609,8 +650,13 @@ absl::Status Finish(Run& run, int64_t first_step) {
       if (name == "lm_head.weight" && model.config.tie_word_embeddings) continue;
       exported.emplace_back(name, t);
     }
-    RETURN_IF_ERROR(ExportHuggingFace(run.result.export_dir, run.config_json, exported,
+    const at::ScalarType dtype = run.params.empty() ? at::kFloat : run.params[0].scalar_type();
+    ASSIGN_OR_RETURN(std::string config_json, ExportedConfig(run.config_json, dtype));
+    RETURN_IF_ERROR(ExportHuggingFace(run.result.export_dir, config_json, exported,
                                       run.all_placements, *run.mesh, run.runtime->rank()));
+    if (run.lead && !c.model_pretrained.empty()) {
+      RETURN_IF_ERROR(CopyCompanionFiles(c.model_pretrained, run.result.export_dir));
+    }
     run.runtime->world().Barrier();
     if (run.lead) {
       run.log << "[train] exported a Hugging Face checkpoint to " << run.result.export_dir << "\n";

@@ -359,6 +359,34 @@ TEST(Trainer, ResumeKeepsEachMetricsStepOnce) {
   EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
 }
 
+// The export is what transformers needs: the fine-tuned model's tokenizer,
+// chat template and generation defaults come along, and config.json names
+// the dtype the export holds (bf16 here).
+TEST(Trainer, ExportCarriesTokenizerFilesAndItsDtype) {
+  TrainConfig base = Tiny("export_base");
+  base.steps = 2;
+  ASSERT_EQ(RunAndGetLosses(1, base).size(), 2u);
+  const std::string pretrained = base.output_dir + "/hf";
+  for (const char* name : {"tokenizer.json", "generation_config.json", "chat_template.jinja"}) {
+    std::ofstream(pretrained + "/" + name) << "{\"from\": \"" << name << "\"}\n";
+  }
+  TrainConfig c = Tiny("export_tuned");
+  c.model_config.clear();
+  c.model_pretrained = pretrained;
+  c.precision = "bf16";
+  c.steps = 2;
+  ASSERT_EQ(RunAndGetLosses(1, c).size(), 2u);
+  const std::string exported = c.output_dir + "/hf";
+  for (const char* name : {"tokenizer.json", "generation_config.json", "chat_template.jinja"}) {
+    EXPECT_EQ(ReadTextFile(exported + "/" + name).value_or(""),
+              absl::StrCat("{\"from\": \"", name, "\"}\n"))
+        << name;
+  }
+  const std::string config = ReadTextFile(exported + "/config.json").value_or("");
+  EXPECT_NE(config.find("\"torch_dtype\": \"bfloat16\""), std::string::npos) << config;
+  EXPECT_EQ(config.find("float32"), std::string::npos) << config;
+}
+
 // As DCP: a checkpoint saved at TP=2 resumes at TP=1 x DP=2 (and back at
 // TP=2 from a TP=1 one), continuing the run as the same mesh would.
 TEST(Trainer, ResumeOnAnotherMeshReshards) {
