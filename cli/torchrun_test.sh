@@ -6,9 +6,8 @@
 # from the latest checkpoint.
 set -uo pipefail
 weft="$PWD/weft"
-site="$(cat .deps/site-packages.path)"
-python="$(readlink -f "$site/../../..")/bin/python"
-[[ -x "$python" ]] || { echo "no venv python at $python (run tools/setup.sh)"; exit 1; }
+source tests/testlib.sh
+python="$(venv_python)" || exit 1
 work="${TEST_TMPDIR:-$(mktemp -d)}/torchrun"
 rm -rf "$work"
 mkdir -p "$work"
@@ -42,22 +41,8 @@ grep -q "traceback : weft forward: $work/nonexistent/config.json: cannot read (e
 
 # 3. weft train under --max-restarts 1: both workers die while saving step 4
 #    (first attempt only); torchrun restarts them and they resume from step 2.
-cat >"$work/config.json" <<'JSON'
-{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
- "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
- "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
- "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "torch_dtype": "float32"}
-JSON
-for i in $(seq 1 60); do echo "To be, or not to be, that is the question $i."; done >"$work/text.txt"
-cat >"$work/run.yaml" <<YAML
-model: {config: $work/config.json}
-parallel: {tp: 2}
-data: {text: $work/text.txt, seq_len: 32}
-train: {steps: 6, global_batch: 4, device: cpu}
-checkpoint: {every: 2, keep: 3}
-optimizer: {lr: 3.0e-3}
-output_dir: $work/run
-YAML
+write_tiny_run "$work" "parallel: {tp: 2}
+checkpoint: {every: 2, keep: 3}"
 WEFT_TEST_KILL_DURING_SAVE=4 torchrun --nproc-per-node 2 --max-restarts 1 \
   "$weft" train --config "$work/run.yaml" >"$work/train.log" 2>&1 ||
   fail "weft train under torchrun --max-restarts 1 exited $?: $(tail -20 "$work/train.log")"

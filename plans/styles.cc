@@ -285,293 +285,279 @@ void RowwiseSplitInputInRegion(const WireInput& w) {
 // ---------------------------------------------------------------------------
 // The records.
 
+// One function per style: its record, field by field.
+
+StyleRule Colwise() {
+  StyleRule r(Style::kColwise, "colwise");
+  r.slice = SliceRows;
+  r.wire = WireColwise;
+  r.backward = "all-reduce(input grad)";
+  r.doc = {"",
+           "Shard(0)",
+           "Shard(0)",
+           "Replicate",
+           "Shard(-1)",
+           "identity in (CopyToGroup)",
+           "all-reduce of the input grad"};
+  return r;
+}
+
+StyleRule Rowwise() {
+  StyleRule r(Style::kRowwise, "rowwise");
+  r.row_parallel = true;
+  r.reduce_scatters_in_sequence_parallel = true;
+  r.slice = SliceColumns;
+  r.wire = WireRowwise;
+  r.wire_in_region = RowParallelInRegion;
+  r.forward = "all-reduce(output)";
+  r.doc = {"",          "Shard(1)",  "Replicate (added once)",
+           "Shard(-1)", "Replicate", "all-reduce of the output (ReduceFromGroup)",
+           "identity"};
+  return r;
+}
+
+StyleRule ColwiseGatherOutput() {
+  StyleRule r(Style::kColwiseGatherOutput, "colwise_gather_output");
+  r.alias = "colwise_rep";
+  r.slice = SliceRows;
+  r.wire = WireColwiseGatherOutput;
+  r.forward = "all-gather(output)";
+  r.backward = "all-reduce(input grad)";
+  r.doc = {"",
+           "Shard(0)",
+           "Shard(0)",
+           "Replicate",
+           "Replicate",
+           "all-gather of the output on the last dim",
+           "split of the grad + all-reduce of the input grad"};
+  return r;
+}
+
+StyleRule RowwiseSplitInput() {
+  StyleRule r(Style::kRowwiseSplitInput, "rowwise_split_input");
+  r.alias = "rowwise_rep";
+  r.row_parallel = true;
+  r.slice = SliceColumns;
+  r.wire = WireRowwiseSplitInput;
+  r.wire_in_region = RowwiseSplitInputInRegion;
+  r.forward = "all-reduce(output)";
+  r.backward = "all-gather(input grad)";
+  r.doc = {"",
+           "Shard(1)",
+           "Replicate",
+           "Replicate",
+           "Replicate",
+           "split the input on the last dim, then all-reduce",
+           "all-gather of the input grad"};
+  return r;
+}
+
+StyleRule EmbeddingRowwise() {
+  StyleRule r(Style::kEmbeddingRowwise, "embedding_rowwise");
+  r.slice = SliceVocab;
+  r.wire = WireEmbeddingRowwise;
+  r.forward = "all-reduce(output)";
+  r.doc = {"",          "Shard(0) (vocab)",
+           "—",         "Replicate ids",
+           "Replicate", "ids outside the local vocab range masked to 0, rows zeroed, all-reduce",
+           "identity"};
+  return r;
+}
+
+StyleRule EmbeddingColwise() {
+  StyleRule r(Style::kEmbeddingColwise, "embedding_colwise");
+  r.slice = SliceEmbeddingDim;
+  r.wire = WireEmbeddingColwise;
+  r.forward = "all-gather(output)";
+  r.doc = {"",     "Shard(1)", "—", "Replicate ids", "Replicate", "all-gather on the last dim",
+           "split"};
+  return r;
+}
+
+StyleRule PackedColwise() {
+  StyleRule r(Style::kPackedColwise, "packed_colwise");
+  r.slice = SlicePackedRows;
+  r.wire = WireColwise;
+  r.backward = "all-reduce(input grad)";
+  r.doc = {"",          "Shard(0) of each packed part", "same",
+           "Replicate", "Shard(-1) per part",           "as colwise",
+           "as colwise"};
+  return r;
+}
+
+StyleRule PackedRowwise() {
+  StyleRule r(Style::kPackedRowwise, "packed_rowwise");
+  r.row_parallel = true;
+  r.reduce_scatters_in_sequence_parallel = true;
+  r.slice = SlicePackedColumns;
+  r.wire = WireRowwise;
+  r.wire_in_region = RowParallelInRegion;
+  r.forward = "all-reduce(output)";
+  r.doc = {"",
+           "Shard(1) of each packed part (2 halves of `in`)",
+           "Replicate (added once)",
+           "Shard(-1) per part (e.g. from packed_colwise layers)",
+           "Replicate",
+           "all-reduce of the output",
+           "identity"};
+  return r;
+}
+
+StyleRule SequenceParallel() {
+  StyleRule r(Style::kSequenceParallel, "sequence_parallel");
+  r.grad_allreduce = true;
+  r.slice = SliceNorm;
+  r.wire = WireSequenceParallelNorm;
+  r.forward = "all-gather(output, seq)";
+  r.backward = "all-reduce(param grad)";
+  r.doc = {"(norms)",
+           "Replicate, grad Partial",
+           "—",
+           "Shard(1) (sequence)",
+           "Shard(1) locally, all-gathered on dim 1 for the block",
+           "all-gather of the norm output; o_proj/down_proj reduce-scatter onto Shard(1)",
+           "split of the norm output grad (consumers all-reduce theirs); all-gather after "
+           "reduce-scatter; all-reduce of the norm weights' grads"};
+  return r;
+}
+
+StyleRule ReplicatedWithGradAllreduce() {
+  StyleRule r(Style::kReplicatedWithGradAllreduce, "replicated_with_grad_allreduce");
+  r.grad_allreduce = true;
+  r.slice = SliceWhole;
+  r.backward = "all-reduce(param grad)";
+  r.doc = {"",      "Replicate, grad Partial",          "Replicate", "any", "same",
+           "local", "all-reduce of the parameter grads"};
+  return r;
+}
+
+StyleRule AllReduce() {
+  StyleRule r(Style::kAllReduce, "all_reduce");
+  r.slice = SliceWhole;
+  r.wire = WireAllReduce;
+  r.forward = "all-reduce(output)";
+  r.doc = {"", "—", "—", "Partial", "Replicate", "all-reduce", "identity"};
+  return r;
+}
+
+StyleRule LocalColwise() {
+  StyleRule r(Style::kLocalColwise, "local_colwise");
+  r.slice = SliceRows;
+  r.doc = {"",
+           "as colwise",
+           "as colwise",
+           "local tensors",
+           "local tensors",
+           "none (the module or an enclosing `gather` communicates)",
+           "none"};
+  return r;
+}
+
+StyleRule LocalRowwise() {
+  StyleRule r(Style::kLocalRowwise, "local_rowwise");
+  r.row_parallel = true;
+  r.slice = SliceColumns;
+  r.wire_in_region = RowParallelInRegion;
+  r.doc = {"",
+           "as rowwise",
+           "as rowwise",
+           "local tensors",
+           "local tensors",
+           "none (the module or an enclosing `gather` communicates)",
+           "none"};
+  return r;
+}
+
+StyleRule Local() {
+  StyleRule r(Style::kLocal, "local");
+  r.slice = SliceWhole;
+  r.doc = {"",
+           "Replicate",
+           "Replicate",
+           "local tensors",
+           "local tensors",
+           "none (the module or an enclosing `gather` communicates)",
+           "none"};
+  return r;
+}
+
+StyleRule Gather() {
+  StyleRule r(Style::kGather, "gather");
+  r.names_module = true;
+  r.doc = {"(a module)",
+           "its layers' own",
+           "",
+           "Replicate",
+           "Replicate (sum of Partial)",
+           "all-reduce of the module's output (transformers' GatherParallel: where local_* results "
+           "are gathered)",
+           "all-reduce of the input grad; replicated parameters inside: grad Partial"};
+  return r;
+}
+
+StyleRule GroupedGemm() {
+  StyleRule r(Style::kGroupedGemm, "grouped_gemm");
+  r.region_of = ExpertsBlock;
+  r.slice = SliceExperts;
+  r.doc = {"(experts' weights)",
+           "stacked experts Shard(0): rank r holds experts [r·E/tp, (r+1)·E/tp) whole, others' as "
+           "empty shards",
+           "",
+           "Replicate",
+           "Partial (local experts only)",
+           "all-reduce of the MoE block's output",
+           "all-reduce of the block's input grad"};
+  return r;
+}
+
+StyleRule MoeTpExperts() {
+  StyleRule r(Style::kMoeTpExperts, "moe_tp_experts");
+  r.names_module = true;
+  r.doc = {"(the experts)",
+           "experts' w1/w3 Shard(0), w2 Shard(1) (their colwise/rowwise keys)",
+           "",
+           "Replicate",
+           "Replicate",
+           "one all-reduce of the MoE block's output (the experts add no collectives)",
+           "all-reduce of the block's input grad; router grad Partial"};
+  return r;
+}
+
+StyleRule EpRouter() {
+  StyleRule r(Style::kEpRouter, "ep_router");
+  r.grad_allreduce = true;
+  r.region_of = RouterBlock;
+  r.slice = SliceWhole;
+  r.backward = "all-reduce(param grad)";
+  r.doc = {"(the router)",
+           "Replicate, grad Partial",
+           "",
+           "Replicate",
+           "Replicate",
+           "router on every rank; other ranks' experts contribute zero locally",
+           "all-reduce of the router's grads"};
+  return r;
+}
+
 std::vector<StyleRule> MakeRules() {
-  // Fields: style, name, alias, names_module, row_parallel,
-  // reduce_scatters_in_sequence_parallel, grad_allreduce, region_of, slice,
-  // wire, wire_in_region, forward, backward, doc.
-  return {
-      {Style::kColwise,
-       "colwise",
-       nullptr,
-       false,
-       false,
-       false,
-       false,
-       nullptr,
-       SliceRows,
-       WireColwise,
-       nullptr,
-       "-",
-       "all-reduce(input grad)",
-       {"", "Shard(0)", "Shard(0)", "Replicate", "Shard(-1)", "identity in (CopyToGroup)",
-        "all-reduce of the input grad"}},
-      {Style::kRowwise,
-       "rowwise",
-       nullptr,
-       false,
-       true,
-       true,
-       false,
-       nullptr,
-       SliceColumns,
-       WireRowwise,
-       RowParallelInRegion,
-       "all-reduce(output)",
-       "-",
-       {"", "Shard(1)", "Replicate (added once)", "Shard(-1)", "Replicate",
-        "all-reduce of the output (ReduceFromGroup)", "identity"}},
-      {Style::kColwiseGatherOutput,
-       "colwise_gather_output",
-       "colwise_rep",
-       false,
-       false,
-       false,
-       false,
-       nullptr,
-       SliceRows,
-       WireColwiseGatherOutput,
-       nullptr,
-       "all-gather(output)",
-       "all-reduce(input grad)",
-       {"", "Shard(0)", "Shard(0)", "Replicate", "Replicate",
-        "all-gather of the output on the last dim",
-        "split of the grad + all-reduce of the input grad"}},
-      {Style::kRowwiseSplitInput,
-       "rowwise_split_input",
-       "rowwise_rep",
-       false,
-       true,
-       false,
-       false,
-       nullptr,
-       SliceColumns,
-       WireRowwiseSplitInput,
-       RowwiseSplitInputInRegion,
-       "all-reduce(output)",
-       "all-gather(input grad)",
-       {"", "Shard(1)", "Replicate", "Replicate", "Replicate",
-        "split the input on the last dim, then all-reduce", "all-gather of the input grad"}},
-      {Style::kEmbeddingRowwise,
-       "embedding_rowwise",
-       nullptr,
-       false,
-       false,
-       false,
-       false,
-       nullptr,
-       SliceVocab,
-       WireEmbeddingRowwise,
-       nullptr,
-       "all-reduce(output)",
-       "-",
-       {"", "Shard(0) (vocab)", "—", "Replicate ids", "Replicate",
-        "ids outside the local vocab range masked to 0, rows zeroed, all-reduce", "identity"}},
-      {Style::kEmbeddingColwise,
-       "embedding_colwise",
-       nullptr,
-       false,
-       false,
-       false,
-       false,
-       nullptr,
-       SliceEmbeddingDim,
-       WireEmbeddingColwise,
-       nullptr,
-       "all-gather(output)",
-       "-",
-       {"", "Shard(1)", "—", "Replicate ids", "Replicate", "all-gather on the last dim", "split"}},
-      {Style::kPackedColwise,
-       "packed_colwise",
-       nullptr,
-       false,
-       false,
-       false,
-       false,
-       nullptr,
-       SlicePackedRows,
-       WireColwise,
-       nullptr,
-       "-",
-       "all-reduce(input grad)",
-       {"", "Shard(0) of each packed part", "same", "Replicate", "Shard(-1) per part", "as colwise",
-        "as colwise"}},
-      {Style::kPackedRowwise,
-       "packed_rowwise",
-       nullptr,
-       false,
-       true,
-       true,
-       false,
-       nullptr,
-       SlicePackedColumns,
-       WireRowwise,
-       RowParallelInRegion,
-       "all-reduce(output)",
-       "-",
-       {"", "Shard(1) of each packed part (2 halves of `in`)", "Replicate (added once)",
-        "Shard(-1) per part (e.g. from packed_colwise layers)", "Replicate",
-        "all-reduce of the output", "identity"}},
-      {Style::kSequenceParallel,
-       "sequence_parallel",
-       nullptr,
-       false,
-       false,
-       false,
-       true,
-       nullptr,
-       SliceNorm,
-       WireSequenceParallelNorm,
-       nullptr,
-       "all-gather(output, seq)",
-       "all-reduce(param grad)",
-       {"(norms)", "Replicate, grad Partial", "—", "Shard(1) (sequence)",
-        "Shard(1) locally, all-gathered on dim 1 for the block",
-        "all-gather of the norm output; o_proj/down_proj reduce-scatter onto Shard(1)",
-        "split of the norm output grad (consumers all-reduce theirs); all-gather after "
-        "reduce-scatter; all-reduce of the norm weights' grads"}},
-      {Style::kReplicatedWithGradAllreduce,
-       "replicated_with_grad_allreduce",
-       nullptr,
-       false,
-       false,
-       false,
-       true,
-       nullptr,
-       SliceWhole,
-       nullptr,
-       nullptr,
-       "-",
-       "all-reduce(param grad)",
-       {"", "Replicate, grad Partial", "Replicate", "any", "same", "local",
-        "all-reduce of the parameter grads"}},
-      {Style::kAllReduce,
-       "all_reduce",
-       nullptr,
-       false,
-       false,
-       false,
-       false,
-       nullptr,
-       SliceWhole,
-       WireAllReduce,
-       nullptr,
-       "all-reduce(output)",
-       "-",
-       {"", "—", "—", "Partial", "Replicate", "all-reduce", "identity"}},
-      {Style::kLocalColwise,
-       "local_colwise",
-       nullptr,
-       false,
-       false,
-       false,
-       false,
-       nullptr,
-       SliceRows,
-       nullptr,
-       nullptr,
-       "-",
-       "-",
-       {"", "as colwise", "as colwise", "local tensors", "local tensors",
-        "none (the module or an enclosing `gather` communicates)", "none"}},
-      {Style::kLocalRowwise,
-       "local_rowwise",
-       nullptr,
-       false,
-       true,
-       false,
-       false,
-       nullptr,
-       SliceColumns,
-       nullptr,
-       RowParallelInRegion,
-       "-",
-       "-",
-       {"", "as rowwise", "as rowwise", "local tensors", "local tensors",
-        "none (the module or an enclosing `gather` communicates)", "none"}},
-      {Style::kLocal,
-       "local",
-       nullptr,
-       false,
-       false,
-       false,
-       false,
-       nullptr,
-       SliceWhole,
-       nullptr,
-       nullptr,
-       "-",
-       "-",
-       {"", "Replicate", "Replicate", "local tensors", "local tensors",
-        "none (the module or an enclosing `gather` communicates)", "none"}},
-      {Style::kGather,
-       "gather",
-       nullptr,
-       true,
-       false,
-       false,
-       false,
-       nullptr,
-       nullptr,
-       nullptr,
-       nullptr,
-       "-",
-       "-",
-       {"(a module)", "its layers' own", "", "Replicate", "Replicate (sum of Partial)",
-        "all-reduce of the module's output (transformers' GatherParallel: where local_* results "
-        "are gathered)",
-        "all-reduce of the input grad; replicated parameters inside: grad Partial"}},
-      {Style::kGroupedGemm,
-       "grouped_gemm",
-       nullptr,
-       false,
-       false,
-       false,
-       false,
-       ExpertsBlock,
-       SliceExperts,
-       nullptr,
-       nullptr,
-       "-",
-       "-",
-       {"(experts' weights)",
-        "stacked experts Shard(0): rank r holds experts [r·E/tp, (r+1)·E/tp) whole, others' as "
-        "empty shards",
-        "", "Replicate", "Partial (local experts only)", "all-reduce of the MoE block's output",
-        "all-reduce of the block's input grad"}},
-      {Style::kMoeTpExperts,
-       "moe_tp_experts",
-       nullptr,
-       true,
-       false,
-       false,
-       false,
-       nullptr,
-       nullptr,
-       nullptr,
-       nullptr,
-       "-",
-       "-",
-       {"(the experts)", "experts' w1/w3 Shard(0), w2 Shard(1) (their colwise/rowwise keys)", "",
-        "Replicate", "Replicate",
-        "one all-reduce of the MoE block's output (the experts add no collectives)",
-        "all-reduce of the block's input grad; router grad Partial"}},
-      {Style::kEpRouter,
-       "ep_router",
-       nullptr,
-       false,
-       false,
-       false,
-       true,
-       RouterBlock,
-       SliceWhole,
-       nullptr,
-       nullptr,
-       "-",
-       "all-reduce(param grad)",
-       {"(the router)", "Replicate, grad Partial", "", "Replicate", "Replicate",
-        "router on every rank; other ranks' experts contribute zero locally",
-        "all-reduce of the router's grads"}},
-  };
+  return {Colwise(),
+          Rowwise(),
+          ColwiseGatherOutput(),
+          RowwiseSplitInput(),
+          EmbeddingRowwise(),
+          EmbeddingColwise(),
+          PackedColwise(),
+          PackedRowwise(),
+          SequenceParallel(),
+          ReplicatedWithGradAllreduce(),
+          AllReduce(),
+          LocalColwise(),
+          LocalRowwise(),
+          Local(),
+          Gather(),
+          GroupedGemm(),
+          MoeTpExperts(),
+          EpRouter()};
 }
 
 }  // namespace

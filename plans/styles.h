@@ -21,6 +21,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -85,41 +86,42 @@ struct WireInput {
   std::shared_ptr<at::Tensor> sequence_slot;
 };
 
-/// Everything about one style.
+/// Everything about one style (styles.cc fills one per style, by name).
 struct StyleRule {
+  StyleRule(Style style_value, const char* name_value) : style(style_value), name(name_value) {}
   Style style;
   /// transformers' string, and an older alias (or nullptr).
   const char* name;
-  const char* alias;
+  const char* alias = nullptr;
   /// Region styles name a module (gather, moe_tp_experts), not parameters:
   /// the engine all-reduces that module's output once.
-  bool names_module;
+  bool names_module = false;
   /// Row-parallel: each rank's output is a partial sum; a replicated bias is
   /// added once (inside a region: by rank 0 only, its gradient summed).
-  bool row_parallel;
+  bool row_parallel = false;
   /// In sequence-parallel layers its all-reduce becomes a reduce-scatter
   /// onto sequence shards.
-  bool reduce_scatters_in_sequence_parallel;
+  bool reduce_scatters_in_sequence_parallel = false;
   /// Its parameters' gradients are partial on each rank (grad Partial) and a
   /// gradient hook sums them over tp.
-  bool grad_allreduce;
+  bool grad_allreduce = false;
   /// For parameters that make their MoE block a region (grouped_gemm,
   /// ep_router): the block's name; else nullptr.
-  std::string (*region_of)(const std::string& parameter);
+  std::string (*region_of)(const std::string& parameter) = nullptr;
   /// Fills `shard.slice` (and expert facts) for one parameter; errors name
   /// module, parameter, dim, size and tp. nullptr for region styles.
-  absl::Status (*slice)(const SliceInput& input, ShardSpec& shard);
+  absl::Status (*slice)(const SliceInput& input, ShardSpec& shard) = nullptr;
   /// Installs the module's hooks outside a region (nullptr: none).
-  void (*wire)(const WireInput& input);
+  void (*wire)(const WireInput& input) = nullptr;
   /// Installs the module's hooks inside a region (nullptr: none).
-  void (*wire_in_region)(const WireInput& input);
+  void (*wire_in_region)(const WireInput& input) = nullptr;
   /// `weft plan explain`: the collectives per forward and backward outside a
   /// region ("-": none).
-  const char* forward;
-  const char* backward;
+  const char* forward = "-";
+  const char* backward = "-";
   /// docs/plan_styles.md's row: a note on what it names ("" or "(norms)"),
   /// then weight, bias, input, output, forward, backward.
-  const char* doc[7];
+  std::array<const char*, 7> doc = {};
 };
 
 /// Every style's record, canonical names in enum order.

@@ -3,9 +3,8 @@
 # creates it (it crashed with a traceback), and the files it writes open in
 # weft (a byte-level token file trains).
 set -uo pipefail
-site="$(cat .deps/site-packages.path)"
-python="$(readlink -f "$site/../../..")/bin/python"
-[[ -x "$python" ]] || { echo "no venv python at $python (run tools/setup.sh)"; exit 1; }
+source tests/testlib.sh
+python="$(venv_python)" || exit 1
 work="${TEST_TMPDIR:-$(mktemp -d)}/tokenize"
 rm -rf "$work"
 mkdir -p "$work"

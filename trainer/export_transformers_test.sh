@@ -5,27 +5,12 @@ set -euo pipefail
 weft="$PWD/weft"
 weftrun="$PWD/weftrun"
 check="$PWD/trainer/export_check.py"
-site="$(cat .deps/site-packages.path)"
-python="$(readlink -f "$site/../../..")/bin/python"
-[[ -x "$python" ]] || { echo "no venv python at $python (run tools/setup.sh)"; exit 1; }
+source tests/testlib.sh
+python="$(venv_python)" || exit 1
 work="${TEST_TMPDIR:-$(mktemp -d)}/export"
 rm -rf "$work"
 mkdir -p "$work"
-cat >"$work/config.json" <<'JSON'
-{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
- "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
- "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
- "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "torch_dtype": "float32"}
-JSON
-for i in $(seq 1 60); do echo "To be, or not to be, that is the question $i."; done >"$work/text.txt"
-cat >"$work/run.yaml" <<YAML
-model: {config: $work/config.json}
-parallel: {tp: 2}
-data: {text: $work/text.txt, seq_len: 32}
-train: {steps: 6, global_batch: 4, device: cpu}
-optimizer: {lr: 3.0e-3}
-output_dir: $work/run
-YAML
+write_tiny_run "$work" "parallel: {tp: 2}"
 "$weftrun" --standalone --nproc-per-node 2 "$weft" train --config "$work/run.yaml" >"$work/train.log" 2>&1 ||
   { cat "$work/train.log"; exit 1; }
 export_dir="$work/run/hf"
