@@ -60,6 +60,20 @@ absl::StatusOr<Loaded> Load(const std::string& dir, PretrainedOptions options,
   return loaded;
 }
 
+// "1,2,3" -> the ids; the error names the flag and the piece.
+absl::StatusOr<std::vector<int64_t>> ParseIds(const std::string& text) {
+  std::vector<int64_t> ids;
+  for (absl::string_view piece : absl::StrSplit(text, ',')) {
+    int64_t id;
+    if (!absl::SimpleAtoi(piece, &id) || id < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--prompt-ids: '", piece, "' is not a token id (expected e.g. 1,2,3)"));
+    }
+    ids.push_back(id);
+  }
+  return ids;
+}
+
 // Every id below the model's vocab_size (torch would say only "index out of
 // range in self").
 absl::Status CheckIds(const at::Tensor& ids, const ModelConfig& config, const std::string& what) {
@@ -97,26 +111,42 @@ absl::Status CheckGenerateFlags(const GenerateCommand& c) {
   return absl::OkStatus();
 }
 
-absl::Status Forward(const ForwardCommand& c) {
-  ASSIGN_OR_RETURN(at::ScalarType dtype, ComputeDtype(c.dtype));
+// Forward's inputs: from a safetensors file, or from --prompt-ids.
+absl::StatusOr<CausalLMInputs> ForwardInputs(const ForwardCommand& c) {
+  CausalLMInputs inputs;
+  if (c.input.empty() == c.prompt_ids.empty()) {
+    return absl::InvalidArgumentError(
+        "give exactly one of --input (a safetensors file with input_ids) and --prompt-ids");
+  }
+  if (!c.prompt_ids.empty()) {
+    ASSIGN_OR_RETURN(std::vector<int64_t> ids, ParseIds(c.prompt_ids));
+    inputs.input_ids = at::tensor(ids, at::kLong).view({1, -1});
+    return inputs;
+  }
   ASSIGN_OR_RETURN(std::shared_ptr<SafetensorsFile> input, SafetensorsFile::Open(c.input));
   const TensorEntry* ids = input->Find("input_ids");
   if (ids == nullptr || ids->dtype != at::kLong || ids->shape.size() != 2) {
     return absl::InvalidArgumentError(
         absl::StrCat(c.input, ": no int64 [B, T] tensor 'input_ids'"));
   }
+  inputs.input_ids = input->Get(*ids).clone();
+  if (const TensorEntry* mask = input->Find("attention_mask")) {
+    inputs.attention_mask = input->Get(*mask).clone();
+  }
+  return inputs;
+}
+
+absl::Status Forward(const ForwardCommand& c) {
+  ASSIGN_OR_RETURN(at::ScalarType dtype, ComputeDtype(c.dtype));
+  ASSIGN_OR_RETURN(CausalLMInputs inputs, ForwardInputs(c));
   PretrainedOptions options;
   options.dtype = dtype;
   options.attn_implementation = c.attn;
   ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan));
   CausalLM& model = *loaded.model;
 
-  CausalLMInputs inputs;
-  inputs.input_ids = input->Get(*ids).clone();
-  RETURN_IF_ERROR(CheckIds(inputs.input_ids, model.config, c.input + ": input_ids"));
-  if (const TensorEntry* mask = input->Find("attention_mask")) {
-    inputs.attention_mask = input->Get(*mask).clone();
-  }
+  RETURN_IF_ERROR(CheckIds(inputs.input_ids, model.config,
+                           c.input.empty() ? "--prompt-ids" : c.input + ": input_ids"));
   inputs.output_hidden_states = c.hidden_states;
   std::unique_ptr<Tracer> tracer;
   if (!c.trace.empty()) tracer = std::make_unique<Tracer>(model);
@@ -133,15 +163,7 @@ absl::Status Forward(const ForwardCommand& c) {
 }
 
 absl::Status Generate(const GenerateCommand& c, std::ostream& out) {
-  std::vector<int64_t> prompt;
-  for (absl::string_view piece : absl::StrSplit(c.prompt_ids, ',')) {
-    int64_t id;
-    if (!absl::SimpleAtoi(piece, &id) || id < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--prompt-ids: '", piece, "' is not a token id (expected e.g. 1,2,3)"));
-    }
-    prompt.push_back(id);
-  }
+  ASSIGN_OR_RETURN(std::vector<int64_t> prompt, ParseIds(c.prompt_ids));
   RETURN_IF_ERROR(CheckGenerateFlags(c));
   ASSIGN_OR_RETURN(at::ScalarType dtype, ComputeDtype(c.dtype));
   PretrainedOptions options;
@@ -192,8 +214,9 @@ Subcommand AddForward(CLI::App& app) {
       "forward", "Run a Hugging Face checkpoint on input_ids; write logits (and hidden states).");
   cmd->add_option("--model", c->model, "checkpoint directory")->required();
   cmd->add_option("--input", c->input,
-                  "safetensors with input_ids [B, T] (int64) and optionally attention_mask")
-      ->required();
+                  "safetensors with input_ids [B, T] (int64) and optionally attention_mask");
+  cmd->add_option("--prompt-ids", c->prompt_ids,
+                  "comma-separated ids of one sequence (instead of --input)");
   cmd->add_option("--output", c->output, "safetensors to write logits to")->required();
   cmd->add_flag("--hidden-states", c->hidden_states,
                 "also write hidden_states_0..N (transformers' order)");

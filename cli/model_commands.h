@@ -1,6 +1,6 @@
 // `weft forward` and `weft generate`.
 //
-//   weft forward --model DIR --input IN.safetensors --output OUT.safetensors
+//   weft forward --model DIR (--input IN.safetensors | --prompt-ids 1,2,3) --output OUT.safetensors
 //                [--hidden-states] [--dtype float32|bfloat16] [--attn eager|sdpa]
 //                [--trace TRACE.json] [--tp-plan FILE|auto]
 //   weft generate --model DIR --prompt-ids 1,2,3 --max-new-tokens N
@@ -22,7 +22,10 @@ namespace weft {
 
 struct ForwardCommand {
   std::string model;
+  /// The input: a safetensors file with input_ids [B, T] (and optionally
+  /// attention_mask), or comma-separated ids (one sequence); exactly one.
   std::string input;
+  std::string prompt_ids;
   std::string output;
   bool hidden_states = false;
   std::string dtype = "float32";

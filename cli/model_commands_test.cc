@@ -83,6 +83,36 @@ TEST(GenerateCommand, GreedyIdsAndErrors) {
   EXPECT_EQ(err3.str(), "weft generate: --prompt-ids: 999 is not below vocab_size 256\n");
 }
 
+// --prompt-ids gives forward its input without a safetensors file, with the
+// same logits; exactly one of the two is required.
+TEST(ForwardCommand, PromptIdsInsteadOfAFile) {
+  ASSERT_TRUE(WriteSafetensors(Tmp("ids.safetensors"),
+                               {{"input_ids", at::tensor({47, 211, 38}, at::kLong).view({1, 3})}})
+                  .ok());
+  ForwardCommand from_file;
+  from_file.model = "tests/data/hf/llama";
+  from_file.input = Tmp("ids.safetensors");
+  from_file.output = Tmp("from_file.safetensors");
+  std::ostringstream err;
+  ASSERT_EQ(RunForward(from_file, err), 0) << err.str();
+  ForwardCommand from_ids = from_file;
+  from_ids.input.clear();
+  from_ids.prompt_ids = "47,211,38";
+  from_ids.output = Tmp("from_ids.safetensors");
+  ASSERT_EQ(RunForward(from_ids, err), 0) << err.str();
+  auto a = SafetensorsFile::Open(from_file.output);
+  auto b = SafetensorsFile::Open(from_ids.output);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(at::equal((*a)->Get("logits"), (*b)->Get("logits")));
+  ForwardCommand both = from_file;
+  both.prompt_ids = "1";
+  std::ostringstream both_err;
+  EXPECT_EQ(RunForward(both, both_err), 2);
+  EXPECT_EQ(both_err.str(),
+            "weft forward: give exactly one of --input (a safetensors file with input_ids) and "
+            "--prompt-ids\n");
+}
+
 // Out-of-range ids and flags are one line naming the value and the bound.
 TEST(ModelCommands, IdsAndFlagsAreValidated) {
   ASSERT_TRUE(WriteSafetensors(Tmp("big_id.safetensors"),
