@@ -356,6 +356,42 @@ absl::Status SetUpOptimizer(Run& run) {
   return absl::OkStatus();
 }
 
+// Exact resume needs what decided the data order and the batches to stay
+// as the checkpoint had them; more steps, another lr or logging are fine.
+absl::Status CheckResumable(const TrainConfig& now, const std::string& checkpoint,
+                            int64_t saved_step) {
+  if (now.steps < saved_step) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("train.steps ", now.steps, " is below the step of ", checkpoint, " (",
+                     saved_step, "): there is nothing to train (expected more steps)"));
+  }
+  const std::string path = checkpoint + "/config.yaml";
+  if (!fs::exists(path)) return absl::OkStatus();  // written by an older weft
+  ASSIGN_OR_RETURN(TrainConfig saved, LoadTrainConfig(path, {}));
+  struct Key {
+    const char* name;
+    std::string saved, now;
+  };
+  const Key keys[] = {
+      {"train.global_batch", std::to_string(saved.global_batch), std::to_string(now.global_batch)},
+      {"data.seq_len", std::to_string(saved.seq_len), std::to_string(now.seq_len)},
+      {"train.seed", std::to_string(saved.seed), std::to_string(now.seed)},
+      {"data.path", saved.data_path, now.data_path},
+      {"data.text", saved.data_text, now.data_text},
+      {"data.shuffle", saved.shuffle ? "true" : "false", now.shuffle ? "true" : "false"},
+  };
+  for (const Key& k : keys) {
+    if (k.saved != k.now) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("train.resume: ", k.name, " is '", k.now, "' but ", checkpoint,
+                       " was trained with '", k.saved,
+                       "' (expected the same value to resume exactly; use another output_dir for a "
+                       "new run)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // 7. Resume: --resume, or a restarted attempt under weftrun/torchrun that
 // finds a checkpoint (torchelastic's contract for restarts).
 absl::Status Resume(Run& run) {
@@ -368,6 +404,7 @@ absl::Status Resume(Run& run) {
   }
   ASSIGN_OR_RETURN(LoadedCheckpoint ckpt,
                    LoadCheckpointDir(*latest, run.dims->tp(), run.tp_rank, run.placements()));
+  RETURN_IF_ERROR(CheckResumable(c, *latest, ckpt.state.step));
   {
     at::NoGradGuard no_grad;
     for (auto& [name, tensor] : run.named) {

@@ -304,6 +304,34 @@ TEST(Trainer, RunTimeErrorsAreOneLine) {
             "/nonexistent/config.json: cannot be opened (No such file or directory)");
 }
 
+// --resume refuses what would break exact resumption, naming the key, the
+// saved and the new value; more steps are fine.
+TEST(Trainer, ResumeRefusesAChangedBatchOrData) {
+  TrainConfig c = Tiny("resume_changed");
+  c.steps = 4;
+  c.checkpoint_every = 2;
+  ASSERT_EQ(RunAndGetLosses(1, c).size(), 4u);
+  TrainConfig changed = c;
+  changed.resume = true;
+  changed.steps = 6;
+  changed.seq_len = 16;
+  EXPECT_EQ(TrainError(1, changed),
+            absl::StrCat("train.resume: data.seq_len is '16' but ", CheckpointDir(c.output_dir, 4),
+                         " was trained with '32' (expected the same value to resume exactly; use "
+                         "another output_dir for a new run)"));
+  changed = c;
+  changed.resume = true;
+  changed.steps = 2;
+  EXPECT_EQ(TrainError(1, changed),
+            absl::StrCat("train.steps 2 is below the step of ", CheckpointDir(c.output_dir, 4),
+                         " (4): there is nothing to train (expected more steps)"));
+  changed = c;
+  changed.resume = true;
+  changed.steps = 6;
+  changed.lr = 1e-3;  // safe to change
+  EXPECT_EQ(RunAndGetLosses(1, changed).size(), 2u);
+}
+
 // A loss that stops being finite stops the run before the update: the last
 // good checkpoint stays, nothing is exported, metrics.jsonl stays JSON.
 TEST(Trainer, ANonFiniteLossStopsTheRun) {
