@@ -132,6 +132,42 @@ struct WorkerWorld {
   std::string run_id;
 };
 
+// torchrun's environment for worker `w` on top of this process's own.
+std::vector<std::string> WorkerEnvironment(const WeftrunOptions& o, const WorkerWorld& world,
+                                           const Worker& w, int attempt) {
+  std::vector<std::pair<std::string, std::string>> vars = {
+      {"RANK", std::to_string(w.global_rank)},
+      {"LOCAL_RANK", std::to_string(w.local_rank)},
+      {"WORLD_SIZE", std::to_string(world.world_size)},
+      {"LOCAL_WORLD_SIZE", std::to_string(o.nproc_per_node)},
+      {"GROUP_RANK", std::to_string(o.node_rank)},
+      {"GROUP_WORLD_SIZE", std::to_string(o.nnodes)},
+      {"ROLE_NAME", "default"},
+      {"ROLE_RANK", std::to_string(w.global_rank)},
+      {"ROLE_WORLD_SIZE", std::to_string(world.world_size)},
+      {"MASTER_ADDR", world.master_addr},
+      {"MASTER_PORT", std::to_string(world.master_port)},
+      {"TORCHELASTIC_RESTART_COUNT", std::to_string(attempt)},
+      {"TORCHELASTIC_MAX_RESTARTS", std::to_string(o.max_restarts)},
+      {"TORCHELASTIC_RUN_ID", world.run_id},
+      // Rank 0 hosts the workers' store (not an agent, as under torchrun).
+      {"TORCHELASTIC_USE_AGENT_STORE", "False"},
+  };
+  if (o.nproc_per_node > 1 && !std::getenv("OMP_NUM_THREADS")) {
+    vars.emplace_back("OMP_NUM_THREADS", "1");
+  }
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e) {
+    absl::string_view entry(*e);
+    absl::string_view name = entry.substr(0, entry.find('='));
+    bool replaced =
+        std::any_of(vars.begin(), vars.end(), [&](const auto& kv) { return kv.first == name; });
+    if (!replaced) env_strings.emplace_back(entry);
+  }
+  for (const auto& [k, v] : vars) env_strings.push_back(absl::StrCat(k, "=", v));
+  return env_strings;
+}
+
 // Starts every worker in one new process group; returns false on fork failure.
 bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt, const WorkerWorld& world,
            std::vector<Worker>& workers) {
@@ -166,36 +202,9 @@ bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt, const W
     UniqueFd out_read(out[0]), out_write(out[1]);
     if (::pipe2(err, O_CLOEXEC) != 0) return false;
     UniqueFd err_read(err[0]), err_write(err[1]);
-    std::vector<std::pair<std::string, std::string>> vars = {
-        {"RANK", std::to_string(w.global_rank)},
-        {"LOCAL_RANK", std::to_string(lr)},
-        {"WORLD_SIZE", std::to_string(world.world_size)},
-        {"LOCAL_WORLD_SIZE", std::to_string(o.nproc_per_node)},
-        {"GROUP_RANK", std::to_string(o.node_rank)},
-        {"GROUP_WORLD_SIZE", std::to_string(o.nnodes)},
-        {"ROLE_NAME", "default"},
-        {"ROLE_RANK", std::to_string(w.global_rank)},
-        {"ROLE_WORLD_SIZE", std::to_string(world.world_size)},
-        {"MASTER_ADDR", world.master_addr},
-        {"MASTER_PORT", std::to_string(world.master_port)},
-        {"TORCHELASTIC_RESTART_COUNT", std::to_string(attempt)},
-        {"TORCHELASTIC_MAX_RESTARTS", std::to_string(o.max_restarts)},
-        {"TORCHELASTIC_RUN_ID", world.run_id},
-    };
-    if (o.nproc_per_node > 1 && !std::getenv("OMP_NUM_THREADS")) {
-      vars.emplace_back("OMP_NUM_THREADS", "1");
-    }
-    // The environment is built here: after fork the child only calls
-    // async-signal-safe functions (the agent may have store threads).
-    std::vector<std::string> env_strings;
-    for (char** e = environ; *e != nullptr; ++e) {
-      absl::string_view entry(*e);
-      absl::string_view name = entry.substr(0, entry.find('='));
-      bool replaced =
-          std::any_of(vars.begin(), vars.end(), [&](const auto& kv) { return kv.first == name; });
-      if (!replaced) env_strings.emplace_back(entry);
-    }
-    for (const auto& [k, v] : vars) env_strings.push_back(absl::StrCat(k, "=", v));
+    // Built before fork: after it the child only calls async-signal-safe
+    // functions (the agent may have store threads).
+    std::vector<std::string> env_strings = WorkerEnvironment(o, world, w, attempt);
     std::vector<char*> envp, argv;
     for (std::string& e : env_strings) envp.push_back(e.data());
     envp.push_back(nullptr);
