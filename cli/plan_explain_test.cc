@@ -2,10 +2,15 @@
 
 #include <sstream>
 
+#include "base/text_file.h"
 #include "gtest/gtest.h"
 
 namespace weft {
 namespace {
+
+void WriteFile(const std::string& path, const std::string& text) {
+  ASSERT_TRUE(WriteTextFileAtomically(path, text).ok());
+}
 
 TEST(PlanExplain, ShapesBytesAndCollectivesPerRank) {
   ExplainOptions c;
@@ -42,6 +47,36 @@ TEST(PlanExplain, ValidationErrors) {
   std::ostringstream err2;
   EXPECT_EQ(RunPlanExplain(c, out, err2), 2);
   EXPECT_EQ(err2.str(), "weft plan explain: plans/nope.yaml: cannot read the plan file\n");
+}
+
+// An inconsistent plan is named at plan time (it used to fail at run time
+// with "mat1 and mat2 shapes cannot be multiplied").
+TEST(PlanExplain, ProducersMeetConsumers) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  const std::string dir = tmp ? tmp : "/tmp";
+  ExplainOptions c;
+  c.model = "tests/data/hf/llama";
+  c.tp = 2;
+  c.plan = dir + "/q_without_o.yaml";
+  WriteFile(c.plan, "tp_plan:\n  \"model.layers.*.self_attn.q_proj\": colwise\n");
+  std::ostringstream out, err;
+  EXPECT_EQ(RunPlanExplain(c, out, err), 2);
+  EXPECT_EQ(err.str(),
+            "weft plan explain: plan key 'model.layers.*.self_attn.q_proj' makes "
+            "model.layers.0.self_attn.q_proj colwise (its output sharded) but its consumer "
+            "model.layers.0.self_attn.o_proj is replicated (expected rowwise, packed_rowwise or "
+            "local_rowwise)\n");
+  c.plan = dir + "/down_without_gate.yaml";
+  WriteFile(c.plan,
+            "tp_plan:\n  \"model.layers.*.mlp.up_proj\": colwise\n"
+            "  \"model.layers.*.mlp.down_proj\": rowwise\n");
+  std::ostringstream err2;
+  EXPECT_EQ(RunPlanExplain(c, out, err2), 2);
+  EXPECT_EQ(err2.str(),
+            "weft plan explain: plan key 'model.layers.*.mlp.down_proj' makes "
+            "model.layers.0.mlp.down_proj rowwise (it expects sharded input) but "
+            "model.layers.0.mlp.gate_proj is replicated (expected colwise, packed_colwise or "
+            "local_colwise)\n");
 }
 
 // Expert parallelism and sequence parallelism in the dry run: placements,

@@ -112,6 +112,67 @@ absl::Status CheckModelWide(const std::map<std::string, ResolvedStyle>& styles,
   return absl::OkStatus();
 }
 
+// A column-parallel layer's output is sharded on its last dim; the layer
+// that consumes it must expect that (row-parallel), and a row-parallel layer
+// needs column-parallel producers. Checked per block (attention: q/k/v ->
+// o_proj; MLP: gate/up -> down), so an inconsistent plan is named at plan
+// time instead of failing in a matmul.
+absl::Status CheckProducersMeetConsumers(const std::map<std::string, ResolvedStyle>& styles,
+                                         const ModelNames& names) {
+  static const std::set<std::string> kProducers = {
+      "q_proj", "k_proj", "v_proj", "qkv_proj", "gate_proj", "up_proj", "gate_up_proj", "w1", "w3"};
+  static const std::set<std::string> kConsumers = {"o_proj", "down_proj", "w2"};
+  auto column_parallel = [](Style s) {
+    return s == Style::kColwise || s == Style::kPackedColwise || s == Style::kLocalColwise;
+  };
+  auto row_parallel = [](Style s) {
+    return s == Style::kRowwise || s == Style::kPackedRowwise || s == Style::kLocalRowwise;
+  };
+  std::map<std::string, std::vector<std::string>> producers, consumers;  // parent -> modules
+  for (const std::string& p : names.parameters) {
+    if (LocalName(p) != "weight") continue;
+    const std::string module = ModuleOf(p);
+    const std::string kind = LocalName(module);
+    if (kProducers.count(kind)) producers[ModuleOf(module)].push_back(module);
+    if (kConsumers.count(kind)) consumers[ModuleOf(module)].push_back(module);
+  }
+  auto style_of = [&](const std::string& module) -> const ResolvedStyle* {
+    auto it = styles.find(module + ".weight");
+    return it == styles.end() ? nullptr : &it->second;
+  };
+  for (const auto& [parent, made] : producers) {
+    auto used = consumers.find(parent);
+    if (used == consumers.end()) continue;
+    for (const std::string& producer : made) {
+      const ResolvedStyle* p = style_of(producer);
+      if (p == nullptr || !column_parallel(p->style)) continue;
+      for (const std::string& consumer : used->second) {
+        const ResolvedStyle* c = style_of(consumer);
+        if (c != nullptr && row_parallel(c->style)) continue;
+        return absl::InvalidArgumentError(
+            absl::StrCat("plan key '", p->key, "' makes ", producer, " ", StyleName(p->style),
+                         " (its output sharded) but its consumer ", consumer, " is ",
+                         c == nullptr ? "replicated" : StyleName(c->style),
+                         " (expected rowwise, packed_rowwise or local_rowwise)"));
+      }
+    }
+    for (const std::string& consumer : used->second) {
+      const ResolvedStyle* c = style_of(consumer);
+      if (c == nullptr || !row_parallel(c->style)) continue;
+      for (const std::string& producer : made) {
+        const ResolvedStyle* p = style_of(producer);
+        if (p != nullptr && column_parallel(p->style)) continue;
+        return absl::InvalidArgumentError(
+            absl::StrCat("plan key '", c->key, "' makes ", consumer, " ", StyleName(c->style),
+                         " (it expects sharded input) but ", producer, " is ",
+                         p == nullptr ? "replicated" : StyleName(p->style),
+                         " (expected colwise, packed_colwise or local_colwise)"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 std::map<std::string, int64_t> ExpertCounts(const std::vector<std::string>& parameters) {
   std::map<std::string, int64_t> counts;  // experts list -> number of experts
   for (const std::string& name : parameters) {
@@ -482,6 +543,7 @@ absl::StatusOr<std::map<std::string, ShardSpec>> PlanShards(CausalLM& model, con
       regions.push_back({nullptr, region_of(name)});
     shards.emplace(name, std::move(shard));
   }
+  RETURN_IF_ERROR(CheckProducersMeetConsumers(styles, names));
   RETURN_IF_ERROR(AssignRegions(regions, names, shards));
   for (auto& [name, shard] : shards) FillDTensor(shard, tp, rank);
   return shards;
