@@ -95,7 +95,8 @@ absl::StatusOr<at::ScalarType> ScalarTypeFromTorchName(absl::string_view name,
   static const auto* aliases = new std::vector<std::pair<const char*, at::ScalarType>>{
       {"float32", at::kFloat}, {"float", at::kFloat}, {"bfloat16", at::kBFloat16},
       {"float16", at::kHalf},  {"half", at::kHalf},   {"float64", at::kDouble},
-      {"double", at::kDouble},
+      {"double", at::kDouble}, {"fp32", at::kFloat},  {"bf16", at::kBFloat16},
+      {"fp16", at::kHalf},     {"fp64", at::kDouble},
   };
   for (const auto& [alias, type] : *aliases) {
     if (name == alias && std::find(allowed.begin(), allowed.end(), type) != allowed.end()) {

@@ -37,8 +37,9 @@ const std::string& SupportedSafetensorsDtypes();
 /// float16, float64.
 const std::vector<at::ScalarType>& ModelDtypes();
 
-/// The scalar type for a torch dtype name ("float32" or "float", "bfloat16",
-/// "float16" or "half", "float64" or "double"), if it is one of `allowed`.
+/// The scalar type for a torch dtype name ("float32", "float" or "fp32";
+/// "bfloat16" or "bf16"; "float16", "half" or "fp16"; "float64", "double" or
+/// "fp64"), if it is one of `allowed`.
 /// Error: `int8 is not supported (expected float32 or bfloat16)`; callers
 /// prefix what they parsed (`--dtype `).
 absl::StatusOr<at::ScalarType> ScalarTypeFromTorchName(

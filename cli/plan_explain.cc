@@ -18,7 +18,8 @@ Subcommand AddPlanExplain(CLI::App& app) {
   CLI::App* cmd = plan->add_subcommand(
       "explain", "Dry run: per parameter the style, shapes, bytes per rank and collectives.");
   cmd->add_option("--model", options->model, "checkpoint directory")->required();
-  cmd->add_option("--plan", options->plan, "a plan file, or auto");
+  cmd->add_option("--tp-plan,--plan", options->plan,
+                  "a plan file, or auto (as forward's --tp-plan)");
   cmd->add_option("--tp", options->tp, "tensor-parallel size")->required();
   cmd->add_option("--dp", options->dp, "data-parallel size");
   return {cmd, [options] { return RunPlanExplain(*options, std::cout, std::cerr); }};

@@ -69,9 +69,22 @@ const std::vector<Field>& Fields() {
   return *fields;
 }
 
+// One name per concept across the CLI and the config: the CLI's names are
+// accepted for the keys they mean (--tp-plan: parallel.plan, --dtype:
+// train.precision).
+const std::map<std::string, std::string>& KeyAliases() {
+  static const auto* aliases = new std::map<std::string, std::string>{
+      {"parallel.tp_plan", "parallel.plan"},
+      {"train.dtype", "train.precision"},
+  };
+  return *aliases;
+}
+
 const Field* FindField(const std::string& key) {
+  auto alias = KeyAliases().find(key);
+  const std::string& name = alias == KeyAliases().end() ? key : alias->second;
   for (const Field& f : Fields())
-    if (key == f.key) return &f;
+    if (name == f.key) return &f;
   return nullptr;
 }
 
@@ -245,7 +258,8 @@ absl::Status Validate(const TrainConfig& c, const std::string& s) {
     return Invalid(s, "train.micro_batch", std::to_string(c.micro_batch),
                    ">= 1, or 0 for global_batch / dp");
   if (c.precision != "fp32" && c.precision != "bf16")
-    return Invalid(s, "train.precision", absl::StrCat("'", c.precision, "'"), "fp32 or bf16");
+    return Invalid(s, "train.precision", absl::StrCat("'", c.precision, "'"),
+                   "fp32 or bf16 (float32 or bfloat16)");
   if (c.device != "cpu" && c.device != "cuda" && c.device != "auto")
     return Invalid(s, "train.device", absl::StrCat("'", c.device, "'"), "cpu, cuda or auto");
   if (c.checkpoint_every < 0)
@@ -332,6 +346,9 @@ absl::StatusOr<TrainConfig> ParseTrainConfig(absl::string_view text, const std::
     }
     RETURN_IF_ERROR(Set(config, *field, value, "--set"));
   }
+  // --dtype's names mean the same precision (float32, bfloat16).
+  if (config.precision == "float32") config.precision = "fp32";
+  if (config.precision == "bfloat16") config.precision = "bf16";
   RETURN_IF_ERROR(Validate(config, source));
   return config;
 }

@@ -69,6 +69,19 @@ TEST(TrainConfig, OverridesWin) {
   EXPECT_EQ(c->sample_prompt, "HAMLET.");
 }
 
+// One name per concept: the CLI's --tp-plan and --dtype names work as keys,
+// and --dtype's values as precisions.
+TEST(TrainConfig, CliNamesAreAliases) {
+  auto c = ParseTrainConfig(kMinimal, "run.yaml",
+                            {"parallel.tp_plan=plans/llama.yaml", "train.dtype=bfloat16"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->plan, "plans/llama.yaml");
+  EXPECT_EQ(c->precision, "bf16");
+  auto f = ParseTrainConfig(kMinimal, "run.yaml", {"train.precision=float32"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->precision, "fp32");
+}
+
 TEST(TrainConfig, ResolvedYamlRoundTrips) {
   auto c = ParseTrainConfig(kMinimal, "run.yaml", {"optimizer.lr=0.002", "parallel.tp=2"});
   ASSERT_TRUE(c.ok()) << c.status();
@@ -122,7 +135,7 @@ TEST(TrainConfig, ValuesAreValidated) {
             "run.yaml: set exactly one of data.path (a token file prefix) and data.text (a text "
             "file, byte-level)");
   EXPECT_EQ(Error(kMinimal, {"train.precision=fp8"}),
-            "run.yaml: train.precision is 'fp8' (expected fp32 or bf16)");
+            "run.yaml: train.precision is 'fp8' (expected fp32 or bf16 (float32 or bfloat16))");
   EXPECT_EQ(Error(kMinimal, {"schedule.decay=step"}),
             "run.yaml: schedule.decay is 'step' (expected cosine, linear or constant)");
   EXPECT_EQ(Error(kMinimal, {"optimizer.betas=[0.9, 1.0]"}),
