@@ -16,6 +16,10 @@ int RunTrain(const TrainCommand& command, std::ostream& out, std::ostream& err) 
     std::vector<std::string> overrides = command.overrides;
     if (command.resume) overrides.push_back("train.resume=true");
     ASSIGN_OR_RETURN(TrainConfig config, LoadTrainConfig(command.config, overrides));
+    if (command.print_config) {
+      out << config.ToYaml();
+      return absl::OkStatus();
+    }
     return Train(config, out).status();
   });
 }
@@ -30,6 +34,8 @@ Subcommand AddTrain(CLI::App& app) {
   cmd->add_option("--set", c->overrides,
                   "override a key of the configuration: --set optimizer.lr=3e-4 (repeatable)");
   cmd->add_flag("--resume", c->resume, "continue from the latest checkpoint in output_dir");
+  cmd->add_flag("--print-config", c->print_config,
+                "print every key of the resolved configuration (defaults included) and exit");
   return {cmd, [c] { return RunTrain(*c, std::cout, std::cerr); }};
 }
 

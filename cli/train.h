@@ -14,6 +14,8 @@ struct TrainCommand {
   std::string config;
   std::vector<std::string> overrides;  // --set key=value
   bool resume = false;
+  /// Print the resolved configuration (every key, defaults included) and exit.
+  bool print_config = false;
 };
 
 /// The exit code (cli/command.h); progress on `out`.

@@ -21,6 +21,7 @@
 int main(int argc, char** argv) {
   CLI::App app{"weft: train and fine-tune Hugging Face transformer models on many GPUs.", "weft"};
   app.require_subcommand(1);
+  app.option_defaults()->always_capture_default();  // --help shows every default
   const std::vector<weft::Subcommand> subcommands = {
       weft::AddSmoke(app),    weft::AddInspect(app),     weft::AddForward(app),
       weft::AddGenerate(app), weft::AddPlanExplain(app), weft::AddTrain(app),
