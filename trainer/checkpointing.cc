@@ -44,6 +44,54 @@ absl::Status FsyncDir(const std::string& dir) {
   return absl::OkStatus();
 }
 
+// FNV-1a (64 bit) of a tensor's bytes, as 16 hex digits: weft's training
+// checkpoints carry one per tensor (`weft_checksums`) and resume verifies
+// them, so a flipped byte is an error instead of different losses.
+std::string Checksum(const at::Tensor& tensor) {
+  at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
+  const auto* bytes = static_cast<const uint8_t*>(t.data_ptr());
+  const size_t n = t.numel() * t.element_size();
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; ++i) h = (h ^ bytes[i]) * 1099511628211ull;
+  return absl::StrFormat("%016x", h);
+}
+
+std::string ChecksumsJson(const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+  std::vector<std::string> items;
+  for (const auto& [name, tensor] : tensors) {
+    items.push_back(absl::StrCat(JsonQuote(name), ":", JsonQuote(Checksum(tensor))));
+  }
+  return absl::StrCat("{", absl::StrJoin(items, ","), "}");
+}
+
+// Every tensor of `file` against its `weft_checksums` entry (files written
+// before checksums existed have none and pass).
+absl::Status VerifyChecksums(const SafetensorsFile& file) {
+  std::string json;
+  for (const auto& [key, value] : file.header().metadata) {
+    if (key == "weft_checksums") json = value;
+  }
+  if (json.empty()) return absl::OkStatus();
+  auto parsed = ParseJson(json);
+  if (!parsed.ok() || !parsed->is_object()) {
+    return absl::DataLossError(absl::StrCat(file.path(), ": weft_checksums is not a JSON object"));
+  }
+  for (const TensorEntry& e : file.tensors()) {
+    const JsonValue* want = parsed->Find(e.name);
+    if (want == nullptr) {
+      return absl::DataLossError(
+          absl::StrCat(file.path(), ": tensor '", e.name, "' has no weft_checksums entry"));
+    }
+    const std::string got = Checksum(file.Get(e));
+    if (got != want->text) {
+      return absl::DataLossError(absl::StrCat(
+          file.path(), ": tensor '", e.name, "' has checksum ", got, " but was saved with ",
+          want->text, " (the file changed or is corrupt; resume from another checkpoint)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 std::string ShardsJson(const std::vector<std::pair<std::string, at::Tensor>>& params,
                        const Placements* shards) {
   std::vector<std::string> items;
@@ -185,10 +233,13 @@ absl::Status SaveCheckpoint(const SaveRequest& r, const DeviceMesh& mesh, int wo
     RETURN_IF_ERROR(WriteSafetensors(tmp + "/" + ShardFile("model", rank, tp), r.params,
                                      {{"format", "pt"},
                                       {"weft_shards", ShardsJson(r.params, r.shards)},
+                                      {"weft_checksums", ChecksumsJson(r.params)},
                                       {"tp_rank", std::to_string(rank)},
                                       {"tp", std::to_string(tp)}}));
     RETURN_IF_ERROR(WriteSafetensors(tmp + "/" + ShardFile("optimizer", rank, tp), r.optimizer,
-                                     {{"format", "pt"}, {"step", std::to_string(r.state.step)}}));
+                                     {{"format", "pt"},
+                                      {"weft_checksums", ChecksumsJson(r.optimizer)},
+                                      {"step", std::to_string(r.state.step)}}));
   }
   MaybeDieDuringSave(r.state.step);
   world_barrier();
@@ -309,6 +360,7 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(const std::string& dir, int t
          {std::pair<const char*, std::map<std::string, at::Tensor>*>{"model", &out.params},
           {"optimizer", &out.optimizer}}) {
       ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(dir + "/" + ShardFile(kind, tp_rank, tp)));
+      RETURN_IF_ERROR(VerifyChecksums(*file));
       for (const TensorEntry& e : file->tensors()) (*target)[e.name] = file->Get(e);
     }
     return out;
@@ -322,6 +374,8 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(const std::string& dir, int t
                      SafetensorsFile::Open(dir + "/" + ShardFile("model", r, saved_tp)));
     ASSIGN_OR_RETURN(auto optimizer,
                      SafetensorsFile::Open(dir + "/" + ShardFile("optimizer", r, saved_tp)));
+    RETURN_IF_ERROR(VerifyChecksums(*model));
+    RETURN_IF_ERROR(VerifyChecksums(*optimizer));
     ASSIGN_OR_RETURN(auto saved, ParseShards(*model));
     for (auto [file, full, is_model] :
          {std::tuple<const SafetensorsFile*, std::map<std::string, at::Tensor>*, bool>{

@@ -332,6 +332,35 @@ TEST(Trainer, ResumeRefusesAChangedBatchOrData) {
   EXPECT_EQ(RunAndGetLosses(1, changed).size(), 2u);
 }
 
+// One flipped byte in a training checkpoint is caught on resume (it used to
+// resume with different losses).
+TEST(Trainer, ResumeVerifiesChecksums) {
+  TrainConfig c = Tiny("checksums");
+  c.steps = 4;
+  c.checkpoint_every = 2;
+  ASSERT_EQ(RunAndGetLosses(1, c).size(), 4u);
+  const std::string shard = CheckpointDir(c.output_dir, 4) + "/model-tp00000-of-00001.safetensors";
+  {
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    ASSERT_TRUE(f.good()) << shard;
+    f.seekg(-10, std::ios::end);
+    char byte = 0;
+    f.read(&byte, 1);
+    f.seekp(-10, std::ios::end);
+    byte = static_cast<char>(byte ^ 0x01);
+    f.write(&byte, 1);
+  }
+  TrainConfig resumed = c;
+  resumed.resume = true;
+  resumed.steps = 6;
+  const std::string error = TrainError(1, resumed);
+  EXPECT_EQ(error.rfind(shard + ": tensor '", 0), 0u) << error;
+  EXPECT_NE(error.find("' has checksum "), std::string::npos) << error;
+  EXPECT_NE(error.find(" (the file changed or is corrupt; resume from another checkpoint)"),
+            std::string::npos)
+      << error;
+}
+
 // A loss that stops being finite stops the run before the update: the last
 // good checkpoint stays, nothing is exported, metrics.jsonl stays JSON.
 TEST(Trainer, ANonFiniteLossStopsTheRun) {
