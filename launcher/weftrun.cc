@@ -345,6 +345,34 @@ std::string Summary(const Worker& w, int node_rank, bool multi_node) {
                       ", pid ", w.pid, ") failed first with ", DescribeStatus(w.status));
 }
 
+// A rank whose last error line is a lost connection to a peer (or the
+// store) most likely died of another rank's death.
+bool LostPeer(const Worker& w) {
+  if (w.err_tail.empty()) return false;
+  const std::string& line = w.err_tail.back();
+  for (const char* symptom : {"Connection closed by peer", "Connection reset by peer",
+                              "Broken pipe", "lost the store", "lost the rendezvous store"}) {
+    if (line.find(symptom) != std::string::npos) return true;
+  }
+  return false;
+}
+
+// The failure to name: the first in time, unless that rank died of a lost
+// connection while another rank exited with an error of its own: then the
+// latter is the root cause (a rank's own error can be reaped after the
+// death it caused).
+int RootCause(const std::vector<Worker>& workers, int first) {
+  if (first < 0 || !LostPeer(workers[first])) return first;
+  for (size_t i = 0; i < workers.size(); ++i) {
+    const Worker& w = workers[i];
+    if (static_cast<int>(i) == first || !w.exited || !WIFEXITED(w.status)) continue;
+    if (WEXITSTATUS(w.status) != 0 && !w.err_tail.empty() && !LostPeer(w)) {
+      return static_cast<int>(i);
+    }
+  }
+  return first;
+}
+
 std::string Tail(const Worker& w) {
   std::string tail;
   for (const std::string& line : w.err_tail) absl::StrAppend(&tail, line, "\n");
@@ -373,8 +401,17 @@ int RunOneNode(const WeftrunOptions& o, const std::string& exe) {
       return 128 + g_signal;
     }
     if (failed < 0) return 0;
-    const Worker& w = workers[failed];
-    std::cerr << "weftrun: attempt " << attempt << ": " << Summary(w, 0, false) << "\n";
+    const int cause = RootCause(workers, failed);
+    const Worker& w = workers[cause];
+    if (cause == failed) {
+      std::cerr << "weftrun: attempt " << attempt << ": " << Summary(w, 0, false) << "\n";
+    } else {
+      const Worker& first = workers[failed];
+      std::cerr << "weftrun: attempt " << attempt << ": rank " << w.global_rank << " (local rank "
+                << w.local_rank << ", pid " << w.pid << ") failed with " << DescribeStatus(w.status)
+                << "; rank " << first.global_rank
+                << " failed first, of a lost connection: " << first.err_tail.back() << "\n";
+    }
     if (attempt < o.max_restarts) {
       std::cerr << "weftrun: restarting all workers (" << attempt + 1 << " of " << o.max_restarts
                 << " restarts)" << std::endl;

@@ -72,6 +72,15 @@ rc=$?
 sleep 0.5
 if pgrep -f "$marker" >/dev/null; then fail "SIGTERM left workers running"; pkill -9 -f "$marker"; fi
 
+# 6b. The root cause is named: rank 0 dies first of a lost connection, rank 1
+#     exits later with its own error; weftrun names rank 1 and quotes both.
+out="$("$WEFTRUN" --standalone --nproc-per-node 2 sh -c \
+  'if [ "$RANK" = 1 ]; then trap "" TERM; echo "optimizer shard 1 is missing" >&2; sleep 1; exit 2;
+   else sleep 0.3; echo "gloo: Connection closed by peer [127.0.0.1]:1234" >&2; exit 1; fi' 2>&1)"
+expect_contains "root cause" "$out" "weftrun: attempt 0: rank 1 (local rank 1, pid"
+expect_contains "root cause" "$out" "failed with exit code 2; rank 0 failed first, of a lost connection: gloo: Connection closed by peer [127.0.0.1]:1234"
+expect_contains "root cause" "$out" "weftrun: job failed; last stderr lines of rank 1:"$'\n'"  optimizer shard 1 is missing"
+
 # 7. Bad input: one line, non-zero exit.
 check_error() {  # expected-line args...
   local expected="$1"; shift
