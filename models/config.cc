@@ -140,6 +140,13 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text) {
   RETURN_IF_ERROR(Int(root, "max_position_embeddings", c.max_position_embeddings, false));
   c.head_dim = c.hidden_size / c.num_attention_heads;
   RETURN_IF_ERROR(Int(root, "head_dim", c.head_dim, false));
+  const JsonValue* head_dim = root.Find("head_dim");
+  if ((head_dim == nullptr || head_dim->type == JsonValue::Type::kNull) &&
+      c.hidden_size % c.num_attention_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.json: hidden_size ", c.hidden_size, " is not divisible by num_attention_heads ",
+        c.num_attention_heads, " (expected a multiple, or an explicit head_dim)"));
+  }
   RETURN_IF_ERROR(Double(root, "rms_norm_eps", c.rms_norm_eps));
   RETURN_IF_ERROR(Double(root, "rope_theta", c.rope_theta));
   RETURN_IF_ERROR(Double(root, "initializer_range", c.initializer_range));

@@ -16,6 +16,19 @@ TEST(ModelConfig, DefaultsFollowTransformers) {
   EXPECT_FALSE(c->sliding_window.has_value());
 }
 
+// Heads must divide hidden_size unless head_dim is given (it was reported
+// later as a q_proj shape mismatch).
+TEST(ModelConfig, HeadsMustDivideHiddenSize) {
+  auto c = ParseModelConfig(R"({"hidden_size": 100, "intermediate_size": 128,
+      "num_hidden_layers": 2, "num_attention_heads": 3, "vocab_size": 256})");
+  EXPECT_EQ(c.status().message(),
+            "config.json: hidden_size 100 is not divisible by num_attention_heads 3 (expected a "
+            "multiple, or an explicit head_dim)");
+  auto explicit_dim = ParseModelConfig(R"({"hidden_size": 100, "intermediate_size": 128,
+      "num_hidden_layers": 2, "num_attention_heads": 3, "head_dim": 32, "vocab_size": 256})");
+  EXPECT_TRUE(explicit_dim.ok()) << explicit_dim.status();
+}
+
 // Token ids are any non-negative integer, 0 included, or null; eos may be
 // a list (Llama 3, Qwen), and every id in it ends generation.
 TEST(ModelConfig, TokenIdsIncludeZeroListsAndNull) {
