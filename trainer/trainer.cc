@@ -466,14 +466,24 @@ absl::Status Start(Run& run) {
     }
   }
   if (run.lead) {
-    int64_t n = 0;
-    for (const at::Tensor& p : run.params) n += p.numel();
+    int64_t local = 0, total = 0;  // parameters on this rank, and in the whole model
+    for (const auto& [name, p] : run.named) {
+      local += p.numel();
+      const DTensorSpec* spec = ParameterPlacement(model, name);
+      int64_t n = 1;
+      for (int64_t d : spec == nullptr ? p.sizes().vec() : spec->global_shape) n *= d;
+      total += n;
+    }
+    const double epochs = static_cast<double>(c.steps) / static_cast<double>(std::max<int64_t>(
+                                                             1, run.loader->batches_per_epoch()));
     run.log << absl::StrFormat(
-        "[train] %s, %d layers, %.2fM parameters on this rank; mesh dp %d x tp %d; global batch "
-        "%d x %d tokens (%d micro-batches of %d per rank); %d steps\n",
-        model.config.architecture, model.config.num_hidden_layers, n / 1e6, run.dims->dp(),
-        run.dims->tp(), c.global_batch, c.seq_len, run.dims->accumulation(),
-        run.dims->micro_batch(), c.steps);
+        "[train] %s, %d layers, %.2fM parameters (%.2fM on this rank); %s, %s, plan %s; mesh dp "
+        "%d x tp %d; global batch %d x %d = %d tokens per step (%d micro-batches of %d per "
+        "rank); %d steps = %.2f epochs\n",
+        model.config.architecture, model.config.num_hidden_layers, total / 1e6, local / 1e6,
+        run.runtime->device().str(), c.precision, run.dims->tp_enabled() ? c.plan : "none",
+        run.dims->dp(), run.dims->tp(), c.global_batch, c.seq_len, c.global_batch * c.seq_len,
+        run.dims->accumulation(), run.dims->micro_batch(), c.steps, epochs);
     run.log.flush();
   }
   std::error_code ec;
@@ -674,6 +684,15 @@ absl::Status CopyCompanionFiles(const std::string& from, const std::string& to) 
   return absl::OkStatus();
 }
 
+// loss.svg from metrics.jsonl: refreshed at every checkpoint and at the end.
+absl::Status WriteCurve(Run& run) {
+  run.metrics.flush();
+  return WriteLossCurveSvg(
+      run.c.output_dir + "/loss.svg", LossCurve(run),
+      absl::StrFormat("%s, dp %d x tp %d, %d steps", run.model->config.architecture, run.dims->dp(),
+                      run.dims->tp(), run.c.steps));
+}
+
 // 11. After the last step: the final checkpoint, the Hugging Face export,
 // the loss curve and a sample.
 absl::Status Finish(Run& run, int64_t first_step) {
@@ -700,13 +719,10 @@ absl::Status Finish(Run& run, int64_t first_step) {
     }
   }
   if (run.lead) {
+    RETURN_IF_ERROR(WriteCurve(run));
     run.metrics.close();
-    const std::string svg = c.output_dir + "/loss.svg";
-    RETURN_IF_ERROR(
-        WriteLossCurveSvg(svg, LossCurve(run),
-                          absl::StrFormat("%s, dp %d x tp %d, %d steps", model.config.architecture,
-                                          run.dims->dp(), run.dims->tp(), c.steps)));
-    run.log << "[train] metrics " << run.metrics_path << ", loss curve " << svg << "\n";
+    run.log << "[train] metrics " << run.metrics_path << ", loss curve " << c.output_dir
+            << "/loss.svg\n";
   }
   if (run.sampling()) {
     model.eval();
@@ -739,6 +755,7 @@ absl::StatusOr<TrainResult> Train(const TrainConfig& c, std::ostream& log) {
     LogStep(run, stats, window);
     if (c.checkpoint_every > 0 && run.step % c.checkpoint_every == 0 && run.step < c.steps) {
       RETURN_IF_ERROR(Save(run, run.step));
+      if (run.lead) RETURN_IF_ERROR(WriteCurve(run));
     }
   }
   RETURN_IF_ERROR(Finish(run, window.first_step));

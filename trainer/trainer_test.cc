@@ -84,6 +84,7 @@ TEST(TrainerJob, Run) {
     std::ostringstream log;
     auto result = Train(*config, log);
     const bool lead = std::string(std::getenv("RANK")) == "0";
+    if (lead) std::ofstream(config->output_dir + "/log.txt") << log.str();
     if (!result.ok()) {
       if (lead) std::ofstream(config->output_dir + "/error.txt") << result.status().message();
       return;
@@ -136,6 +137,21 @@ TEST(Trainer, LossDecreases) {
   EXPECT_TRUE(fs::exists(c.output_dir + "/hf/config.json"));
   EXPECT_TRUE(fs::exists(c.output_dir + "/hf/model.safetensors"));
   EXPECT_TRUE(fs::exists(CheckpointDir(c.output_dir, 40) + "/trainer_state.json"));
+}
+
+// The header says what runs where: total and per-rank parameters, device,
+// precision, plan, the mesh, tokens per step and the epochs covered.
+TEST(Trainer, TheHeaderNamesTheRun) {
+  TrainConfig c = Tiny("header");
+  c.tp = 2;
+  c.steps = 2;
+  ASSERT_EQ(RunAndGetLosses(2, c).size(), 2u);
+  const std::string log = ReadTextFile(c.output_dir + "/log.txt").value_or("");
+  EXPECT_NE(log.find("[train] LlamaForCausalLM, 2 layers, 0.11M parameters (0.06M on this rank); "
+                     "cpu, fp32, plan auto; mesh dp 1 x tp 2; global batch 8 x 32 = 256 tokens "
+                     "per step (1 micro-batches of 8 per rank); 2 steps = 0.09 epochs\n"),
+            std::string::npos)
+      << log;
 }
 
 TEST(Trainer, Bf16LossDecreases) {
@@ -213,6 +229,8 @@ TEST(Trainer, KillDuringSaveKeepsThePreviousCheckpointAndResumeIsExact) {
   kill.env["WEFT_TEST_KILL_DURING_SAVE"] = "8";
   RankResults killed = RunJob(2, c, kill);
   ASSERT_EQ(killed.exit_codes[0], -9) << killed.Describe();
+  // loss.svg is refreshed at every checkpoint, so a killed run has one.
+  EXPECT_TRUE(fs::exists(c.output_dir + "/loss.svg"));
   EXPECT_TRUE(fs::exists(CheckpointDir(c.output_dir, 8) + ".tmp"));
   EXPECT_FALSE(fs::exists(CheckpointDir(c.output_dir, 8)));
   auto latest = LatestCheckpoint(c.output_dir);
