@@ -278,6 +278,9 @@ absl::Status Validate(const TrainConfig& c, const std::string& s) {
 
 std::string TrainConfig::ToYaml() const {
   YAML::Emitter out;
+  // 15 significant digits: every decimal a user writes (up to 15 digits)
+  // comes back as written (0.003, not 0.0030000000000000001).
+  out.SetDoublePrecision(15);
   out << YAML::BeginMap;
   std::string open;
   for (const Field& f : Fields()) {
