@@ -14,6 +14,9 @@
 namespace weft {
 namespace {
 
+// Copied from models/llama.cc LlamaAttention with Llama->Qwen2,
+// c.hidden_size).bias(c.attention_bias)->c.hidden_size).bias(false),
+// head_dim_).bias(c.attention_bias)->head_dim_).bias(true)
 class Qwen2Attention : public Module {
  public:
   Qwen2Attention(const ModelConfig& c, const ModelOptions& o, int64_t layer)

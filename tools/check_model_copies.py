@@ -9,7 +9,8 @@ that are the same as another model's are copies, marked on the line before:
       ...
     };
 
-The block is the class (or function) that starts on the next line and ends at
+A long marker may continue on the comment lines right below it. The block is
+the class (or function) that starts on the next line and ends at
 the first line that is `};` or `}` at column 0. The source is the block of the
 same kind named after `Copied from` in the named file; `with A->B, C->D`
 renames are applied to it in order. A copy must equal its renamed source up to
@@ -59,7 +60,8 @@ def renames_of(spec):
 
 
 def squash(text):
-    return " ".join(text.split())
+    """The text without white space: copies may break lines differently."""
+    return "".join(text.split())
 
 
 def check(root, fix):
@@ -89,6 +91,12 @@ def check(root, fix):
             where = "%s:%d" % (rel, i + 1)
             c1 = None
             source_file, name, spec = m.group(1), m.group(2), m.group(3)
+            # A long marker continues on the comment lines below it
+            # (clang-format wraps it).
+            start = i + 1
+            while start < len(lines) and lines[start].strip().startswith("//"):
+                spec = (spec or "") + " " + lines[start].strip()[2:].strip()
+                start += 1
             try:
                 renames = renames_of(spec)
                 if not os.path.exists(os.path.join(root, source_file)):
@@ -99,26 +107,33 @@ def check(root, fix):
                     raise ValueError("%s has no definition of %s" % (source_file, name))
                 s0, s1 = block_at(src, at)
                 expected = "\n".join(src[s0 : s1 + 1])
+                # Renames apply to the text with and without white space, so
+                # one may span a line break of the source.
+                expected_squashed = squash(expected)
                 for a, b in renames:
                     expected = expected.replace(a, b)
-                c0, c1 = block_at(lines, i + 1)
+                    expected_squashed = expected_squashed.replace(squash(a), squash(b))
+                c0, c1 = block_at(lines, start)
             except ValueError as e:
                 problems.append("%s: %s" % (where, e))
                 i += 1
                 continue
             actual = "\n".join(lines[c0 : c1 + 1])
-            if squash(actual) != squash(expected):
-                if fix:
+            if squash(actual) != expected_squashed:
+                if fix and squash(expected) == expected_squashed:
                     lines[c0 : c1 + 1] = expected.split("\n")
                     changed = True
+                elif fix:
+                    problems.append("%s: a rename spans a line break of the source: edit the copy "
+                                    "by hand" % where)
                 else:
-                    # Name the first token that differs, with a little context.
-                    a_tok, e_tok = actual.split(), expected.split()
+                    # Name the first place that differs, with a little context.
+                    a_sq = squash(actual)
                     k = 0
-                    while k < min(len(a_tok), len(e_tok)) and a_tok[k] == e_tok[k]:
+                    while k < min(len(a_sq), len(expected_squashed)) and a_sq[k] == expected_squashed[k]:
                         k += 1
-                    found = " ".join(a_tok[max(0, k - 3) : k + 6]) or "(end of block)"
-                    want = " ".join(e_tok[max(0, k - 3) : k + 6]) or "(end of block)"
+                    found = a_sq[max(0, k - 30) : k + 30] or "(end of block)"
+                    want = expected_squashed[max(0, k - 30) : k + 30] or "(end of block)"
                     problems.append(
                         "%s: the copy of %s %s%s differs from its source: found '%s', expected '%s' "
                         "(run tools/check_model_copies.py --fix, or change the source)"
