@@ -7,9 +7,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/json.h"
-#include "base/text_file.h"
-
 #include "base/status.h"
+#include "base/text_file.h"
 
 namespace weft {
 

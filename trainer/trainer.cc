@@ -429,8 +429,14 @@ absl::Status Resume(Run& run) {
 }
 
 // metrics.jsonl's records by step (a later line for the same step wins).
-std::map<int64_t, std::string> MetricsByStep(const std::string& path) {
-  std::map<int64_t, std::string> records;
+// One metrics.jsonl record: its line as written and its loss.
+struct MetricsRecord {
+  std::string line;
+  std::optional<double> loss;
+};
+
+std::map<int64_t, MetricsRecord> MetricsByStep(const std::string& path) {
+  std::map<int64_t, MetricsRecord> records;
   std::ifstream in(path);
   std::string line;
   while (std::getline(in, line)) {
@@ -438,7 +444,9 @@ std::map<int64_t, std::string> MetricsByStep(const std::string& path) {
     if (!record.ok() || !record->is_object()) continue;
     const JsonValue* step = record->Find("step");
     if (step == nullptr || !step->AsUint64()) continue;
-    records[static_cast<int64_t>(*step->AsUint64())] = line;
+    const JsonValue* loss = record->Find("loss");
+    records[static_cast<int64_t>(*step->AsUint64())] = {
+        line, loss == nullptr ? std::nullopt : loss->AsDouble()};
   }
   return records;
 }
@@ -447,8 +455,8 @@ std::map<int64_t, std::string> MetricsByStep(const std::string& path) {
 absl::Status KeepMetricsUpTo(const std::string& path, int64_t step) {
   if (!fs::exists(path)) return absl::OkStatus();
   std::string kept;
-  for (const auto& [at_step, line] : MetricsByStep(path)) {
-    if (at_step <= step) absl::StrAppend(&kept, line, "\n");
+  for (const auto& [at_step, record] : MetricsByStep(path)) {
+    if (at_step <= step) absl::StrAppend(&kept, record.line, "\n");
   }
   return WriteTextFileAtomically(path, kept);
 }
@@ -629,16 +637,8 @@ void LogStep(Run& run, const StepStats& stats, Window& window) {
 // The whole run's loss curve, earlier attempts included (metrics.jsonl).
 std::vector<std::pair<int64_t, double>> LossCurve(const Run& run) {
   std::map<int64_t, double> curve;
-  std::ifstream in(run.metrics_path);
-  std::string line;
-  while (std::getline(in, line)) {
-    auto record = ParseJson(line);
-    if (!record.ok() || !record->is_object()) continue;
-    const JsonValue* step = record->Find("step");
-    const JsonValue* loss = record->Find("loss");
-    if (step == nullptr || loss == nullptr || !step->AsUint64() || !loss->AsDouble()) continue;
-    const int64_t at_step = static_cast<int64_t>(*step->AsUint64());
-    if (at_step <= run.step) curve[at_step] = *loss->AsDouble();
+  for (const auto& [at_step, record] : MetricsByStep(run.metrics_path)) {
+    if (at_step <= run.step && record.loss) curve[at_step] = *record.loss;
   }
   for (const auto& [at_step, at_loss] : run.result.losses) curve[at_step] = at_loss;
   return {curve.begin(), curve.end()};
