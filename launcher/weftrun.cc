@@ -14,10 +14,12 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -26,6 +28,7 @@
 #include "absl/strings/str_split.h"
 #include "base/net.h"
 #include "base/syscall.h"
+#include "launcher/heartbeat.h"
 #include "launcher/node_rendezvous.h"
 
 extern char** environ;
@@ -34,6 +37,7 @@ namespace weft {
 namespace {
 
 constexpr size_t kTailLines = 20;
+using Clock = std::chrono::steady_clock;
 
 volatile sig_atomic_t g_signal = 0;
 volatile pid_t g_worker_group = 0;
@@ -42,6 +46,68 @@ void ForwardSignal(int sig) {
   g_signal = sig;
   if (g_worker_group > 0) ::killpg(g_worker_group, sig);
 }
+
+// The keeper: a small process forked when weftrun starts, before any thread
+// or worker. weftrun tells it each worker process group it starts (and each
+// one that is gone) through a pipe; when the pipe closes because weftrun
+// exited or was killed, even by SIGKILL, it kills what is left of those
+// groups: the workers (which also get SIGKILL as their parent-death signal)
+// and every process they started that stayed in their group.
+class Keeper {
+ public:
+  void Start() {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) return;  // no keeper: workers still die with weftrun
+    UniqueFd read_end(fds[0]), write_end(fds[1]);
+    pid_t pid = ::fork();
+    if (pid < 0) return;
+    if (pid == 0) Run(read_end.get());
+    write_ = std::move(write_end);
+  }
+  void Guard(pid_t group) { Send(group); }
+  void Release(pid_t group) { Send(-group); }
+
+ private:
+  void Send(pid_t value) {
+    if (write_.ok()) {
+      ssize_t ignored = ::write(write_.get(), &value, sizeof(value));  // atomic: < PIPE_BUF
+      (void)ignored;
+    }
+  }
+  [[noreturn]] static void Run(int read_fd) {
+    ::prctl(PR_SET_NAME, "weftrun-keeper");
+    ::setpgid(0, 0);  // out of the terminal's group: Ctrl-C is weftrun's to handle
+    struct sigaction ignore {};
+    ignore.sa_handler = SIG_IGN;
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGPIPE}) {
+      ::sigaction(sig, &ignore, nullptr);
+    }
+    // Hold none of weftrun's files: a shell reading weftrun's output must
+    // not wait for the keeper.
+    int null_fd = ::open("/dev/null", O_RDWR);
+    for (int fd = 0; fd < 3; ++fd) ::dup2(null_fd, fd);
+    for (int fd = 3; fd < 1024; ++fd) {
+      if (fd != read_fd) ::close(fd);
+    }
+    std::vector<pid_t> groups;
+    pid_t value = 0;
+    while (true) {
+      ssize_t n = ::read(read_fd, &value, sizeof(value));
+      if (n < 0 && errno == EINTR) continue;
+      if (n != sizeof(value)) break;  // EOF: weftrun is gone
+      if (value > 0) {
+        groups.push_back(value);
+      } else {
+        groups.erase(std::remove(groups.begin(), groups.end(), -value), groups.end());
+      }
+    }
+    for (pid_t group : groups) ::killpg(group, SIGKILL);
+    ::_exit(0);
+  }
+  UniqueFd write_;
+};
+
+Keeper g_keeper;
 
 // Finds PROGRAM the way execvp would; empty when it cannot be executed.
 std::string Resolve(const std::string& program, std::string* why) {
@@ -72,6 +138,11 @@ struct Worker {
   bool show = true;                                 // console output (--local-ranks-filter)
   int redirect = 0;                                 // 1 stdout, 2 stderr: files only
   std::shared_ptr<std::ofstream> out_log, err_log;  // --log-dir
+  // Heartbeats (launcher/heartbeat.h), as weftrun's clock saw them change.
+  std::string heartbeat_path;
+  std::optional<HeartbeatRecord> heartbeat;
+  Clock::time_point beat_at, progress_at;
+  std::string stuck;  // why weftrun stopped the job for this worker
 };
 
 // mkdir -p; false on failure.
@@ -130,6 +201,7 @@ struct WorkerWorld {
   std::string master_addr;
   int master_port = 0;
   std::string run_id;
+  std::string heartbeat_dir;  // empty: no heartbeats
 };
 
 // torchrun's environment for worker `w` on top of this process's own.
@@ -153,6 +225,7 @@ std::vector<std::string> WorkerEnvironment(const WeftrunOptions& o, const Worker
       // Rank 0 hosts the workers' store (not an agent, as under torchrun).
       {"TORCHELASTIC_USE_AGENT_STORE", "False"},
   };
+  if (!w.heartbeat_path.empty()) vars.emplace_back(kHeartbeatFileEnv, w.heartbeat_path);
   if (o.nproc_per_node > 1 && !std::getenv("OMP_NUM_THREADS")) {
     vars.emplace_back("OMP_NUM_THREADS", "1");
   }
@@ -186,6 +259,10 @@ bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt, const W
              std::find(o.local_ranks_filter.begin(), o.local_ranks_filter.end(), lr) !=
                  o.local_ranks_filter.end();
     if (lr < static_cast<int>(o.redirects.size())) w.redirect = o.redirects[lr];
+    if (!world.heartbeat_dir.empty()) {
+      w.heartbeat_path = absl::StrCat(world.heartbeat_dir, "/rank_", w.global_rank);
+      ::unlink(w.heartbeat_path.c_str());  // an earlier attempt's
+    }
     if (!o.log_dir.empty()) {
       std::string dir =
           absl::StrCat(o.log_dir, "/", world.run_id, "/attempt_", attempt, "/", w.global_rank);
@@ -228,16 +305,86 @@ bool Spawn(const WeftrunOptions& o, const std::string& exe, int attempt, const W
       }
       ::_exit(127);
     }
-    if (group == 0) group = pid;
+    if (group == 0) {
+      group = pid;
+      g_keeper.Guard(group);
+    }
     ::setpgid(pid, group);  // also from the parent, to win the race with exec
     out_write.reset();      // the child holds the write ends
     err_write.reset();
     w.pid = pid;
+    w.beat_at = w.progress_at = Clock::now();
     w.out_fd = std::move(out_read);
     w.err_fd = std::move(err_read);
   }
   g_worker_group = group;
   return true;
+}
+
+// "step 12, all-reduce of gradients" (the step a worker works on; 0 before
+// the first).
+std::string Where(const HeartbeatRecord& r) {
+  return r.step > 0 ? absl::StrCat("step ", r.step, ", ", r.phase) : r.phase;
+}
+
+int64_t SecondsSince(Clock::time_point t, Clock::time_point now) {
+  return std::chrono::duration_cast<std::chrono::seconds>(now - t).count();
+}
+
+// Reads the live workers' heartbeats. A worker whose beat stopped for the
+// timeout (stopped, or hung with its threads) or whose progress did not
+// change for it (waiting in a collective) is stuck: returns the one to name
+// (a silent one first, else the one stuck longest) with `stuck` set to what
+// it and every other rank are doing; -1 while none is.
+int DetectStuck(const WeftrunOptions& o, std::vector<Worker>& workers) {
+  const Clock::time_point now = Clock::now();
+  for (Worker& w : workers) {
+    if (w.heartbeat_path.empty()) continue;
+    std::optional<HeartbeatRecord> r = ReadHeartbeat(w.heartbeat_path);
+    if (!r) continue;
+    if (!w.heartbeat || r->beat != w.heartbeat->beat) w.beat_at = now;
+    if (!w.heartbeat || r->step != w.heartbeat->step || r->phase != w.heartbeat->phase) {
+      w.progress_at = now;
+    }
+    w.heartbeat = r;
+  }
+  int silent = -1, stalled = -1;
+  for (size_t i = 0; i < workers.size(); ++i) {
+    const Worker& w = workers[i];
+    if (w.exited || !w.heartbeat) continue;
+    if (now - w.beat_at > o.stuck_timeout && (silent < 0 || w.beat_at < workers[silent].beat_at)) {
+      silent = static_cast<int>(i);
+    } else if (now - w.progress_at > o.stuck_timeout &&
+               (stalled < 0 || w.progress_at < workers[stalled].progress_at)) {
+      stalled = static_cast<int>(i);
+    }
+  }
+  const int culprit = silent >= 0 ? silent : stalled;
+  if (culprit < 0) return -1;
+  Worker& w = workers[culprit];
+  w.stuck = silent >= 0
+                ? absl::StrCat("is not responding: no heartbeat for ", SecondsSince(w.beat_at, now),
+                               " s (stopped or hung), last in ", Where(*w.heartbeat))
+                : absl::StrCat("is stuck in ", Where(*w.heartbeat), " for ",
+                               SecondsSince(w.progress_at, now), " s");
+  for (size_t i = 0; i < workers.size(); ++i) {
+    const Worker& other = workers[i];
+    if (static_cast<int>(i) == culprit) continue;
+    absl::StrAppend(&w.stuck, "; rank ", other.global_rank);
+    if (other.exited) {
+      absl::StrAppend(&w.stuck, " exited with ", DescribeStatus(other.status));
+      if (other.heartbeat) absl::StrAppend(&w.stuck, " in ", Where(*other.heartbeat));
+    } else if (!other.heartbeat) {
+      absl::StrAppend(&w.stuck, " sent no heartbeat");
+    } else if (now - other.beat_at > o.stuck_timeout) {
+      absl::StrAppend(&w.stuck, " is not responding either (last in ", Where(*other.heartbeat),
+                      ")");
+    } else {
+      absl::StrAppend(&w.stuck, " waits in ", Where(*other.heartbeat), " for ",
+                      SecondsSince(other.progress_at, now), " s");
+    }
+  }
+  return culprit;
 }
 
 // What the other nodes have to do with this node's workers (multi-node).
@@ -261,6 +408,12 @@ SuperviseResult Supervise(const WeftrunOptions& o, std::vector<Worker>& workers,
   // Multi-node agents also poll the store (and send heartbeats) between
   // checks, so they wake at least once a second.
   double interval = hooks.should_stop ? std::min(o.monitor_interval, 1.0) : o.monitor_interval;
+  // Heartbeats are read a few times per timeout, at most once a second.
+  const auto check_every = std::clamp<Clock::duration>(
+      o.stuck_timeout / 4, std::chrono::milliseconds(100), std::chrono::seconds(1));
+  const bool watch = o.stuck_timeout.count() > 0;
+  Clock::time_point next_check = Clock::now() + check_every;
+  Clock::time_point all_exited_at = Clock::time_point::max();
   char buffer[65536];
   while (true) {
     std::vector<pollfd> fds;
@@ -288,34 +441,48 @@ SuperviseResult Supervise(const WeftrunOptions& o, std::vector<Worker>& workers,
         (is_err ? w.err_fd : w.out_fd).reset();
       }
     }
-    bool all_done = true;
+    bool all_done = true, all_exited = true;
+    int stuck = -1;
+    if (watch && !stopping && first_failure < 0 && Clock::now() >= next_check) {
+      next_check = Clock::now() + check_every;
+      stuck = DetectStuck(o, workers);
+    }
     for (size_t i = 0; i < workers.size(); ++i) {
       Worker& w = workers[i];
       if (!w.exited) {
-        if (::waitpid(w.pid, &w.status, WNOHANG) == w.pid) {
-          w.exited = true;
-          if (Failed(w) && first_failure < 0 && !stopping) {
-            first_failure = static_cast<int>(i);
-            // Tell the other nodes at once, with the stderr that is already
-            // in the pipe (without blocking: a grandchild may hold it open).
-            if (hooks.on_failure) {
-              for (int fd : {w.out_fd.get(), w.err_fd.get()}) {
-                bool is_err = fd == w.err_fd.get();
-                pollfd p{fd, POLLIN, 0};
-                while (fd >= 0 && ::poll(&p, 1, 0) > 0 && (p.revents & POLLIN)) {
-                  ssize_t n = ::read(fd, buffer, sizeof(buffer));
-                  if (n <= 0) break;
-                  EmitLines(w, is_err ? w.err_partial : w.out_partial, buffer, n, is_err, false);
-                }
+        bool reaped = ::waitpid(w.pid, &w.status, WNOHANG) == w.pid;
+        if (reaped) w.exited = true;
+        if ((reaped && Failed(w) && first_failure < 0 && !stopping) ||
+            (stuck == static_cast<int>(i) && first_failure < 0)) {
+          first_failure = static_cast<int>(i);
+          // Tell the other nodes at once, with the stderr that is already
+          // in the pipe (without blocking: a grandchild may hold it open).
+          if (hooks.on_failure) {
+            for (int fd : {w.out_fd.get(), w.err_fd.get()}) {
+              bool is_err = fd == w.err_fd.get();
+              pollfd p{fd, POLLIN, 0};
+              while (fd >= 0 && ::poll(&p, 1, 0) > 0 && (p.revents & POLLIN)) {
+                ssize_t n = ::read(fd, buffer, sizeof(buffer));
+                if (n <= 0) break;
+                EmitLines(w, is_err ? w.err_partial : w.out_partial, buffer, n, is_err, false);
               }
-              hooks.on_failure(w);
             }
+            hooks.on_failure(w);
           }
         }
       }
       if (!w.exited || w.out_fd.ok() || w.err_fd.ok()) all_done = false;
+      if (!w.exited) all_exited = false;
     }
     if (all_done) break;
+    // Every worker is gone but something they started still holds their
+    // output open: after a moment, stop what is left of their group (as
+    // torchrun closes its workers' process groups).
+    if (all_exited && all_exited_at == Clock::time_point::max()) all_exited_at = Clock::now();
+    if (all_exited && Clock::now() - all_exited_at > std::chrono::seconds(2)) {
+      ::killpg(g_worker_group, SIGKILL);
+      all_exited_at = Clock::now();
+    }
     // Asked also while stopping: it sends this node's heartbeats.
     if (hooks.should_stop && hooks.should_stop() && !stopping && first_failure < 0 &&
         g_signal == 0) {
@@ -332,17 +499,20 @@ SuperviseResult Supervise(const WeftrunOptions& o, std::vector<Worker>& workers,
       stop_deadline = std::chrono::steady_clock::time_point::max();
     }
   }
+  if (::killpg(g_worker_group, 0) != 0 && errno == ESRCH) g_keeper.Release(g_worker_group);
   g_worker_group = 0;
   return result;
 }
 
 std::string Summary(const Worker& w, int node_rank, bool multi_node) {
+  const std::string what =
+      w.stuck.empty() ? absl::StrCat("failed first with ", DescribeStatus(w.status)) : w.stuck;
   if (!multi_node) {
     return absl::StrCat("rank ", w.global_rank, " (local rank ", w.local_rank, ", pid ", w.pid,
-                        ") failed first with ", DescribeStatus(w.status));
+                        ") ", what);
   }
   return absl::StrCat("rank ", w.global_rank, " on node ", node_rank, " (local rank ", w.local_rank,
-                      ", pid ", w.pid, ") failed first with ", DescribeStatus(w.status));
+                      ", pid ", w.pid, ") ", what);
 }
 
 // A rank whose last error line is a lost connection to a peer (or the
@@ -362,7 +532,7 @@ bool LostPeer(const Worker& w) {
 // latter is the root cause (a rank's own error can be reaped after the
 // death it caused).
 int RootCause(const std::vector<Worker>& workers, int first) {
-  if (first < 0 || !LostPeer(workers[first])) return first;
+  if (first < 0 || !workers[first].stuck.empty() || !LostPeer(workers[first])) return first;
   for (size_t i = 0; i < workers.size(); ++i) {
     const Worker& w = workers[i];
     if (static_cast<int>(i) == first || !w.exited || !WIFEXITED(w.status)) continue;
@@ -385,8 +555,8 @@ namespace {
 
 std::string SignalName(int sig) { return absl::StrCat(sig, " (", strsignal(sig), ")"); }
 
-int RunOneNode(const WeftrunOptions& o, const std::string& exe) {
-  WorkerWorld world{0, o.nproc_per_node, o.master_addr, o.master_port, o.run_id};
+int RunOneNode(const WeftrunOptions& o, const std::string& exe, const std::string& heartbeats) {
+  WorkerWorld world{0, o.nproc_per_node, o.master_addr, o.master_port, o.run_id, heartbeats};
   for (int attempt = 0;; ++attempt) {
     std::vector<Worker> workers;
     if (!Spawn(o, exe, attempt, world, workers)) {
@@ -405,6 +575,9 @@ int RunOneNode(const WeftrunOptions& o, const std::string& exe) {
     const Worker& w = workers[cause];
     if (cause == failed) {
       std::cerr << "weftrun: attempt " << attempt << ": " << Summary(w, 0, false) << "\n";
+      if (!w.stuck.empty())
+        std::cerr << "weftrun: stopped the job: rank " << w.global_rank << " made no progress for "
+                  << o.stuck_timeout.count() / 1000.0 << " s (--stuck-timeout)\n";
     } else {
       const Worker& first = workers[failed];
       std::cerr << "weftrun: attempt " << attempt << ": rank " << w.global_rank << " (local rank "
@@ -425,7 +598,7 @@ int RunOneNode(const WeftrunOptions& o, const std::string& exe) {
 }
 
 // One agent of a multi-node job: see launcher/node_rendezvous.h.
-int RunMultiNode(const WeftrunOptions& o, const std::string& exe) {
+int RunMultiNode(const WeftrunOptions& o, const std::string& exe, const std::string& heartbeats) {
   NodeConfig config;
   config.nnodes = o.nnodes;
   config.node_rank = o.node_rank;
@@ -458,7 +631,8 @@ int RunMultiNode(const WeftrunOptions& o, const std::string& exe) {
   });
   if (!joined.ok()) return fail(nullptr, joined.status(), 2);
   std::unique_ptr<NodeRendezvous> nodes = std::move(joined).value();
-  WorkerWorld world{nodes->rank_offset(), nodes->world_size(), o.master_addr, 0, nodes->run_id()};
+  WorkerWorld world{nodes->rank_offset(), nodes->world_size(), o.master_addr, 0,
+                    nodes->run_id(),      heartbeats};
   std::cerr << "weftrun: node " << o.node_rank << " of " << o.nnodes << " joined run "
             << world.run_id << " at " << o.master_addr << ":" << o.master_port << " (ranks "
             << world.rank_offset << ".." << world.rank_offset + o.nproc_per_node - 1 << " of "
@@ -528,7 +702,26 @@ int RunWeftrun(const WeftrunOptions& o) {
   action.sa_handler = ForwardSignal;
   sigemptyset(&action.sa_mask);
   for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2}) ::sigaction(sig, &action, nullptr);
-  return o.nnodes > 1 ? RunMultiNode(o, exe) : RunOneNode(o, exe);
+  g_keeper.Start();
+  // The workers' heartbeat files, in a directory of this run's own.
+  std::string heartbeats;
+  if (o.stuck_timeout.count() > 0) {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string pattern =
+        absl::StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", "/weftrun-XXXXXX");
+    if (::mkdtemp(pattern.data()) != nullptr) {
+      heartbeats = pattern;
+    } else {
+      std::cerr << "weftrun: cannot create a heartbeat directory " << pattern << ": "
+                << std::strerror(errno) << "; stuck ranks will not be detected" << std::endl;
+    }
+  }
+  int code = o.nnodes > 1 ? RunMultiNode(o, exe, heartbeats) : RunOneNode(o, exe, heartbeats);
+  if (!heartbeats.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(heartbeats, ec);
+  }
+  return code;
 }
 
 }  // namespace weft

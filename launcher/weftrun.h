@@ -11,8 +11,12 @@
 // fails, the others are stopped (SIGTERM, a grace period, SIGKILL) and the
 // whole group restarts up to --max-restarts times; weftrun then exits non-zero
 // with a summary naming the first failing rank, its exit code or signal and
-// the tail of its stderr. Signals sent to weftrun reach the workers; no worker
-// outlives weftrun. --log-dir keeps per-rank log files; --local-ranks-filter
+// the tail of its stderr. A worker that stops making progress (its heartbeat,
+// see launcher/heartbeat.h, is silent or its step and phase stay the same for
+// --stuck-timeout) is named with where every rank is, and the job stopped
+// like any failure. Signals sent to weftrun reach the workers; no worker, and
+// nothing a worker started in its process group, outlives weftrun, even when
+// weftrun is killed with SIGKILL. --log-dir keeps per-rank log files; --local-ranks-filter
 // limits the console to some local ranks.
 //
 // Several nodes: one weftrun per node, e.g. on node i of 2
@@ -60,6 +64,10 @@ struct WeftrunOptions {
   /// without a heartbeat node 0 declares an agent dead.
   std::chrono::milliseconds rdzv_timeout = std::chrono::seconds(300);
   std::chrono::milliseconds heartbeat_timeout = std::chrono::seconds(30);
+  /// A worker whose heartbeat (launcher/heartbeat.h) stops, or whose step
+  /// and phase do not change, for this long is named as stuck and the job
+  /// stopped like any failure; zero: not watched.
+  std::chrono::milliseconds stuck_timeout = std::chrono::seconds(1800);
   std::vector<std::string> program;  // PROGRAM ARGS...
 };
 

@@ -45,6 +45,7 @@ struct RawFlags {
   std::string tee;
   std::string local_ranks_filter;
   bool no_python = false;
+  double stuck_timeout = 1800;
 };
 
 absl::Status Invalid(absl::string_view message) {
@@ -95,6 +96,10 @@ void AddFlags(CLI::App& app, WeftrunOptions& o, RawFlags& raw) {
                  "Restart the workers this many times after a failure.");
   app.add_option("--monitor-interval,--monitor_interval", o.monitor_interval,
                  "Seconds between checks of the workers.");
+  app.add_option("--stuck-timeout,--stuck_timeout", raw.stuck_timeout,
+                 "Seconds without progress (a silent heartbeat, or the same step and phase) "
+                 "after which a worker is named as stuck and the job stopped; 0: never.")
+      ->capture_default_str();
   app.add_option("--log-dir,--log_dir", o.log_dir,
                  "Also write <log-dir>/<run-id>/attempt_<n>/<rank>/{stdout,stderr}.log.");
   app.add_option("--redirects,-r", raw.redirects,
@@ -303,6 +308,11 @@ absl::StatusOr<WeftrunArgs> ParseWeftrunArgs(int argc, char** argv) {
   ASSIGN_OR_RETURN(o.nproc_per_node, ParseNprocPerNode(raw.nproc));
   RETURN_IF_ERROR(CheckLocalRanksFilter(o.local_ranks_filter, o.nproc_per_node));
   RETURN_IF_ERROR(CheckInterval("--monitor-interval", o.monitor_interval));
+  if (!std::isfinite(raw.stuck_timeout) || raw.stuck_timeout < 0) {
+    return Invalid(absl::StrCat("--stuck-timeout=", raw.stuck_timeout,
+                                " is not a timeout (expected seconds >= 0; 0 turns it off)"));
+  }
+  o.stuck_timeout = std::chrono::milliseconds(static_cast<int64_t>(raw.stuck_timeout * 1000));
   ASSIGN_OR_RETURN(o.nnodes, ParseNnodes(raw.nnodes));
   if (o.node_rank < 0 || o.node_rank >= o.nnodes) {
     return Invalid(absl::StrCat("--node-rank=", o.node_rank, " is out of range for --nnodes=",

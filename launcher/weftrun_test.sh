@@ -141,6 +141,70 @@ for n in 2 4; do
     fail "TP=$n generate: $out"
 done
 
+# 11. kill -9 weftrun: the workers and what they started in their process
+#     group are gone too (the keeper kills the group when weftrun dies).
+marker="weft_tree_check_$$"
+"$WEFTRUN" --nproc-per-node 2 bash -c \
+  "(exec -a ${marker}_grandchild sleep 300) & exec -a ${marker}_worker sleep 300" \
+  >"$tmp/kill9.log" 2>&1 &
+pid=$!
+for ((k = 0; k < 100 && $(pgrep -f -c "^${marker}_") < 4; k++)); do sleep 0.1; done
+[[ $(pgrep -f -c "^${marker}_") -eq 4 ]] || fail "kill -9: the workers and their children did not start"
+kill -KILL "$pid"
+wait "$pid" 2>/dev/null
+for ((k = 0; k < 50 && $(pgrep -f -c "^${marker}_") > 0; k++)); do sleep 0.1; done
+if pgrep -f "^${marker}_" >/dev/null; then
+  fail "kill -9 weftrun left running: $(pgrep -a -f "^${marker}_")"
+  pkill -9 -f "^${marker}_"
+fi
+
+# 12. A stuck rank is named, with where the others are, and the job stops.
+#  a. Rank 1 exits 0 while rank 0 waits in a collective (its heartbeat goes
+#     on, its progress does not).
+start=$SECONDS
+out="$("$WEFTRUN" --nproc-per-node 2 --stuck-timeout 2 sh -c '
+  if [ "$RANK" = 1 ]; then echo "7 3 optimizer step" >"$WEFTRUN_HEARTBEAT_FILE"; exit 0; fi
+  i=0; while :; do i=$((i + 1)); echo "$i 3 all-reduce of gradients" >"$WEFTRUN_HEARTBEAT_FILE"; sleep 0.2; done' 2>&1)"
+rc=$?
+[[ $rc -ne 0 ]] || fail "stuck rank: weftrun exited 0"
+((SECONDS - start < 20)) || fail "stuck rank: took $((SECONDS - start))s with --stuck-timeout 2"
+expect_contains "stuck rank" "$out" "weftrun: attempt 0: rank 0 (local rank 0, pid"
+expect_contains "stuck rank" "$out" ") is stuck in step 3, all-reduce of gradients for 2 s; rank 1 exited with exit code 0 in step 3, optimizer step"
+expect_contains "stuck rank" "$out" "weftrun: stopped the job: rank 0 made no progress for 2 s (--stuck-timeout)"
+check_error "weftrun: --stuck-timeout=-1 is not a timeout (expected seconds >= 0; 0 turns it off)" --stuck-timeout -1 true
+#  b. A real training rank is stopped (SIGSTOP): it is named as not
+#     responding, in the step it was in; the other rank waits for it.
+source tests/testlib.sh
+mkdir -p "$tmp/stuck"
+write_tiny_run "$tmp/stuck" "parallel: {tp: 2}"
+"$WEFTRUN" --standalone --nproc-per-node 2 --stuck-timeout 3 "$WEFT" train \
+  --config "$tmp/stuck/run.yaml" --set train.steps=100000 >"$tmp/stuck.log" 2>&1 &
+pid=$!
+rank1=""
+for ((k = 0; k < 300; k++)); do
+  for p in $(pgrep -P "$pid" -f "^$WEFT train"); do
+    if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx RANK=1; then rank1=$p; fi
+  done
+  [[ -n "$rank1" ]] || { sleep 0.1; continue; }
+  beat="$(tr '\0' '\n' <"/proc/$rank1/environ" 2>/dev/null | sed -n 's/^WEFTRUN_HEARTBEAT_FILE=//p')"
+  [[ -n "$beat" ]] && (($(cut -d' ' -f2 "$beat" 2>/dev/null || echo 0) >= 3)) && break
+  sleep 0.1
+done
+if [[ -z "$rank1" ]]; then
+  fail "SIGSTOP: rank 1 of weft train did not start: $(cat "$tmp/stuck.log")"
+  kill -KILL "$pid"
+else
+  kill -STOP "$rank1"
+  for ((k = 0; k < 300 && $(jobs -r | wc -l) > 0; k++)); do sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null
+  wait "$pid"
+  rc=$?
+  out="$(cat "$tmp/stuck.log")"
+  [[ $rc -eq 1 ]] || fail "SIGSTOP: weftrun exited $rc (expected 1): $out"
+  expect_contains "SIGSTOP" "$out" "weftrun: attempt 0: rank 1 (local rank 1, pid $rank1) is not responding: no heartbeat for 3 s (stopped or hung), last in step "
+  expect_contains "SIGSTOP" "$out" "; rank 0 waits in step "
+fi
+
 if ((failures)); then
   echo "$failures check(s) failed" >&2
   exit 1

@@ -202,6 +202,42 @@ std::vector<std::pair<int64_t, std::string>> CompleteCheckpoints(const std::stri
 }
 }  // namespace
 
+absl::Status CheckCheckpointDirs(const std::string& output_dir) {
+  std::error_code ec;
+  const fs::path root = fs::path(output_dir) / "checkpoints";
+  if (!fs::is_directory(root, ec)) return absl::OkStatus();
+  std::vector<std::pair<int64_t, fs::path>> dirs;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    const std::string name = entry.path().filename().string();
+    int64_t step = 0;
+    if (name.size() == 13 && name.rfind("step_", 0) == 0 &&
+        absl::SimpleAtoi(name.substr(5), &step)) {
+      dirs.emplace_back(step, entry.path());
+    }
+  }
+  std::sort(dirs.begin(), dirs.end());
+  for (const auto& [step, dir] : dirs) {
+    const std::string state_path = (dir / "trainer_state.json").string();
+    int open_errno = 0;
+    absl::StatusOr<std::string> json = ReadTextFile(state_path, &open_errno);
+    if (!json.ok() && open_errno == ENOENT) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(dir.string(),
+                       " has no trainer_state.json: it is not a complete weft checkpoint "
+                       "(expected one in every step_N directory; move the directory out of ",
+                       root.string(), " to resume from an earlier one)"));
+    }
+    RETURN_IF_ERROR(json.status());
+    ASSIGN_OR_RETURN(TrainerState state, TrainerState::FromJson(*json, state_path));
+    if (state.step != step) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(state_path, " says step ", state.step, ", but its directory is step ", step,
+                       " (expected the same step; rename or remove the directory)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 std::optional<std::string> LatestCheckpoint(const std::string& output_dir) {
   auto all = CompleteCheckpoints(output_dir);
   if (all.empty()) return std::nullopt;

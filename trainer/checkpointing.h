@@ -54,6 +54,13 @@ struct TrainerState {
 /// `<output_dir>/checkpoints/step_%08d`.
 std::string CheckpointDir(const std::string& output_dir, int64_t step);
 
+/// Every `step_NNNNNNNN` directory under `<output_dir>/checkpoints` is a
+/// checkpoint weft wrote whole: it has a trainer_state.json naming step N.
+/// Otherwise an error names the directory (it is neither used, nor skipped,
+/// nor deleted by the keep-K rotation). `.tmp` directories of interrupted
+/// saves are not checkpoints and are not checked.
+absl::Status CheckCheckpointDirs(const std::string& output_dir);
+
 /// The newest complete checkpoint under `<output_dir>/checkpoints`, if any.
 std::optional<std::string> LatestCheckpoint(const std::string& output_dir);
 

@@ -25,6 +25,7 @@
 #include "base/status.h"
 #include "base/syscall.h"
 #include "base/text_file.h"
+#include "launcher/heartbeat.h"
 #include "models/generate.h"
 #include "models/init.h"
 #include "models/pretrained.h"
@@ -210,9 +211,11 @@ absl::Status LockOutputDir(Run& run) {
   return absl::FailedPreconditionError(error);
 }
 
-// 3. A fresh run never mixes its checkpoints with an earlier run's (keeping
-// the last K by step would delete the new ones).
+// 3. Every checkpoint directory is one weft wrote whole, and a fresh run
+// never mixes its checkpoints with an earlier run's (keeping the last K by
+// step would delete the new ones).
 absl::Status CheckOutputDir(Run& run) {
+  RETURN_IF_ERROR(CheckCheckpointDirs(run.c.output_dir));
   const char* restarts = std::getenv("TORCHELASTIC_RESTART_COUNT");
   const std::optional<std::string> earlier = LatestCheckpoint(run.c.output_dir);
   run.restarted = restarts != nullptr && std::string(restarts) != "0" && earlier;
@@ -263,6 +266,7 @@ absl::Status OpenData(Run& run) {
 // 5. The model: a Hugging Face checkpoint (each rank loads only its shards)
 // or transformers' initialisation from a config (the same values at any tp).
 absl::Status BuildModel(Run& run) {
+  Heartbeat::Get().Progress(0, "loading the model");
   const TrainConfig& c = run.c;
   const at::ScalarType dtype = c.precision == "bf16" ? at::kBFloat16 : at::kFloat;
   const std::string dir = c.model_pretrained;
@@ -395,6 +399,7 @@ absl::Status CheckResumable(const TrainConfig& now, const std::string& checkpoin
 // 7. Resume: --resume, or a restarted attempt under weftrun/torchrun that
 // finds a checkpoint (torchelastic's contract for restarts).
 absl::Status Resume(Run& run) {
+  Heartbeat::Get().Progress(0, "resuming from a checkpoint");
   const TrainConfig& c = run.c;
   if (!c.resume && !run.restarted) return absl::OkStatus();
   std::optional<std::string> latest = LatestCheckpoint(c.output_dir);
@@ -512,6 +517,7 @@ absl::Status Start(Run& run) {
 
 // A checkpoint of the state after `at_step` steps (collective).
 absl::Status Save(Run& run, int64_t at_step) {
+  Heartbeat::Get().Progress(at_step, "saving a checkpoint");
   SaveRequest request;
   request.output_dir = run.c.output_dir;
   request.keep = run.c.checkpoint_keep;
@@ -544,6 +550,8 @@ absl::StatusOr<StepStats> RunStep(Run& run) {
   const ParallelDims& dims = *run.dims;
   StepStats stats;
   stats.lr = LearningRate(run.schedule, run.step);
+  Heartbeat& heartbeat = Heartbeat::Get();
+  heartbeat.Progress(run.step + 1, "forward/backward");
   at::Tensor batch = run.loader->Next();
   const int64_t micro = dims.micro_batch();
   double loss_sum = 0;  // sum over this rank's counted tokens
@@ -564,11 +572,13 @@ absl::StatusOr<StepStats> RunStep(Run& run) {
   at::Tensor totals = at::tensor({loss_sum, counted}, at::kDouble);
   if (dims.dp_enabled()) {
     ProcessGroup& dp = (*run.mesh)["dp"];
+    heartbeat.Progress(run.step + 1, "all-reduce of gradients");
     AllReduceGradients(run.params, dp);
     dp.AllReduce(totals);
   }
   stats.loss = totals[0].item<double>() / totals[1].item<double>();
   ProcessGroup* tp = dims.tp_enabled() ? &(*run.mesh)["tp"] : nullptr;
+  heartbeat.Progress(run.step + 1, "gradient norm");
   stats.grad_norm = ClipGradNorm(run.params, run.replication, tp, c.grad_clip);
   // Every rank holds the same global loss and norm, so all stop together,
   // before a non-finite update reaches the weights (or a checkpoint).
@@ -580,6 +590,7 @@ absl::StatusOr<StepStats> RunStep(Run& run) {
         "optimizer.grad_clip, then --resume)",
         run.step + 1, stats.loss, stats.grad_norm, last ? *last : std::string("none")));
   }
+  heartbeat.Progress(run.step + 1, "optimizer step");
   run.optimizer->Step(stats.lr);
   run.optimizer->ZeroGrad();
   ++run.step;
@@ -700,6 +711,7 @@ absl::Status Finish(Run& run, int64_t first_step) {
   CausalLM& model = *run.model;
   if (run.step > first_step) RETURN_IF_ERROR(Save(run, run.step));
   if (c.checkpoint_export) {
+    Heartbeat::Get().Progress(run.step, "exporting the Hugging Face checkpoint");
     run.result.export_dir = c.output_dir + "/hf";
     std::vector<std::pair<std::string, at::Tensor>> exported;
     for (auto& [name, t] : run.named) {

@@ -350,6 +350,33 @@ TEST(Trainer, ResumeRefusesAChangedBatchOrData) {
   EXPECT_EQ(RunAndGetLosses(1, changed).size(), 2u);
 }
 
+// A step directory without a state file is named (it used to be skipped,
+// then deleted by the keep-K rotation), and so is a state file whose step
+// disagrees with its directory's (it used to be used); nothing is deleted.
+TEST(Trainer, ResumeNamesAnIncompleteOrMisnamedCheckpoint) {
+  TrainConfig c = Tiny("resume_incomplete");
+  c.steps = 4;
+  c.checkpoint_every = 2;
+  ASSERT_EQ(RunAndGetLosses(1, c).size(), 4u);
+  const std::string step2 = CheckpointDir(c.output_dir, 2), step4 = CheckpointDir(c.output_dir, 4);
+  std::filesystem::rename(step4 + "/trainer_state.json", c.output_dir + "/state4.json");
+  TrainConfig resumed = c;
+  resumed.resume = true;
+  resumed.steps = 6;
+  EXPECT_EQ(TrainError(1, resumed),
+            absl::StrCat(step4,
+                         " has no trainer_state.json: it is not a complete weft checkpoint "
+                         "(expected one in every step_N directory; move the directory out of ",
+                         c.output_dir, "/checkpoints to resume from an earlier one)"));
+  EXPECT_TRUE(std::filesystem::exists(step4 + "/model-tp00000-of-00001.safetensors"));
+  std::filesystem::copy_file(step2 + "/trainer_state.json", step4 + "/trainer_state.json");
+  EXPECT_EQ(TrainError(1, resumed),
+            absl::StrCat(step4,
+                         "/trainer_state.json says step 2, but its directory is step 4 (expected "
+                         "the same step; rename or remove the directory)"));
+  EXPECT_TRUE(std::filesystem::exists(step2 + "/model-tp00000-of-00001.safetensors"));
+}
+
 // One flipped byte in a training checkpoint is caught on resume (it used to
 // resume with different losses).
 TEST(Trainer, ResumeVerifiesChecksums) {
