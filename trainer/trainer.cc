@@ -185,9 +185,15 @@ absl::Status LockOutputDir(Run& run) {
   if (run.lead) {
     std::error_code ec;
     fs::create_directories(run.c.output_dir, ec);
-    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
-    if (!fd.ok()) {
-      error = std::string(WEFT_SYSCALL_ERROR("open", path).message());
+    UniqueFd fd(ec ? -1 : ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+    if (ec) {
+      error = absl::StrCat("output_dir ", run.c.output_dir, " cannot be created: ", ec.message(),
+                           " (expected a directory this user can write, or a path where one "
+                           "can be made)");
+    } else if (!fd.ok()) {
+      error =
+          absl::StrCat("output_dir ", run.c.output_dir, " is not writable: ", std::strerror(errno),
+                       " (expected a directory this user can write)");
     } else if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
       const std::string holder = ReadTextFile(path).value_or("");
       error = absl::StrCat("output_dir ", run.c.output_dir, " is in use by another run (", path,

@@ -316,6 +316,17 @@ TEST(Trainer, RunTimeErrorsAreOneLine) {
                            " is locked; expected one run per output_dir)"));
     ::close(fd);
   }
+  // An output_dir that cannot be made is named, not an internal temporary
+  // file inside it.
+  c = Tiny("errors_unwritable");
+  fs::create_directories(c.output_dir);
+  { std::ofstream(c.output_dir + "/file") << "x"; }
+  c.output_dir += "/file/run";
+  std::ostringstream log;
+  EXPECT_EQ(Train(c, log).status().message(),
+            absl::StrCat("output_dir ", c.output_dir,
+                         " cannot be created: Not a directory (expected a directory this user can "
+                         "write, or a path where one can be made)"));
   c = Tiny("errors");
   c.model_config = "/nonexistent/config.json";
   EXPECT_EQ(TrainError(1, c),
