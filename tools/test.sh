@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs weft's whole test suite on this machine, after its own idempotent
 # setup: every Bazel test, then a one-minute fuzzing run of the safetensors
-# header parser (tools/fuzz.sh). Ends with the line `N passed, N failed`
-# (test cases).
+# header parser (tools/fuzz.sh) and the README's quick start as written
+# (tools/quickstart_test.sh). Ends with the line `N passed, N failed` (test
+# cases).
 #
 #   bash tools/test.sh [extra bazel test flags or targets]
 set -uo pipefail
@@ -26,6 +27,14 @@ if (($# == 0)) && ((${WEFT_FUZZ_SECONDS:-60} > 0)); then
     extra=(--extra "fuzz:safetensors_header=passed")
   else
     extra=(--extra "fuzz:safetensors_header=failed")
+  fi
+fi
+# The README's quick start, run as written (its build is the one above).
+if (($# == 0)); then
+  if bash tools/quickstart_test.sh; then
+    extra+=(--extra "readme:quickstart=passed")
+  else
+    extra+=(--extra "readme:quickstart=failed")
   fi
 fi
 python3 tools/test_summary.py "$log" "$(bazel info bazel-testlogs 2>/dev/null)" "${extra[@]}"
