@@ -15,6 +15,7 @@
 #include "cli/inspect.h"
 #include "cli/model_commands.h"
 #include "cli/plan_explain.h"
+#include "cli/plan_schedule.h"
 #include "cli/smoke.h"
 #include "cli/train.h"
 
@@ -24,7 +25,8 @@ int main(int argc, char** argv) {
   app.option_defaults()->always_capture_default();  // --help shows every default
   const std::vector<weft::Subcommand> subcommands = {
       weft::AddSmoke(app),    weft::AddInspect(app),     weft::AddForward(app),
-      weft::AddGenerate(app), weft::AddPlanExplain(app), weft::AddTrain(app),
+      weft::AddGenerate(app), weft::AddPlanExplain(app), weft::AddPlanSchedule(app),
+      weft::AddTrain(app),
   };
   try {
     app.parse(argc, argv);
