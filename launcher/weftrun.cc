@@ -479,7 +479,8 @@ SuperviseResult Supervise(const WeftrunOptions& o, std::vector<Worker>& workers,
     // output open: after a moment, stop what is left of their group (as
     // torchrun closes its workers' process groups).
     if (all_exited && all_exited_at == Clock::time_point::max()) all_exited_at = Clock::now();
-    if (all_exited && Clock::now() - all_exited_at > std::chrono::seconds(2)) {
+    if (all_exited && g_worker_group > 0 &&
+        Clock::now() - all_exited_at > std::chrono::seconds(2)) {
       ::killpg(g_worker_group, SIGKILL);
       all_exited_at = Clock::now();
     }
@@ -499,7 +500,9 @@ SuperviseResult Supervise(const WeftrunOptions& o, std::vector<Worker>& workers,
       stop_deadline = std::chrono::steady_clock::time_point::max();
     }
   }
-  if (::killpg(g_worker_group, 0) != 0 && errno == ESRCH) g_keeper.Release(g_worker_group);
+  if (g_worker_group > 0 && ::killpg(g_worker_group, 0) != 0 && errno == ESRCH) {
+    g_keeper.Release(g_worker_group);
+  }
   g_worker_group = 0;
   return result;
 }
