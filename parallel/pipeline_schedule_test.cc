@@ -157,6 +157,10 @@ TEST(PipelineSchedule, ShapesAreValidated) {
   EXPECT_EQ(MakeSchedule({"DualPipe", 4, 1, 8}).status().message(),
             "pipeline schedule 'DualPipe' is not known (expected GPipe, 1F1B, Interleaved1F1B, "
             "ZB1P)");
+  EXPECT_EQ(MakeSchedule({"1F1B", 0, 1, 8}).status().message(),
+            "pipeline of 0 ranks x 1 stages x 8 micro-batches (expected each >= 1)");
+  EXPECT_EQ(ScheduleFromCsv("0F0,0B0\n", {"custom", 2, 1, 1}).status().message(),
+            "pipeline schedule has 1 ranks (expected 2)");
   EXPECT_TRUE(MakeSchedule({"gpipe", 4, 1, 2}).ok());  // GPipe needs no minimum
 }
 
