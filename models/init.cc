@@ -42,6 +42,10 @@ absl::Status InitializeWeights(CausalLM& model, const InitOptions& options) {
     for (const auto& item : module->named_parameters(/*recurse=*/false)) {
       const std::string name = prefix.empty() ? item.key() : absl::StrCat(prefix, ".", item.key());
       if (name == "lm_head.weight" && model.config.tie_word_embeddings) continue;
+      const bool tied_head_needs_it = name == "model.embed_tokens.weight" &&
+                                      model.config.tie_word_embeddings && options.keep &&
+                                      options.keep("lm_head.weight");
+      if (options.keep && !options.keep(name) && !tied_head_needs_it) continue;
       const std::string& type = module->name();
       enum { kNormal, kZeros, kOnes } kind;
       if (item.key() == "bias") {
@@ -66,11 +70,13 @@ absl::Status InitializeWeights(CausalLM& model, const InitOptions& options) {
       Slice slice = options.slice_of ? options.slice_of(name) : Slice{};
       at::Tensor value = SliceTensor(full, slice).to(options.device, dtype).contiguous();
       if (value.data_ptr() == full.data_ptr()) value = value.clone();
-      module->ReplaceParameter(item.key(), value, /*allow_new_shape=*/true);
+      if (!options.keep || options.keep(name)) {
+        module->ReplaceParameter(item.key(), value, /*allow_new_shape=*/true);
+      }
       done[name] = value;
     }
   }
-  if (model.config.tie_word_embeddings) {
+  if (model.config.tie_word_embeddings && done.count("model.embed_tokens.weight")) {
     for (auto& [prefix, module] : NamedWeftModules(model)) {
       if (prefix == "lm_head")
         module->ReplaceParameter("weight", done.at("model.embed_tokens.weight"));

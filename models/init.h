@@ -32,6 +32,10 @@ struct InitOptions {
   c10::Device device = c10::Device(c10::kCPU);
   /// The part of each parameter (by name) this rank keeps; empty: all of it.
   std::function<Slice(const std::string& name)> slice_of;
+  /// The parameters this rank holds (a pipeline stage's); the others stay on
+  /// the meta device. Unset: all. A tied lm_head kept without the embedding
+  /// gets the embedding's values.
+  std::function<bool(const std::string& name)> keep;
 };
 
 /// `full` restricted to `slice` (per dim, the ranges concatenated in order;

@@ -32,6 +32,11 @@ class Module : public torch::nn::Module {
   /// call it again later (activation checkpointing recomputes a layer in
   /// backward), so bodies capture by value, never references to locals.
   using Wrapper = std::function<at::Tensor(const Tensors& inputs, const Body& body)>;
+  /// Runs around a module's hooks and body: `run(inputs)` calls them; an
+  /// interceptor may change the inputs, keep the output, or not call `run`
+  /// at all (a pipeline stage that does not hold the module passes its input
+  /// through). `run` is valid only during the call.
+  using Interceptor = std::function<at::Tensor(const Tensors& inputs, const Body& run)>;
 
   explicit Module(std::string type_name) : torch::nn::Module(std::move(type_name)) {}
 
@@ -40,12 +45,17 @@ class Module : public torch::nn::Module {
   /// Calls the body through `wrapper` (between the pre- and post-hooks);
   /// an empty wrapper removes it.
   void SetWrapper(Wrapper wrapper) { wrapper_ = std::move(wrapper); }
+  /// Sets the outermost layer of a call (see Interceptor); empty removes it.
+  /// ClearHooks keeps it.
+  void SetInterceptor(Interceptor interceptor) { interceptor_ = std::move(interceptor); }
   void ClearHooks() {
     pre_hooks_.clear();
     post_hooks_.clear();
     wrapper_ = nullptr;
   }
-  bool has_hooks() const { return !pre_hooks_.empty() || !post_hooks_.empty() || wrapper_; }
+  bool has_hooks() const {
+    return !pre_hooks_.empty() || !post_hooks_.empty() || wrapper_ || interceptor_;
+  }
 
   /// Replaces this module's own parameter `name` (not a submodule's) with
   /// `value`, e.g. a meta placeholder with the loaded weight. The shape must
@@ -56,6 +66,21 @@ class Module : public torch::nn::Module {
   /// Runs `body(inputs)` with this module's hooks around it.
   template <typename F>
   at::Tensor Hooked(Tensors inputs, F&& body) {
+    if (pre_hooks_.empty() && post_hooks_.empty() && !wrapper_ && !interceptor_) {
+      return body(inputs);
+    }
+    if (interceptor_) {
+      return interceptor_(inputs, [this, &body](const Tensors& in) { return RunHooks(in, body); });
+    }
+    return RunHooks(std::move(inputs), body);
+  }
+
+  /// Called after ReplaceParameter, so members that cache parameters refresh.
+  virtual void OnParametersReplaced() {}
+
+ private:
+  template <typename F>
+  at::Tensor RunHooks(Tensors inputs, F& body) {
     if (pre_hooks_.empty() && post_hooks_.empty() && !wrapper_) return body(inputs);
     for (const PreHook& hook : pre_hooks_) hook(*this, inputs);
     at::Tensor output = wrapper_ ? wrapper_(inputs, Body(body)) : body(inputs);
@@ -63,13 +88,10 @@ class Module : public torch::nn::Module {
     return output;
   }
 
-  /// Called after ReplaceParameter, so members that cache parameters refresh.
-  virtual void OnParametersReplaced() {}
-
- private:
   std::vector<PreHook> pre_hooks_;
   std::vector<PostHook> post_hooks_;
   Wrapper wrapper_;
+  Interceptor interceptor_;
 };
 
 /// Every weft module of `root` by its Hugging Face name ("model.layers.0.mlp").

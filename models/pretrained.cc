@@ -43,6 +43,8 @@ absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
   std::vector<std::pair<std::string, Slot>> slots;
   std::vector<LoadRequest> requests;
   bool tie = false;
+  const std::string kEmbed = "model.embed_tokens.weight";
+  auto kept = [&hooks](const std::string& name) { return !hooks.keep || hooks.keep(name); };
   for (auto& [prefix, module] : NamedWeftModules(*model)) {
     for (const auto& item : module->named_parameters(/*recurse=*/false)) {
       std::string name = prefix.empty() ? item.key() : absl::StrCat(prefix, ".", item.key());
@@ -68,18 +70,30 @@ absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
             "] in the checkpoint but the model expects [", absl::StrJoin(shape, ", "),
             "] (check config.json)"));
       }
+      if (!kept(name)) continue;
       slots.push_back({name, {module, item.key()}});
       requests.push_back({name, model_options.dtype, options.device,
                           hooks.slice_of ? hooks.slice_of(name) : Slice{}});
     }
+  }
+  // A tied head on a stage without the embedding reads the embedding's tensor.
+  const bool head_needs_embed = tie && kept("lm_head.weight") && !kept(kEmbed);
+  if (head_needs_embed) {
+    if (ckpt->Find(kEmbed) == nullptr) {
+      return absl::NotFoundError(absl::StrCat(dir, ": the checkpoint has no tensor '", kEmbed,
+                                              "' (a parameter of ", config.architecture,
+                                              ", tied to lm_head.weight)"));
+    }
+    requests.push_back({kEmbed, model_options.dtype, options.device,
+                        hooks.slice_of ? hooks.slice_of("lm_head.weight") : Slice{}});
   }
   LoadOptions load_options;
   load_options.device_memory = options.device_memory;
   ASSIGN_OR_RETURN(LoadResult loaded, LoadCheckpoint(*ckpt, requests, load_options));
   for (auto& [name, slot] : slots)
     slot.module->ReplaceParameter(slot.local, loaded.tensors.at(name), /*allow_new_shape=*/true);
-  if (tie) {
-    at::Tensor embed = loaded.tensors.at("model.embed_tokens.weight");
+  if (tie && loaded.tensors.count(kEmbed)) {
+    at::Tensor embed = loaded.tensors.at(kEmbed);
     for (auto& [prefix, module] : NamedWeftModules(*model)) {
       if (prefix == "lm_head") module->ReplaceParameter("weight", embed);
     }

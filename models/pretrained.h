@@ -45,6 +45,10 @@ absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
 struct LoadHooks {
   std::function<absl::Status(CausalLM& model)> before_load;
   std::function<Slice(const std::string& name)> slice_of;
+  /// The parameters this rank holds (a pipeline stage's); the others stay on
+  /// the meta device and are not read. Unset: all of them. A tied lm_head
+  /// kept without the embedding gets the embedding's tensor.
+  std::function<bool(const std::string& name)> keep;
 };
 absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
                                                          const PretrainedOptions& options,

@@ -30,6 +30,11 @@ struct ParallelDimsOptions {
   int dp = 0;
   /// Tensor-parallel degree.
   int tp = 1;
+  /// Pipeline-parallel degree (ranks, not stages).
+  int pp = 1;
+  /// Micro-batches per step through the pipeline; 0: from micro_batch, else
+  /// pp (when it divides the per-rank batch).
+  int64_t pp_microbatches = 0;
   /// Sequences per optimizer step over the whole job.
   int64_t global_batch = 1;
   /// Sequences per forward on one rank; 0: the whole per-rank batch.
@@ -46,10 +51,12 @@ class ParallelDims {
 
   int dp() const { return dp_; }
   int tp() const { return tp_; }
-  int world_size() const { return dp_ * tp_; }
+  int pp() const { return pp_; }
+  int world_size() const { return pp_ * dp_ * tp_; }
+  bool pp_enabled() const { return pp_ > 1; }
   bool dp_enabled() const { return dp_ > 1; }
   bool tp_enabled() const { return tp_ > 1; }
-  /// The mesh, outermost axis first: {dp, tp}.
+  /// The mesh, outermost axis first: {dp, tp}, or {pp, dp, tp} with pp > 1.
   std::vector<MeshAxis> mesh_axes() const;
 
   int64_t global_batch() const { return global_batch_; }
@@ -65,13 +72,16 @@ class ParallelDims {
   int GradReplication(const DTensorSpec* spec) const;
 
  private:
-  ParallelDims(int dp, int tp, int64_t global_batch, int64_t local_batch, int64_t micro_batch)
-      : dp_(dp),
+  ParallelDims(int pp, int dp, int tp, int64_t global_batch, int64_t local_batch,
+               int64_t micro_batch)
+      : pp_(pp),
+        dp_(dp),
         tp_(tp),
         global_batch_(global_batch),
         local_batch_(local_batch),
         micro_batch_(micro_batch) {}
 
+  int pp_;
   int dp_;
   int tp_;
   int64_t global_batch_;

@@ -193,6 +193,48 @@ void ProcessGroup::Recv(const at::Tensor& tensor, int peer, int tag) const {
   if (!buffers[0].is_same(tensor)) tensor.copy_(buffers[0]);
 }
 
+struct P2PWork::Impl {
+  c10::intrusive_ptr<c10d::Work> work;
+  at::Tensor tensor;  // kept alive until the transfer is done
+};
+
+bool P2PWork::Wait(std::chrono::milliseconds timeout) const {
+  TORCH_CHECK(impl_ != nullptr, "P2PWork::Wait on an empty work");
+  CollectiveTimer timer;
+  try {
+    return impl_->work->wait(timeout);
+  } catch (const std::exception& e) {
+    // Gloo reports a timeout as an exception; anything else is a failure.
+    const std::string what = e.what();
+    if (what.find("imed out") != std::string::npos || what.find("imeout") != std::string::npos) {
+      return false;
+    }
+    throw;
+  }
+}
+
+P2PWork ProcessGroup::ISend(const at::Tensor& tensor, int peer, int tag) const {
+  CheckPeer(peer, "ISend");
+  TORCH_CHECK(peer != rank(), "ISend to self on group ", name_);
+  TORCH_CHECK(tensor.is_contiguous(), "ISend of a non-contiguous tensor on group ", name_);
+  std::vector<at::Tensor> buffers{tensor};
+  auto impl = std::make_shared<P2PWork::Impl>();
+  impl->work = BackendFor(tensor).send(buffers, peer, tag);
+  impl->tensor = tensor;
+  return P2PWork(std::move(impl));
+}
+
+P2PWork ProcessGroup::IRecv(const at::Tensor& tensor, int peer, int tag) const {
+  CheckPeer(peer, "IRecv");
+  TORCH_CHECK(peer != rank(), "IRecv from self on group ", name_);
+  TORCH_CHECK(tensor.is_contiguous(), "IRecv into a non-contiguous tensor on group ", name_);
+  std::vector<at::Tensor> buffers{tensor};
+  auto impl = std::make_shared<P2PWork::Impl>();
+  impl->work = BackendFor(tensor).recv(buffers, peer, tag);
+  impl->tensor = tensor;
+  return P2PWork(std::move(impl));
+}
+
 void ProcessGroup::Barrier() const {
   CollectiveTimer timer;
   if (size() == 1) return;

@@ -30,6 +30,22 @@ namespace weft {
 
 enum class ReduceOp { kSum, kAvg, kMax, kMin, kProduct };
 
+/// An outstanding asynchronous send or receive (ProcessGroup::ISend/IRecv).
+class P2PWork {
+ public:
+  struct Impl;
+  P2PWork() = default;
+  explicit P2PWork(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+  /// Blocks until the transfer is done; false when `timeout` passed first
+  /// (the transfer stays outstanding). A receive's tensor holds the data once
+  /// Wait returned true. Throws when the peer's connection failed.
+  bool Wait(std::chrono::milliseconds timeout) const;
+  bool valid() const { return impl_ != nullptr; }
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
 class ProcessGroup {
  public:
   struct Backends;  // The c10d backends (defined in process_group.cc).
@@ -72,6 +88,13 @@ class ProcessGroup {
   /// Point to point; `peer` is a group rank. Recv fills `tensor` in place.
   void Send(const at::Tensor& tensor, int peer, int tag = 0) const;
   void Recv(const at::Tensor& tensor, int peer, int tag = 0) const;
+
+  /// Asynchronous point to point: returns at once; the transfer matches the
+  /// peer's call with the same `tag` (in any order between tags). The tensor
+  /// must stay alive and unchanged (a send) or unread (a receive) until the
+  /// work's Wait returns true. `tensor` must be contiguous.
+  P2PWork ISend(const at::Tensor& tensor, int peer, int tag) const;
+  P2PWork IRecv(const at::Tensor& tensor, int peer, int tag) const;
 
   /// Returns when every member has called Barrier.
   void Barrier() const;

@@ -277,6 +277,7 @@ absl::Status CheckLocalShapes(CausalLM& model, const std::map<std::string, Shard
     if (p == nullptr) {
       return absl::NotFoundError(absl::StrCat("the model has no parameter '", name, "'"));
     }
+    if (p->is_meta()) continue;  // another pipeline stage's
     if (p->sizes().vec() != shard.local_shape) {
       return absl::InvalidArgumentError(absl::StrCat(
           "parameter '", name, "' has shape [", absl::StrJoin(p->sizes(), ", "),
@@ -595,6 +596,7 @@ absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrainedTensorParallel(
     auto it = shards.find(name);
     return it == shards.end() ? Slice{} : it->second.slice;
   };
+  hooks.keep = tp_options.keep;
   ASSIGN_OR_RETURN(std::shared_ptr<CausalLM> model, FromPretrained(dir, options, hooks));
   RETURN_IF_ERROR(ApplyTensorParallel(*model, shards, std::move(tp), tp_options));
   return model;
@@ -612,6 +614,7 @@ absl::StatusOr<std::shared_ptr<CausalLM>> InitTensorParallel(
     auto it = shards.find(name);
     return it == shards.end() ? Slice{} : it->second.slice;
   };
+  sliced.keep = tp_options.keep;
   RETURN_IF_ERROR(InitializeWeights(*model, sliced));
   RETURN_IF_ERROR(ApplyTensorParallel(*model, shards, std::move(tp), tp_options));
   return model;

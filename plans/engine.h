@@ -26,6 +26,7 @@
 // replicates KV heads.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -65,6 +66,9 @@ struct TensorParallelOptions {
   /// computed from the shards (max, sum of exponentials and the target logit
   /// all-reduced), so the full logits never exist.
   bool loss_parallel = false;
+  /// The parameters this rank holds (its pipeline stages'); the others stay
+  /// on the meta device, unread. Unset: all.
+  std::function<bool(const std::string& name)> keep;
 };
 
 /// from_pretrained for this rank of `tp`: loads only its slices.

@@ -34,12 +34,39 @@ struct PlanEntry {
   Style style;
 };
 
+/// One pp_plan entry in transformers' format: a module (a direct child of
+/// the model, or a module list whose children are the decoder layers) and
+/// the names of what it takes and gives, e.g.
+/// `model.layers: [[hidden_states, attention_mask], [hidden_states]]`.
+struct PpPlanEntry {
+  std::string module;  // as written; `embed_tokens` means `model.embed_tokens`
+  std::vector<std::string> inputs, outputs;
+};
+
+/// What transformers' pp_plan leaves out: how the units are cut into stages
+/// (`pp_split:` next to `pp_plan:`). At most one of layers_per_stage,
+/// split_points and stages is given; none: an even split in which the
+/// embedding counts as `first_stage_less_layers` layers and the final norm
+/// with the head as `last_stage_less_layers` (torchtitan's weights).
+struct PpSplit {
+  int first_stage_less_layers = 1;
+  int last_stage_less_layers = 1;
+  std::vector<int64_t> layers_per_stage;         // decoder layers per stage
+  std::vector<std::string> split_points;         // the first module of stages 1..S-1
+  std::vector<std::vector<std::string>> stages;  // every stage's modules, in order
+  int stages_per_rank = 0;                       // 0: the schedule's default
+  std::string stage_to_rank;                     // "loop" or "v"; "": the schedule's
+};
+
 struct Plan {
-  std::vector<PlanEntry> tp;  // in file order
+  std::vector<PlanEntry> tp;    // in file order
+  std::vector<PpPlanEntry> pp;  // in forward order; empty: no pp_plan
+  PpSplit pp_split;
 };
 
 /// Parses a plan document (YAML, or JSON, which YAML reads too) with a
-/// `tp_plan` mapping. `source` names it in errors.
+/// `tp_plan` mapping, a `pp_plan` mapping (and its `pp_split`), or both.
+/// `source` names it in errors.
 absl::StatusOr<Plan> ParsePlan(absl::string_view text, const std::string& source);
 absl::StatusOr<Plan> LoadPlanFile(const std::string& path);
 
@@ -47,6 +74,11 @@ absl::StatusOr<Plan> LoadPlanFile(const std::string& path);
 /// the base model, so prefixed with `model.`) plus the causal-LM head's plan
 /// (`lm_head`: colwise_gather_output). NotFound when config.json has none.
 absl::StatusOr<Plan> PlanFromConfigJson(absl::string_view config_json);
+
+/// The pipeline half of `auto`: config.json's `base_model_pp_plan` (keys
+/// relative to the base model) plus the head's `lm_head: [[hidden_states],
+/// [logits]]`. NotFound when config.json has none.
+absl::StatusOr<Plan> PpPlanFromConfigJson(absl::string_view config_json);
 
 /// True when `pattern` matches `name` (`*` = one dot-separated segment).
 bool MatchPattern(absl::string_view pattern, absl::string_view name);

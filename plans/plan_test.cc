@@ -84,7 +84,7 @@ TEST(Parse, ErrorsNameTheFileAndKey) {
             "plans/nope.yaml: cannot read the plan file");
   // Nothing in a plan file is silently ignored, and a directory is no file.
   EXPECT_EQ(ParsePlan("tp_plan: {\"lm_head\": colwise}\nlayers: 1\n", "p.yaml").status().message(),
-            "p.yaml: unknown top-level key 'layers' (expected tp_plan)");
+            "p.yaml: unknown top-level key 'layers' (expected tp_plan, pp_plan or pp_split)");
   EXPECT_EQ(ParsePlan("tp_plan: {\"model.**.q_proj\": colwise}\n", "p.yaml").status().message(),
             "p.yaml: tp_plan key 'model.**.q_proj': segment '**' is not a pattern (expected a "
             "name or '*', one dot-separated segment)");

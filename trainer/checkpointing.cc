@@ -33,8 +33,24 @@ namespace weft {
 namespace fs = std::filesystem;
 namespace {
 
-std::string ShardFile(const char* kind, int tp_rank, int tp) {
+std::string ShardFile(const char* kind, int tp_rank, int tp, int pp_rank = 0, int pp = 1) {
+  if (pp > 1) {
+    return absl::StrFormat("%s-pp%05d-of-%05d-tp%05d-of-%05d.safetensors", kind, pp_rank, pp,
+                           tp_rank, tp);
+  }
   return absl::StrFormat("%s-tp%05d-of-%05d.safetensors", kind, tp_rank, tp);
+}
+
+bool HasAxis(const DeviceMesh& mesh, const std::string& name) {
+  for (const MeshAxis& axis : mesh.axes()) {
+    if (axis.name == name) return true;
+  }
+  return false;
+}
+
+// A barrier over the whole mesh: one per axis, in turn.
+void MeshBarrier(const DeviceMesh& mesh) {
+  for (const MeshAxis& axis : mesh.axes()) mesh[axis.name].Barrier();
 }
 
 absl::Status FsyncDir(const std::string& dir) {
@@ -146,8 +162,8 @@ absl::StatusOr<int64_t> Int(const JsonValue& root, const char* key, const std::s
 
 std::string TrainerState::ToJson() const {
   return absl::StrCat("{\n  \"step\": ", step, ",\n  \"data\": ", data.ToJson(),
-                      ",\n  \"tp\": ", tp, ",\n  \"dp\": ", dp, ",\n  \"seed\": ", seed,
-                      ",\n  \"rng_state\": \"", rng_state_hex, "\"\n}\n");
+                      ",\n  \"tp\": ", tp, ",\n  \"dp\": ", dp, ",\n  \"pp\": ", pp,
+                      ",\n  \"seed\": ", seed, ",\n  \"rng_state\": \"", rng_state_hex, "\"\n}\n");
 }
 
 absl::StatusOr<TrainerState> TrainerState::FromJson(absl::string_view json,
@@ -163,6 +179,10 @@ absl::StatusOr<TrainerState> TrainerState::FromJson(absl::string_view json,
   ASSIGN_OR_RETURN(s.seed, Int(*parsed, "seed", source));
   s.tp = static_cast<int>(tp);
   s.dp = static_cast<int>(dp);
+  if (parsed->Find("pp") != nullptr) {  // absent in checkpoints from before pipelining
+    ASSIGN_OR_RETURN(int64_t pp, Int(*parsed, "pp", source));
+    s.pp = static_cast<int>(pp);
+  }
   const JsonValue* data = parsed->Find("data");
   if (data == nullptr || !data->is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": data is missing"));
@@ -248,13 +268,10 @@ absl::Status SaveCheckpoint(const SaveRequest& r, const DeviceMesh& mesh, int wo
   const std::string final_dir = CheckpointDir(r.output_dir, r.state.step);
   const std::string tmp = final_dir + ".tmp";
   ProcessGroup& tp_group = mesh["tp"];
-  // Rank 0 prepares the temporary directory; everyone waits for it. The
-  // world barrier is made of the two axes' barriers.
-  auto world_barrier = [&] {
-    mesh["tp"].Barrier();
-    mesh["dp"].Barrier();
-    mesh["tp"].Barrier();
-  };
+  const bool pipelined = HasAxis(mesh, "pp");
+  const int pp = pipelined ? mesh.size("pp") : 1, pp_rank = pipelined ? mesh.coordinate("pp") : 0;
+  // Rank 0 prepares the temporary directory; everyone waits for it.
+  auto world_barrier = [&] { MeshBarrier(mesh); };
   absl::Status prepared = absl::OkStatus();
   if (world_rank == 0) {
     std::error_code ec;
@@ -266,13 +283,17 @@ absl::Status SaveCheckpoint(const SaveRequest& r, const DeviceMesh& mesh, int wo
   RETURN_IF_ERROR(prepared);
   if (mesh.coordinate("dp") == 0) {
     const int tp = tp_group.size(), rank = tp_group.rank();
-    RETURN_IF_ERROR(WriteSafetensors(tmp + "/" + ShardFile("model", rank, tp), r.params,
+    RETURN_IF_ERROR(WriteSafetensors(tmp + "/" + ShardFile("model", rank, tp, pp_rank, pp),
+                                     r.params,
                                      {{"format", "pt"},
                                       {"weft_shards", ShardsJson(r.params, r.shards)},
                                       {"weft_checksums", ChecksumsJson(r.params)},
                                       {"tp_rank", std::to_string(rank)},
-                                      {"tp", std::to_string(tp)}}));
-    RETURN_IF_ERROR(WriteSafetensors(tmp + "/" + ShardFile("optimizer", rank, tp), r.optimizer,
+                                      {"tp", std::to_string(tp)},
+                                      {"pp_rank", std::to_string(pp_rank)},
+                                      {"pp", std::to_string(pp)}}));
+    RETURN_IF_ERROR(WriteSafetensors(tmp + "/" + ShardFile("optimizer", rank, tp, pp_rank, pp),
+                                     r.optimizer,
                                      {{"format", "pt"},
                                       {"weft_checksums", ChecksumsJson(r.optimizer)},
                                       {"step", std::to_string(r.state.step)}}));
@@ -385,49 +406,70 @@ std::string ParameterOf(const std::string& key) { return key.substr(key.find('.'
 
 }  // namespace
 
-absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(const std::string& dir, int tp, int tp_rank,
-                                                   const Placements* shards) {
+absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(
+    const std::string& dir, int tp, int tp_rank, const Placements* shards,
+    const std::function<bool(const std::string& name)>& wanted) {
   LoadedCheckpoint out;
   ASSIGN_OR_RETURN(std::string json, ReadTextFile(dir + "/trainer_state.json"));
   ASSIGN_OR_RETURN(out.state, TrainerState::FromJson(json, dir + "/trainer_state.json"));
-  const int saved_tp = out.state.tp;
+  const int saved_tp = out.state.tp, saved_pp = out.state.pp;
+  auto take = [&](const std::string& tensor, bool is_model) {
+    return !wanted || wanted(is_model ? tensor : ParameterOf(tensor));
+  };
   if (saved_tp == tp) {
-    for (auto [kind, target] :
-         {std::pair<const char*, std::map<std::string, at::Tensor>*>{"model", &out.params},
-          {"optimizer", &out.optimizer}}) {
-      ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(dir + "/" + ShardFile(kind, tp_rank, tp)));
-      RETURN_IF_ERROR(VerifyChecksums(*file));
-      for (const TensorEntry& e : file->tensors()) (*target)[e.name] = file->Get(e);
+    // Every stage's file of this tp rank (one file when saved without pp).
+    for (int p = 0; p < saved_pp; ++p) {
+      for (auto [kind, target, is_model] :
+           {std::tuple<const char*, std::map<std::string, at::Tensor>*, bool>{"model", &out.params,
+                                                                              true},
+            {"optimizer", &out.optimizer, false}}) {
+        ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(
+                                        dir + "/" + ShardFile(kind, tp_rank, tp, p, saved_pp)));
+        bool any = false;
+        for (const TensorEntry& e : file->tensors()) any = any || take(e.name, is_model);
+        if (!any) continue;
+        RETURN_IF_ERROR(VerifyChecksums(*file));
+        for (const TensorEntry& e : file->tensors()) {
+          if (take(e.name, is_model)) (*target)[e.name] = file->Get(e);
+        }
+      }
     }
     return out;
   }
-  // Another tp: assemble every tensor from the saved ranks' shards (their
-  // slices are in the model files' metadata), then cut this rank's slice.
-  std::map<std::string, SavedShard> layout;  // by parameter, from rank 0's view
+  // Another tp: assemble every wanted tensor from the saved ranks' shards
+  // (their slices are in the model files' metadata), then cut this rank's.
   std::map<std::string, at::Tensor> full_params, full_optimizer;
-  for (int r = 0; r < saved_tp; ++r) {
-    ASSIGN_OR_RETURN(auto model,
-                     SafetensorsFile::Open(dir + "/" + ShardFile("model", r, saved_tp)));
-    ASSIGN_OR_RETURN(auto optimizer,
-                     SafetensorsFile::Open(dir + "/" + ShardFile("optimizer", r, saved_tp)));
-    RETURN_IF_ERROR(VerifyChecksums(*model));
-    RETURN_IF_ERROR(VerifyChecksums(*optimizer));
-    ASSIGN_OR_RETURN(auto saved, ParseShards(*model));
-    for (auto [file, full, is_model] :
-         {std::tuple<const SafetensorsFile*, std::map<std::string, at::Tensor>*, bool>{
-              model.get(), &full_params, true},
-          {optimizer.get(), &full_optimizer, false}}) {
-      for (const TensorEntry& e : file->tensors()) {
-        const std::string param = is_model ? e.name : ParameterOf(e.name);
-        auto it = saved.find(param);
-        if (it == saved.end()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              file->path(), ": tensor '", e.name, "' has no weft_shards entry for '", param, "'"));
+  for (int p = 0; p < saved_pp; ++p) {
+    for (int r = 0; r < saved_tp; ++r) {
+      ASSIGN_OR_RETURN(auto model, SafetensorsFile::Open(
+                                       dir + "/" + ShardFile("model", r, saved_tp, p, saved_pp)));
+      ASSIGN_OR_RETURN(
+          auto optimizer,
+          SafetensorsFile::Open(dir + "/" + ShardFile("optimizer", r, saved_tp, p, saved_pp)));
+      bool any = false;
+      for (const TensorEntry& e : model->tensors()) any = any || take(e.name, true);
+      if (!any) continue;
+      RETURN_IF_ERROR(VerifyChecksums(*model));
+      RETURN_IF_ERROR(VerifyChecksums(*optimizer));
+      ASSIGN_OR_RETURN(auto saved, ParseShards(*model));
+      for (auto [file, full, is_model] :
+           {std::tuple<const SafetensorsFile*, std::map<std::string, at::Tensor>*, bool>{
+                model.get(), &full_params, true},
+            {optimizer.get(), &full_optimizer, false}}) {
+        for (const TensorEntry& e : file->tensors()) {
+          if (!take(e.name, is_model)) continue;
+          const std::string param = is_model ? e.name : ParameterOf(e.name);
+          auto it = saved.find(param);
+          if (it == saved.end()) {
+            return absl::InvalidArgumentError(absl::StrCat(file->path(), ": tensor '", e.name,
+                                                           "' has no weft_shards entry for '",
+                                                           param, "'"));
+          }
+          at::Tensor part = file->Get(e);
+          auto [slot, fresh] = full->try_emplace(e.name);
+          if (fresh) slot->second = at::zeros(it->second.global_shape, part.options());
+          RETURN_IF_ERROR(PlaceShard(slot->second, part, it->second.slice, e.name));
         }
-        at::Tensor part = file->Get(e);
-        auto [slot, fresh] = full->try_emplace(e.name);
-        if (fresh) slot->second = at::zeros(it->second.global_shape, part.options());
-        RETURN_IF_ERROR(PlaceShard(slot->second, part, it->second.slice, e.name));
       }
     }
   }
@@ -444,8 +486,10 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(const std::string& dir, int t
 absl::Status ExportHuggingFace(const std::string& dir, const std::string& config_json,
                                const std::vector<std::pair<std::string, at::Tensor>>& params,
                                const std::vector<Placements>& all_shards, const DeviceMesh& mesh,
-                               int world_rank) {
+                               int world_rank, const PipelineExport* pipeline) {
   if (mesh.coordinate("dp") != 0) return absl::OkStatus();
+  // Who holds whole tensors after the tp gather: tp rank 0 of each stage.
+  const bool stage_lead = mesh["tp"].rank() == 0;
   ProcessGroup& tp = mesh["tp"];
   std::vector<std::pair<std::string, at::Tensor>> full;
   for (const auto& [name, local_param] : params) {
@@ -456,12 +500,12 @@ absl::Status ExportHuggingFace(const std::string& dir, const std::string& config
       if (it != all_shards[tp.rank()].end() && IsSharded(it->second)) mine = &it->second;
     }
     if (mine == nullptr) {
-      if (world_rank == 0) full.emplace_back(name, local.contiguous());
+      if (stage_lead) full.emplace_back(name, local.contiguous());
       continue;
     }
     // Shards may be uneven (torch.chunk): rank r's elements follow rank r-1's.
     at::Tensor gathered = tp.AllGather(local.contiguous().view({-1}), 0);
-    if (world_rank != 0) continue;
+    if (!stage_lead) continue;
     at::Tensor whole = at::zeros(mine->global_shape, local.options());
     int64_t offset = 0;
     for (int r = 0; r < tp.size(); ++r) {
@@ -473,6 +517,26 @@ absl::Status ExportHuggingFace(const std::string& dir, const std::string& config
       RETURN_IF_ERROR(PlaceShard(whole, part, spec.ranges, name));
     }
     full.emplace_back(name, whole);
+  }
+  if (pipeline != nullptr && pipeline->group != nullptr && pipeline->group->size() > 1 &&
+      stage_lead) {
+    // Every stage's whole tensors go to pp rank 0, in the agreed order.
+    const ProcessGroup& pp = *pipeline->group;
+    if (pp.rank() != 0) {
+      for (size_t i = 0; i < full.size(); ++i) {
+        pp.Send(full[i].second.contiguous(), 0, static_cast<int>(i));
+      }
+      return absl::OkStatus();
+    }
+    const at::ScalarType dtype = params.empty() ? at::kFloat : params[0].second.scalar_type();
+    for (int q = 1; q < pp.size(); ++q) {
+      const auto& list = pipeline->tensors.at(q);
+      for (size_t i = 0; i < list.size(); ++i) {
+        at::Tensor t = at::empty(list[i].second, at::TensorOptions().dtype(dtype));
+        pp.Recv(t, q, static_cast<int>(i));
+        full.emplace_back(list[i].first, t);
+      }
+    }
   }
   if (world_rank != 0) return absl::OkStatus();
   std::error_code ec;

@@ -8,7 +8,9 @@
 //   trainer_state.json                      step, data position, RNG, mesh, seed
 //   config.yaml                             the resolved training configuration
 // Data-parallel replicas hold identical shards, so the ranks of dp index 0
-// write them (one file per tp rank). The directory is written as
+// write them (one file per tp rank). With pipeline stages each pp rank
+// writes its stages' tensors under their global names, in
+// `model-pp00001-of-00002-tp00000-of-00002.safetensors`. The directory is written as
 // `step_00000100.tmp`, every file fsynced, then renamed: a crash mid-save
 // leaves the previous checkpoint intact (and the .tmp is ignored and
 // removed by the next save). The last `keep` checkpoints are kept.
@@ -21,6 +23,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -34,6 +37,7 @@
 namespace weft {
 
 class DeviceMesh;
+class ProcessGroup;
 
 /// A tp rank's placements by parameter name (CausalLM::placements; empty at
 /// tp = 1).
@@ -44,6 +48,7 @@ struct TrainerState {
   DataPosition data;
   int tp = 1;
   int dp = 1;
+  int pp = 1;
   int64_t seed = 0;
   std::string rng_state_hex;  // LibTorch's default CPU generator state
 
@@ -77,7 +82,7 @@ struct SaveRequest {
 };
 
 /// Collective over the world: every rank calls it. Ranks with dp index 0
-/// write their tp rank's files; rank 0 writes the state and commits.
+/// write their (pp, tp) rank's files; rank 0 writes the state and commits.
 absl::Status SaveCheckpoint(const SaveRequest& request, const DeviceMesh& mesh, int world_rank);
 
 struct LoadedCheckpoint {
@@ -92,16 +97,30 @@ struct LoadedCheckpoint {
 /// ranks' shards (their slices are in the metadata) and cut to this rank's
 /// slice in `shards` (nullptr or absent: the whole tensor). The data-parallel
 /// size may change freely (replicas hold the same shards).
-absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(const std::string& dir, int tp, int tp_rank,
-                                                   const Placements* shards);
+/// `wanted` (unset: every tensor) picks the parameters this rank holds, by
+/// name (their optimizer state follows): a checkpoint saved at any pp is
+/// read from every stage's files, so a model cut another way, or not at
+/// all, resumes from it.
+absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(
+    const std::string& dir, int tp, int tp_rank, const Placements* shards,
+    const std::function<bool(const std::string& name)>& wanted = nullptr);
 
-/// Gathers each parameter over the tp group of `mesh` and, on world rank 0,
+/// With pipeline stages: what every pp rank exports, in order (each rank's
+/// own list is the order of its `params`), and the pp group.
+struct PipelineExport {
+  const ProcessGroup* group = nullptr;
+  /// [pp rank]: (name, global shape) of each tensor it exports.
+  std::vector<std::vector<std::pair<std::string, std::vector<int64_t>>>> tensors;
+};
+
+/// Gathers each parameter over the tp group of `mesh` (and from every
+/// pipeline stage, `pipeline`) and, on world rank 0,
 /// writes `dir` as a Hugging Face checkpoint with `config_json` as its
 /// config.json. `all_shards[r]` are tp rank r's placements (empty at
 /// tp = 1). Collective over the tp group (ranks of dp index != 0 return at once).
 absl::Status ExportHuggingFace(const std::string& dir, const std::string& config_json,
                                const std::vector<std::pair<std::string, at::Tensor>>& params,
                                const std::vector<Placements>& all_shards, const DeviceMesh& mesh,
-                               int world_rank);
+                               int world_rank, const PipelineExport* pipeline = nullptr);
 
 }  // namespace weft

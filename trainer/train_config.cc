@@ -38,6 +38,12 @@ const std::vector<Field>& Fields() {
       {"parallel.dp", &TrainConfig::dp},
       {"parallel.plan", &TrainConfig::plan},
       {"parallel.loss_parallel", &TrainConfig::loss_parallel},
+      {"parallel.pp", &TrainConfig::pp},
+      {"parallel.pp_plan", &TrainConfig::pp_plan},
+      {"parallel.pp_schedule", &TrainConfig::pp_schedule},
+      {"parallel.pp_microbatches", &TrainConfig::pp_microbatches},
+      {"parallel.pp_stages_per_rank", &TrainConfig::pp_stages_per_rank},
+      {"parallel.pp_timeout", &TrainConfig::pp_timeout},
       {"data.path", &TrainConfig::data_path},
       {"data.text", &TrainConfig::data_text},
       {"data.seq_len", &TrainConfig::seq_len},
@@ -232,6 +238,15 @@ absl::Status Validate(const TrainConfig& c, const std::string& s) {
   }
   if (c.tp < 1) return Invalid(s, "parallel.tp", std::to_string(c.tp), ">= 1");
   if (c.dp < 0) return Invalid(s, "parallel.dp", std::to_string(c.dp), ">= 1, or 0 for auto");
+  if (c.pp < 1) return Invalid(s, "parallel.pp", std::to_string(c.pp), ">= 1");
+  if (c.pp_microbatches < 0)
+    return Invalid(s, "parallel.pp_microbatches", std::to_string(c.pp_microbatches),
+                   ">= 1, or 0 for auto");
+  if (c.pp_stages_per_rank < 0)
+    return Invalid(s, "parallel.pp_stages_per_rank", std::to_string(c.pp_stages_per_rank),
+                   ">= 1, or 0 for auto");
+  if (c.pp_timeout < 1)
+    return Invalid(s, "parallel.pp_timeout", std::to_string(c.pp_timeout), ">= 1 (seconds)");
   if (c.seq_len < 2) return Invalid(s, "data.seq_len", std::to_string(c.seq_len), ">= 2");
   if (!(c.lr > 0)) return Invalid(s, "optimizer.lr", absl::StrCat(c.lr), "> 0");
   if (c.betas.size() != 2 || !(c.betas[0] >= 0 && c.betas[0] < 1) ||

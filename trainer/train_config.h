@@ -5,7 +5,8 @@
 //
 //   model:      {pretrained: DIR}          # fine-tune a Hugging Face checkpoint, or
 //               {config: FILE.json}        # train from scratch (transformers' init)
-//   parallel:   {tp: 2, dp: 1, plan: auto, loss_parallel: false}
+//   parallel:   {tp: 2, dp: 1, plan: auto, loss_parallel: false,
+//                pp: 2, pp_plan: auto, pp_schedule: 1f1b, pp_microbatches: 8}
 //   data:       {path: PREFIX | text: FILE.txt, seq_len: 256, shuffle: true}
 //   optimizer:  {lr: 3e-4, betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0}
 //   schedule:   {warmup_steps: 100, decay: cosine, min_lr_ratio: 0.1}
@@ -41,6 +42,12 @@ struct TrainConfig {
   int dp = 0;  // 0: WORLD_SIZE / tp
   std::string plan = "auto";
   bool loss_parallel = false;
+  int pp = 1;                        // pipeline ranks
+  std::string pp_plan = "auto";      // auto or a plan file with a pp_plan (and pp_split)
+  std::string pp_schedule = "1f1b";  // gpipe, 1f1b, interleaved_1f1b or zb1p
+  int64_t pp_microbatches = 0;       // 0: from train.micro_batch, else pp
+  int pp_stages_per_rank = 0;        // 0: the plan's pp_split, else 2 interleaved, 1 otherwise
+  int64_t pp_timeout = 600;          // seconds a stage waits for a peer's tensor
   // data
   std::string data_path;  // a token file prefix (trainer/token_file.h)
   std::string data_text;  // a text file, tokenised byte-level (vocab 256)

@@ -18,8 +18,10 @@
 #include <set>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "base/dtype.h"
 #include "base/json.h"
 #include "base/status.h"
@@ -33,8 +35,11 @@
 #include "parallel/data_parallel.h"
 #include "parallel/device_mesh.h"
 #include "parallel/parallel_dims.h"
+#include "parallel/pipeline_runtime.h"
+#include "parallel/pipeline_schedule.h"
 #include "parallel/runtime.h"
 #include "plans/engine.h"
+#include "plans/pipeline_stages.h"
 #include "plans/shipped_plans.h"
 #include "trainer/activation_checkpointing.h"
 #include "trainer/checkpointing.h"
@@ -124,7 +129,7 @@ struct Run {
   std::unique_ptr<Runtime> runtime;
   std::unique_ptr<DeviceMesh> mesh;
   std::unique_ptr<ParallelDims> dims;
-  int tp_rank = 0, dp_rank = 0;
+  int tp_rank = 0, dp_rank = 0, pp_rank = 0;
   bool lead = false;       // world rank 0 logs and writes the run's files
   bool restarted = false;  // a restarted attempt under weftrun/torchrun
   UniqueFd output_lock;    // rank 0: the flock on <output_dir>/.weft.lock
@@ -145,6 +150,18 @@ struct Run {
   std::unique_ptr<AdamW> optimizer;
   ScheduleOptions schedule;
 
+  // Pipeline parallelism (pp > 1): the schedule, the stages, this rank's
+  // stages and their parameters, the gates, and for a tied embedding held by
+  // the first and the last stage on two ranks, the group that sums its
+  // gradient.
+  std::unique_ptr<PipelineSchedule> pipeline;
+  PipelineStages stages;
+  std::set<int> my_stages;
+  std::map<int, std::vector<at::Tensor>> stage_params;
+  std::shared_ptr<StageGate> gate;
+  std::shared_ptr<ProcessGroup> tie_group;
+  at::Tensor tied;  // the tied embedding this rank holds (pp > 1)
+
   int64_t step = 0;  // optimizer steps done
   std::string metrics_path;
   std::ofstream metrics;
@@ -152,6 +169,11 @@ struct Run {
 
   const Placements* placements() const { return dims->tp_enabled() ? &model->placements : nullptr; }
   bool sampling() const { return !c.sample_prompt.empty() && c.sample_max_new_tokens > 0; }
+  ProcessGroup* pp_group() const { return dims->pp_enabled() ? &(*mesh)["pp"] : nullptr; }
+  // A tied lm_head's weight saved under the embedding's name.
+  bool tied_head(const std::string& name) const {
+    return name == "lm_head.weight" && model->config.tie_word_embeddings;
+  }
 };
 
 // 1. Join the job and lay out the mesh (validated before anything large).
@@ -163,6 +185,8 @@ absl::Status JoinJob(Run& run) {
   ParallelDimsOptions dims;
   dims.dp = run.c.dp;
   dims.tp = run.c.tp;
+  dims.pp = run.c.pp;
+  dims.pp_microbatches = run.c.pp_microbatches;
   dims.global_batch = run.c.global_batch;
   dims.micro_batch = run.c.micro_batch;
   ASSIGN_OR_RETURN(ParallelDims parallel_dims,
@@ -172,6 +196,7 @@ absl::Status JoinJob(Run& run) {
   run.mesh = std::make_unique<DeviceMesh>(std::move(mesh));
   run.tp_rank = run.mesh->coordinate("tp");
   run.dp_rank = run.mesh->coordinate("dp");
+  if (run.dims->pp_enabled()) run.pp_rank = run.mesh->coordinate("pp");
   return absl::OkStatus();
 }
 
@@ -269,6 +294,71 @@ absl::Status OpenData(Run& run) {
   return absl::OkStatus();
 }
 
+// 5a. Pipeline parallelism: the schedule and the stages, decided from the
+// config and a model on the meta device, before any memory is allocated.
+absl::Status PlanPipeline(Run& run, const ModelConfig& model_config,
+                          const ModelOptions& model_options) {
+  const TrainConfig& c = run.c;
+  if (run.sampling()) {
+    return absl::InvalidArgumentError(
+        "sample.prompt with parallel.pp > 1: weft cannot sample through pipeline stages yet "
+        "(expected sample.prompt empty, or parallel.pp 1)");
+  }
+  ASSIGN_OR_RETURN(Plan pp_plan, ResolvePpPlanForConfig(c.pp_plan, run.config_json));
+  std::string schedule_name = c.pp_schedule;
+  const bool interleaved = absl::AsciiStrToLower(schedule_name) == "interleaved_1f1b" ||
+                           absl::AsciiStrToLower(schedule_name) == "interleaved1f1b";
+  const int v = c.pp_stages_per_rank > 0               ? c.pp_stages_per_rank
+                : pp_plan.pp_split.stages_per_rank > 0 ? pp_plan.pp_split.stages_per_rank
+                : interleaved                          ? 2
+                                                       : 1;
+  PipelineShape shape;
+  shape.schedule = schedule_name;
+  shape.ranks = run.dims->pp();
+  shape.stages_per_rank = v;
+  shape.microbatches = static_cast<int>(run.dims->accumulation());
+  auto made = MakeSchedule(shape);
+  if (!made.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("parallel.pp_schedule ", c.pp_schedule, ": ", made.status().message()));
+  }
+  run.pipeline = std::make_unique<PipelineSchedule>(std::move(*made));
+  if (!pp_plan.pp_split.stage_to_rank.empty() &&
+      (pp_plan.pp_split.stage_to_rank == "v") != (run.pipeline->mapping == StageMapping::kV)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("pp_split.stage_to_rank ", pp_plan.pp_split.stage_to_rank,
+                     " does not fit schedule ", c.pp_schedule, " (it maps stages to ranks ",
+                     run.pipeline->mapping == StageMapping::kV ? "v" : "loop", ")"));
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<CausalLM> meta, CreateCausalLM(model_config, model_options));
+  ASSIGN_OR_RETURN(run.stages, PartitionModel(*meta, pp_plan, run.pipeline->num_stages()));
+  for (int s = 0; s < run.pipeline->num_stages(); ++s) {
+    if (run.pipeline->RankOf(s) == run.pp_rank) run.my_stages.insert(s);
+  }
+  // A tied embedding on two pp ranks: one group per (dp, tp) coordinate
+  // holds the first and the last stage's copies (made by every rank, in order).
+  const int first = run.pipeline->RankOf(0),
+            last = run.pipeline->RankOf(run.stages.num_stages() - 1);
+  if (model_config.tie_word_embeddings && first != last) {
+    for (int d = 0; d < run.dims->dp(); ++d) {
+      for (int t = 0; t < run.dims->tp(); ++t) {
+        std::vector<int> ranks = {run.mesh->RankAt({first, d, t}), run.mesh->RankAt({last, d, t})};
+        ASSIGN_OR_RETURN(std::shared_ptr<ProcessGroup> group,
+                         run.runtime->NewGroup(ranks, absl::StrCat("tied_embedding_", d, "_", t)));
+        if (group) run.tie_group = group;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// 5b. The gates that run one stage at a time through the model's forward.
+absl::Status GatePipeline(Run& run) {
+  if (!run.dims->pp_enabled()) return absl::OkStatus();
+  run.gate = GatePipelineStages(*run.model, run.stages);
+  return absl::OkStatus();
+}
+
 // 5. The model: a Hugging Face checkpoint (each rank loads only its shards)
 // or transformers' initialisation from a config (the same values at any tp).
 absl::Status BuildModel(Run& run) {
@@ -291,20 +381,32 @@ absl::Status BuildModel(Run& run) {
   InitOptions init(static_cast<uint64_t>(c.seed));
   init.device = device;
   at::manual_seed(static_cast<uint64_t>(c.seed));
+  std::function<bool(const std::string&)> keep;
+  if (run.dims->pp_enabled()) {
+    RETURN_IF_ERROR(PlanPipeline(run, model_config, model_options));
+    keep = [&run](const std::string& name) {
+      return run.my_stages.count(run.stages.StageOf(name)) > 0;
+    };
+  }
   if (!run.dims->tp_enabled()) {
     if (c.loss_parallel) {
       return absl::InvalidArgumentError("parallel.loss_parallel needs parallel.tp > 1");
     }
     if (!dir.empty()) {
-      ASSIGN_OR_RETURN(run.model, FromPretrained(dir, pretrained));
-      return absl::OkStatus();
+      LoadHooks hooks;
+      hooks.keep = keep;
+      ASSIGN_OR_RETURN(run.model, FromPretrained(dir, pretrained, hooks));
+    } else {
+      ASSIGN_OR_RETURN(run.model, CreateCausalLM(model_config, model_options));
+      init.keep = keep;
+      RETURN_IF_ERROR(InitializeWeights(*run.model, init));
     }
-    ASSIGN_OR_RETURN(run.model, CreateCausalLM(model_config, model_options));
-    return InitializeWeights(*run.model, init);
+    return GatePipeline(run);
   }
   ASSIGN_OR_RETURN(Plan plan, ResolvePlanForConfig(c.plan, run.config_json));
   TensorParallelOptions tp_options;
   tp_options.loss_parallel = c.loss_parallel;
+  tp_options.keep = keep;
   // Every tp rank's placements, for checkpoints and the export.
   ASSIGN_OR_RETURN(run.all_placements, PlanPlacements(model_config, model_options, plan,
                                                       run.dims->tp(), tp_options.resolve));
@@ -315,7 +417,7 @@ absl::Status BuildModel(Run& run) {
     ASSIGN_OR_RETURN(run.model, InitTensorParallel(model_config, model_options, init, plan,
                                                    run.mesh->group("tp"), tp_options));
   }
-  return absl::OkStatus();
+  return GatePipeline(run);
 }
 
 // 6. The parameters, once each, and the optimizer over them.
@@ -341,15 +443,33 @@ absl::Status SetUpOptimizer(Run& run) {
   if (run.c.activation_checkpointing) EnableActivationCheckpointing(model);
   std::vector<AdamW::Param> opt_params;
   std::set<const void*> seen;
+  const bool pipelined = run.dims->pp_enabled();
   for (const auto& item : model.named_parameters()) {
     if (!seen.insert(item.value().unsafeGetTensorImpl()).second) continue;
     const std::string& name = item.key();
+    if (pipelined) {
+      // Only this rank's stages (the others' parameters stay on meta).
+      const int stage = run.stages.StageOf(name);
+      if (!run.my_stages.count(stage) || item.value().is_meta()) continue;
+      run.stage_params[stage].push_back(item.value());
+    }
     const DTensorSpec* spec = ParameterPlacement(model, name);
     const size_t global_dims = spec == nullptr ? item.value().dim() : spec->global_shape.size();
     const bool decay = global_dims >= 2;  // not norms, not biases
     opt_params.push_back({name, item.value(), decay});
     run.params.push_back(item.value());
-    run.replication.push_back(run.dims->GradReplication(spec));
+    int replication = run.dims->GradReplication(spec);
+    const bool tied = model.config.tie_word_embeddings &&
+                      (name == "model.embed_tokens.weight" || name == "lm_head.weight");
+    if (pipelined && tied) {
+      run.tied = item.value();
+      if (run.tie_group) replication *= 2;  // the first and the last stage hold it
+      // The last stage's head uses it too (one rank holding both stages).
+      if (name == "model.embed_tokens.weight") {
+        run.stage_params[run.stages.num_stages() - 1].push_back(item.value());
+      }
+    }
+    run.replication.push_back(replication);
     run.named.emplace_back(name, item.value());
   }
   AdamWOptions options;
@@ -413,13 +533,28 @@ absl::Status Resume(Run& run) {
     return absl::NotFoundError(
         absl::StrCat("train.resume: no checkpoint under ", c.output_dir, "/checkpoints"));
   }
-  ASSIGN_OR_RETURN(LoadedCheckpoint ckpt,
-                   LoadCheckpointDir(*latest, run.dims->tp(), run.tp_rank, run.placements()));
+  // The checkpoint holds a tied head under the embedding's name (one tensor).
+  auto saved_name = [&run](const std::string& name) {
+    return run.tied_head(name) ? std::string("model.embed_tokens.weight") : name;
+  };
+  std::set<std::string> wanted;
+  for (const auto& [name, tensor] : run.named) wanted.insert(saved_name(name));
+  ASSIGN_OR_RETURN(
+      LoadedCheckpoint ckpt,
+      LoadCheckpointDir(*latest, run.dims->tp(), run.tp_rank, run.placements(),
+                        [&wanted](const std::string& name) { return wanted.count(name) > 0; }));
   RETURN_IF_ERROR(CheckResumable(c, *latest, ckpt.state.step));
+  for (const auto& [name, tensor] : run.named) {
+    if (saved_name(name) == name) continue;
+    for (const char* kind : {"exp_avg.", "exp_avg_sq.", "master."}) {
+      auto it = ckpt.optimizer.find(kind + saved_name(name));
+      if (it != ckpt.optimizer.end()) ckpt.optimizer[kind + name] = it->second;
+    }
+  }
   {
     at::NoGradGuard no_grad;
     for (auto& [name, tensor] : run.named) {
-      auto it = ckpt.params.find(name);
+      auto it = ckpt.params.find(saved_name(name));
       if (it == ckpt.params.end() || it->second.sizes() != tensor.sizes()) {
         return absl::InvalidArgumentError(
             absl::StrCat(*latest, ": parameter '", name, "' is missing or has another shape"));
@@ -430,9 +565,14 @@ absl::Status Resume(Run& run) {
   RETURN_IF_ERROR(run.optimizer->LoadState(ckpt.optimizer, ckpt.state.step));
   RETURN_IF_ERROR(run.loader->Restore(ckpt.state.data));
   run.step = ckpt.state.step;
-  if (run.lead && (ckpt.state.tp != run.dims->tp() || ckpt.state.dp != run.dims->dp())) {
-    run.log << "[train] resharded from dp " << ckpt.state.dp << " x tp " << ckpt.state.tp
-            << " to dp " << run.dims->dp() << " x tp " << run.dims->tp() << "\n";
+  if (run.lead && (ckpt.state.tp != run.dims->tp() || ckpt.state.dp != run.dims->dp() ||
+                   ckpt.state.pp != run.dims->pp())) {
+    auto mesh_text = [](int pp, int dp, int tp) {
+      return pp > 1 ? absl::StrCat("pp ", pp, " x dp ", dp, " x tp ", tp)
+                    : absl::StrCat("dp ", dp, " x tp ", tp);
+    };
+    run.log << "[train] resharded from " << mesh_text(ckpt.state.pp, ckpt.state.dp, ckpt.state.tp)
+            << " to " << mesh_text(run.dims->pp(), run.dims->dp(), run.dims->tp()) << "\n";
   }
   if (!ckpt.state.rng_state_hex.empty()) RestoreRngState(ckpt.state.rng_state_hex);
   if (run.lead) run.log << "[train] resumed from " << *latest << " at step " << run.step << "\n";
@@ -486,23 +626,41 @@ absl::Status Start(Run& run) {
   }
   if (run.lead) {
     int64_t local = 0, total = 0;  // parameters on this rank, and in the whole model
-    for (const auto& [name, p] : run.named) {
-      local += p.numel();
-      const DTensorSpec* spec = ParameterPlacement(model, name);
+    for (const auto& [name, p] : run.named) local += p.numel();
+    for (const auto& item : model.named_parameters()) {
+      if (run.tied_head(item.key())) continue;  // one tensor with the embedding
+      const DTensorSpec* spec = ParameterPlacement(model, item.key());
       int64_t n = 1;
-      for (int64_t d : spec == nullptr ? p.sizes().vec() : spec->global_shape) n *= d;
+      for (int64_t d : spec == nullptr ? item.value().sizes().vec() : spec->global_shape) n *= d;
       total += n;
     }
     const double epochs = static_cast<double>(c.steps) / static_cast<double>(std::max<int64_t>(
                                                              1, run.loader->batches_per_epoch()));
     run.log << absl::StrFormat(
-        "[train] %s, %d layers, %.2fM parameters (%.2fM on this rank); %s, %s, plan %s; mesh dp "
+        "[train] %s, %d layers, %.2fM parameters (%.2fM on this rank); %s, %s, plan %s; mesh %sdp "
         "%d x tp %d; global batch %d x %d = %d tokens per step (%d micro-batches of %d per "
         "rank); %d steps = %.2f epochs\n",
         model.config.architecture, model.config.num_hidden_layers, total / 1e6, local / 1e6,
         run.runtime->device().str(), c.precision, run.dims->tp_enabled() ? c.plan : "none",
+        run.dims->pp_enabled() ? absl::StrCat("pp ", run.dims->pp(), " x ") : std::string(),
         run.dims->dp(), run.dims->tp(), c.global_batch, c.seq_len, c.global_batch * c.seq_len,
         run.dims->accumulation(), run.dims->micro_batch(), c.steps, epochs);
+    if (run.dims->pp_enabled()) {
+      const PipelineSchedule& p = *run.pipeline;
+      std::vector<std::string> cuts;
+      for (int s = 0; s < run.stages.num_stages(); ++s) {
+        const auto& units = run.stages.stages[s];
+        cuts.push_back(absl::StrCat(s, "@", p.RankOf(s), ": ", units.front(),
+                                    units.size() > 1 ? absl::StrCat("..", units.back()) : ""));
+      }
+      auto sim = Simulate(p);
+      run.log << absl::StrFormat(
+          "[train] pipeline pp %d, schedule %s, %d stages (%d per rank), %d micro-batches of %d, "
+          "bubble %.3f (unit-time simulation); stages %s\n",
+          run.dims->pp(), p.shape.schedule, p.num_stages(), p.shape.stages_per_rank,
+          p.shape.microbatches, run.dims->micro_batch(), sim.ok() ? sim->bubble : -1.0,
+          absl::StrJoin(cuts, "; "));
+    }
     run.log.flush();
   }
   std::error_code ec;
@@ -531,11 +689,17 @@ absl::Status Save(Run& run, int64_t at_step) {
   request.state.data = run.loader->position();
   request.state.tp = run.dims->tp();
   request.state.dp = run.dims->dp();
+  request.state.pp = run.dims->pp();
   request.state.seed = run.c.seed;
   request.state.rng_state_hex = RngStateHex();
   request.config_yaml = run.c.ToYaml();
-  for (auto& [name, t] : run.named) request.params.emplace_back(name, t.detach());
-  request.optimizer = run.optimizer->StateTensors();
+  // A tied head's copy (the last stage's) is the embedding: saved once.
+  for (auto& [name, t] : run.named) {
+    if (!run.tied_head(name)) request.params.emplace_back(name, t.detach());
+  }
+  for (auto& [key, t] : run.optimizer->StateTensors()) {
+    if (!run.tied_head(key.substr(key.find('.') + 1))) request.optimizer.emplace_back(key, t);
+  }
   request.shards = run.placements();
   RETURN_IF_ERROR(SaveCheckpoint(request, *run.mesh, run.runtime->rank()));
   if (run.lead)
@@ -548,6 +712,45 @@ struct StepStats {
   double grad_norm = 0;
   double lr = 0;
 };
+
+// One step's micro-batches through the pipeline stages of this rank (the
+// schedule's order); the last stage adds up the loss over its tokens.
+void PipelineMicroBatches(Run& run, const at::Tensor& batch, double& loss_sum, double& counted) {
+  const ParallelDims& dims = *run.dims;
+  const int64_t micro = dims.micro_batch(), seq = run.c.seq_len;
+  const int last = run.stages.num_stages() - 1;
+  const double step_tokens = static_cast<double>(dims.local_batch() * (seq - 1));
+  CausalLM& model = *run.model;
+  StageGate& gate = *run.gate;
+  PipelineStageFns fns;
+  fns.forward = [&](int stage, int mb, const at::Tensor& input) {
+    at::Tensor ids = batch.narrow(0, mb * micro, micro).to(run.runtime->device());
+    CausalLMInputs inputs;
+    inputs.input_ids = ids;
+    if (stage == last) inputs.labels = ids;
+    gate.current = stage;
+    gate.input = input;
+    gate.output = at::Tensor();
+    CausalLMOutput out = model.Forward(inputs);
+    at::Tensor result = gate.output;
+    gate.current = -1;
+    gate.input = gate.output = at::Tensor();
+    if (stage != last) return result;
+    // transformers' loss, exactly as one process computes it: the mean over
+    // this micro-batch's tokens, weighted by its share of the step's tokens.
+    const double n = static_cast<double>(micro * (seq - 1));
+    loss_sum += out.loss.item<double>() * n;
+    counted += n;
+    return out.loss * (n / step_tokens);
+  };
+  fns.parameters = [&run](int stage) { return run.stage_params[stage]; };
+  fns.activation_shape = {micro, seq, model.config.hidden_size};
+  fns.dtype = model.options.dtype;
+  fns.device = run.runtime->device();
+  PipelineRunOptions options;
+  options.timeout = std::chrono::seconds(run.c.pp_timeout);
+  RunPipelineStep(*run.pipeline, (*run.mesh)["pp"], fns, options);
+}
 
 // 9. One optimizer step: micro-batches accumulate gradients, dp averages
 // them, the global norm clips them, AdamW updates.
@@ -562,7 +765,10 @@ absl::StatusOr<StepStats> RunStep(Run& run) {
   const int64_t micro = dims.micro_batch();
   double loss_sum = 0;  // sum over this rank's counted tokens
   double counted = 0;
-  for (int64_t m = 0; m < dims.accumulation(); ++m) {
+  if (dims.pp_enabled()) {
+    PipelineMicroBatches(run, batch, loss_sum, counted);
+  }
+  for (int64_t m = 0; m < (dims.pp_enabled() ? 0 : dims.accumulation()); ++m) {
     at::Tensor ids = batch.narrow(0, m * micro, micro).to(run.runtime->device());
     CausalLMInputs inputs;
     inputs.input_ids = ids;
@@ -576,6 +782,18 @@ absl::StatusOr<StepStats> RunStep(Run& run) {
     counted += n;
   }
   at::Tensor totals = at::tensor({loss_sum, counted}, at::kDouble);
+  if (dims.pp_enabled()) {
+    // The last stage computed the losses; every rank logs the same value.
+    ProcessGroup& pp = (*run.mesh)["pp"];
+    pp.AllReduce(totals);
+    if (run.tie_group) {
+      // Megatron's scheme: the embedding's and the head's uses of the tied
+      // weight add up in both copies, which so stay equal.
+      heartbeat.Progress(run.step + 1, "all-reduce of the tied embedding");
+      if (!run.tied.grad().defined()) run.tied.mutable_grad() = at::zeros_like(run.tied);
+      run.tie_group->AllReduce(run.tied.grad());
+    }
+  }
   if (dims.dp_enabled()) {
     ProcessGroup& dp = (*run.mesh)["dp"];
     heartbeat.Progress(run.step + 1, "all-reduce of gradients");
@@ -585,7 +803,7 @@ absl::StatusOr<StepStats> RunStep(Run& run) {
   stats.loss = totals[0].item<double>() / totals[1].item<double>();
   ProcessGroup* tp = dims.tp_enabled() ? &(*run.mesh)["tp"] : nullptr;
   heartbeat.Progress(run.step + 1, "gradient norm");
-  stats.grad_norm = ClipGradNorm(run.params, run.replication, tp, c.grad_clip);
+  stats.grad_norm = ClipGradNorm(run.params, run.replication, tp, c.grad_clip, run.pp_group());
   // Every rank holds the same global loss and norm, so all stop together,
   // before a non-finite update reaches the weights (or a checkpoint).
   if (!std::isfinite(stats.loss) || !std::isfinite(stats.grad_norm)) {
@@ -726,8 +944,24 @@ absl::Status Finish(Run& run, int64_t first_step) {
     }
     const at::ScalarType dtype = run.params.empty() ? at::kFloat : run.params[0].scalar_type();
     ASSIGN_OR_RETURN(std::string config_json, ExportedConfig(run.config_json, dtype));
+    // With pipeline stages every pp rank sends its stages' tensors to the
+    // first; each list is in named_parameters order, as `exported` is.
+    PipelineExport pipeline;
+    if (run.dims->pp_enabled()) {
+      pipeline.group = run.pp_group();
+      pipeline.tensors.resize(run.dims->pp());
+      std::set<std::string> listed;
+      for (const auto& item : model.named_parameters()) {
+        if (run.tied_head(item.key()) || !listed.insert(item.key()).second) continue;
+        const int rank = run.pipeline->RankOf(run.stages.StageOf(item.key()));
+        const DTensorSpec* spec = ParameterPlacement(model, item.key());
+        pipeline.tensors[rank].emplace_back(
+            item.key(), spec != nullptr ? spec->global_shape : item.value().sizes().vec());
+      }
+    }
     RETURN_IF_ERROR(ExportHuggingFace(run.result.export_dir, config_json, exported,
-                                      run.all_placements, *run.mesh, run.runtime->rank()));
+                                      run.all_placements, *run.mesh, run.runtime->rank(),
+                                      run.dims->pp_enabled() ? &pipeline : nullptr));
     if (run.lead && !c.model_pretrained.empty()) {
       RETURN_IF_ERROR(CopyCompanionFiles(c.model_pretrained, run.result.export_dir));
     }

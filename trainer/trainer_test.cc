@@ -21,6 +21,7 @@
 #include "tests/multiprocess.h"
 #include "trainer/checkpointing.h"
 #include "trainer/train_config.h"
+#include "trainer/train_testing.h"
 
 namespace weft {
 namespace {
@@ -29,98 +30,14 @@ namespace fs = std::filesystem;
 using testing::RankResults;
 using testing::RunOptions;
 using testing::RunRanks;
-
-std::string TempDir() {
-  const char* base = std::getenv("TEST_TMPDIR");
-  return base ? base : "/tmp";
-}
-
-// A tiny model and a text whose bytes are easy to learn.
-std::string Fixture() {
-  static const std::string dir = [] {
-    std::string d = TempDir() + "/trainer_fixture";
-    fs::create_directories(d);
-    std::ofstream(d + "/config.json") << R"({
-  "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
-  "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-  "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
-  "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "torch_dtype": "float32"})";
-    std::ofstream text(d + "/text.txt");
-    for (int i = 0; i < 120; ++i) {
-      text << "The quick brown fox " << i % 7 << " jumps over the lazy dog.\n";
-      if (i % 10 == 9) text << "\n";
-    }
-    return d;
-  }();
-  return dir;
-}
-
-TrainConfig Tiny(const std::string& name) {
-  TrainConfig c;
-  c.model_config = Fixture() + "/config.json";
-  c.data_text = Fixture() + "/text.txt";
-  c.seq_len = 32;
-  c.global_batch = 8;
-  c.steps = 8;
-  c.lr = 3e-3;
-  c.warmup_steps = 2;
-  c.log_every = 100;
-  c.device = "cpu";
-  c.attn_implementation = "eager";
-  c.output_dir = TempDir() + "/" + name;
-  return c;
-}
-
-// The job every multi-rank run of these tests starts: TrainerJob.Run
-// trains the configuration in WEFT_TEST_TRAIN_CONFIG (a resolved YAML) and
-// rank 0 writes its losses (%.17g) to <output_dir>/losses.txt, or the error
-// to <output_dir>/error.txt.
-TEST(TrainerJob, Run) {
-  const char* path = std::getenv("WEFT_TEST_TRAIN_CONFIG");
-  if (path == nullptr || !testing::IsRankChild()) GTEST_SKIP() << "the job of the other tests";
-  RunRanks(0, [&] {
-    auto config = LoadTrainConfig(path);
-    ASSERT_TRUE(config.ok()) << config.status();
-    std::ostringstream log;
-    auto result = Train(*config, log);
-    const bool lead = std::string(std::getenv("RANK")) == "0";
-    if (lead) std::ofstream(config->output_dir + "/log.txt") << log.str();
-    if (!result.ok()) {
-      if (lead) std::ofstream(config->output_dir + "/error.txt") << result.status().message();
-      return;
-    }
-    if (lead) {
-      std::ofstream out(config->output_dir + "/losses.txt");
-      for (const auto& [step, loss] : result->losses) {
-        out << step << " " << absl::StrFormat("%.17g", loss) << "\n";
-      }
-    }
-  });
-}
-
-// Runs `config` as a job of `world` ranks (TrainerJob.Run).
-RankResults RunJob(int world, const TrainConfig& config, RunOptions options = {}) {
-  fs::create_directories(config.output_dir);
-  fs::remove(config.output_dir + "/losses.txt");
-  fs::remove(config.output_dir + "/error.txt");
-  const std::string path = config.output_dir + "/job.yaml";
-  std::ofstream(path) << config.ToYaml();
-  options.test = "TrainerJob.Run";
-  options.env["WEFT_TEST_TRAIN_CONFIG"] = path;
-  return RunRanks(
-      world, [] {}, options);
-}
-
-std::vector<double> RunAndGetLosses(int world, const TrainConfig& config) {
-  RankResults r = RunJob(world, config);
-  EXPECT_TRUE(r.AllSucceeded()) << r.Describe();
-  std::vector<double> losses;
-  std::ifstream in(config.output_dir + "/losses.txt");
-  int64_t step;
-  double loss;
-  while (in >> step >> loss) losses.push_back(loss);
-  return losses;
-}
+using train_testing::ExpectSameLosses;
+using train_testing::Fixture;
+using train_testing::kStepTolerance;
+using train_testing::RunAndGetLosses;
+using train_testing::RunJob;
+using train_testing::TempDir;
+using train_testing::Tiny;
+using train_testing::TrainError;
 
 TEST(Trainer, LossDecreases) {
   TrainConfig c = Tiny("decreases");
@@ -161,24 +78,6 @@ TEST(Trainer, Bf16LossDecreases) {
   std::vector<double> losses = RunAndGetLosses(1, c);
   ASSERT_EQ(losses.size(), 30u);
   EXPECT_LT(losses.back(), losses[0] - 1.5);
-}
-
-// fp32 on CPU: the sharded matmuls sum in another order, so the runs agree
-// to rounding, and the agreement must hold over every step.
-constexpr double kStepTolerance = 2e-5;
-
-// Both runs made `steps` steps and their losses agree within `tolerance`.
-void ExpectSameLosses(const std::vector<double>& a, const std::vector<double>& b, size_t steps,
-                      double tolerance) {
-  ASSERT_EQ(a.size(), steps);
-  ASSERT_EQ(b.size(), steps);
-  for (size_t i = 0; i < steps; ++i) {
-    if (tolerance == 0) {
-      EXPECT_EQ(a[i], b[i]) << "step " << i + 1;
-    } else {
-      EXPECT_NEAR(a[i], b[i], tolerance) << "step " << i + 1;
-    }
-  }
 }
 
 TEST(Trainer, TensorParallelMatchesOneProcessStepByStep) {
@@ -265,12 +164,6 @@ TEST(Trainer, ARestartedAttemptResumesFromTheLatestCheckpoint) {
   int64_t first_step = 0;
   ASSERT_TRUE(in >> first_step);
   EXPECT_EQ(first_step, 3);  // steps 1-2 came from the checkpoint of step 2
-}
-
-std::string TrainError(int world, const TrainConfig& c) {
-  RankResults r = RunJob(world, c);
-  EXPECT_TRUE(r.AllSucceeded()) << r.Describe();
-  return ReadTextFile(c.output_dir + "/error.txt").value_or("");
 }
 
 TEST(Trainer, RunTimeErrorsAreOneLine) {
