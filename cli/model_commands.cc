@@ -16,12 +16,15 @@
 #include "base/status.h"
 #include "base/text_file.h"
 #include "checkpoint/safetensors.h"
+#include "models/config.h"
 #include "models/generate.h"
 #include "models/pretrained.h"
 #include "models/trace.h"
 #include "parallel/cuda_plugin.h"
+#include "parallel/device_mesh.h"
 #include "parallel/runtime.h"
 #include "plans/engine.h"
+#include "plans/pipeline_stages.h"
 #include "plans/shipped_plans.h"
 
 namespace weft {
@@ -38,21 +41,83 @@ absl::StatusOr<at::ScalarType> ComputeDtype(const std::string& name) {
 // the process groups alive as long as the model.
 struct Loaded {
   std::unique_ptr<Runtime> runtime;
+  std::unique_ptr<DeviceMesh> mesh;  // with pipeline stages: {pp, tp}
   std::shared_ptr<CausalLM> model;
   bool writer = true;  // rank 0 (or the only process) writes the output
 };
 
+// Pipeline stages (and tensor parallelism inside each) over the world:
+// `pp` ranks hold one stage each, tp = WORLD_SIZE / pp.
+absl::StatusOr<Loaded> LoadPipelined(const std::string& dir, PretrainedOptions options,
+                                     const std::string& tp_plan, const std::string& pp_plan, int pp,
+                                     Loaded loaded) {
+  const int world = loaded.runtime->world_size();
+  if (pp <= 0) {
+    if (!tp_plan.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--pp-plan with --tp-plan needs --pp N (the pipeline ranks; tp = WORLD_SIZE ", world,
+          " / N)"));
+    }
+    pp = world;
+  }
+  if (world % pp != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--pp ", pp, " does not divide WORLD_SIZE ", world,
+                     " (expected tp = ", "WORLD_SIZE / pp ranks per stage)"));
+  }
+  const int tp = world / pp;
+  if (tp > 1 && tp_plan.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--pp ", pp, " on WORLD_SIZE ", world, " leaves ", tp,
+                     " ranks per stage (expected --tp-plan, or --pp ", world, ")"));
+  }
+  ASSIGN_OR_RETURN(DeviceMesh mesh, DeviceMesh::Create(*loaded.runtime, {{"pp", pp}, {"tp", tp}}));
+  loaded.mesh = std::make_unique<DeviceMesh>(std::move(mesh));
+  ASSIGN_OR_RETURN(std::string config_json, ReadTextFile(dir + "/config.json"));
+  ASSIGN_OR_RETURN(Plan stage_plan, ResolvePpPlanForConfig(pp_plan, config_json));
+  ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(config_json));
+  ModelOptions model_options;
+  model_options.attn_implementation = options.attn_implementation;
+  if (options.dtype) model_options.dtype = *options.dtype;
+  ASSIGN_OR_RETURN(std::shared_ptr<CausalLM> meta, CreateCausalLM(config, model_options));
+  ASSIGN_OR_RETURN(PipelineStages stages, PartitionModel(*meta, stage_plan, pp));
+  const int me = loaded.mesh->coordinate("pp");
+  auto keep = [stages, me](const std::string& name) { return stages.StageOf(name) == me; };
+  std::shared_ptr<CausalLM> model;
+  if (tp > 1) {
+    ASSIGN_OR_RETURN(Plan plan, ResolvePlanArgument(tp_plan, dir));
+    TensorParallelOptions tp_options;
+    tp_options.keep = keep;
+    ASSIGN_OR_RETURN(model, FromPretrainedTensorParallel(dir, options, plan,
+                                                         loaded.mesh->group("tp"), tp_options));
+  } else {
+    LoadHooks hooks;
+    hooks.keep = keep;
+    ASSIGN_OR_RETURN(model, FromPretrained(dir, options, hooks));
+  }
+  loaded.model = PipelinedCausalLM(std::move(model), stages, loaded.mesh->group("pp"));
+  loaded.writer = loaded.runtime->rank() == 0;
+  return loaded;
+}
+
 absl::StatusOr<Loaded> Load(const std::string& dir, PretrainedOptions options,
-                            const std::string& tp_plan) {
+                            const std::string& tp_plan, const std::string& pp_plan = "",
+                            int pp = 0) {
   Loaded loaded;
   if (options.device.is_cuda()) options.device_memory = CudaDeviceMemory();
-  if (tp_plan.empty()) {
+  if (pp > 0 && pp_plan.empty()) {
+    return absl::InvalidArgumentError("--pp needs --pp-plan (a plan file with a pp_plan, or auto)");
+  }
+  if (tp_plan.empty() && pp_plan.empty()) {
     ASSIGN_OR_RETURN(loaded.model, FromPretrained(dir, options));
     return loaded;
   }
   RuntimeOptions runtime_options;
   runtime_options.device = options.device.is_cuda() ? "cuda" : "cpu";
   ASSIGN_OR_RETURN(loaded.runtime, Runtime::Init(runtime_options));
+  if (!pp_plan.empty()) {
+    return LoadPipelined(dir, options, tp_plan, pp_plan, pp, std::move(loaded));
+  }
   ASSIGN_OR_RETURN(Plan plan, ResolvePlanArgument(tp_plan, dir));
   ASSIGN_OR_RETURN(loaded.model,
                    FromPretrainedTensorParallel(dir, options, plan, loaded.runtime->world_group()));
@@ -142,7 +207,11 @@ absl::Status Forward(const ForwardCommand& c) {
   PretrainedOptions options;
   options.dtype = dtype;
   options.attn_implementation = c.attn;
-  ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan));
+  if (!c.pp_plan.empty() && (c.hidden_states || !c.trace.empty())) {
+    return absl::InvalidArgumentError(
+        "--hidden-states and --trace are not available with --pp-plan (each rank runs one stage)");
+  }
+  ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan, c.pp_plan, c.pp));
   CausalLM& model = *loaded.model;
 
   RETURN_IF_ERROR(CheckIds(inputs.input_ids, model.config,
@@ -169,7 +238,7 @@ absl::Status Generate(const GenerateCommand& c, std::ostream& out) {
   PretrainedOptions options;
   options.dtype = dtype;
   options.attn_implementation = c.attn;
-  ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan));
+  ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan, c.pp_plan, c.pp));
   CausalLM& model = *loaded.model;
   const int64_t length = static_cast<int64_t>(prompt.size()) + c.max_new_tokens;
   if (length > model.config.max_position_embeddings) {
@@ -225,6 +294,10 @@ Subcommand AddForward(CLI::App& app) {
   cmd->add_option("--trace", c->trace, "write every module call as JSON here");
   cmd->add_option("--tp-plan", c->tp_plan,
                   "tensor parallelism over the world: a plan file, or auto");
+  cmd->add_option("--pp-plan", c->pp_plan,
+                  "pipeline stages over the world: a plan file with a pp_plan, or auto");
+  cmd->add_option("--pp", c->pp,
+                  "pipeline ranks (one stage each); default: the world without --tp-plan");
   return {cmd, [c] { return RunForward(*c, std::cerr); }};
 }
 
@@ -246,6 +319,10 @@ Subcommand AddGenerate(CLI::App& app) {
   cmd->add_option("--attn", c->attn, "attention implementation: eager or sdpa");
   cmd->add_option("--tp-plan", c->tp_plan,
                   "tensor parallelism over the world: a plan file, or auto");
+  cmd->add_option("--pp-plan", c->pp_plan,
+                  "pipeline stages over the world: a plan file with a pp_plan, or auto");
+  cmd->add_option("--pp", c->pp,
+                  "pipeline ranks (one stage each); default: the world without --tp-plan");
   return {cmd, [c, greedy_flag, sampling] {
             bool sample = false;
             for (CLI::Option* o : sampling) sample = sample || o->count() > 0;

@@ -32,6 +32,8 @@ struct ForwardCommand {
   std::string attn = "sdpa";
   std::string trace;
   std::string tp_plan;
+  std::string pp_plan;  // pipeline stages over the world (or --pp ranks of it)
+  int pp = 0;           // pipeline ranks; 0: the world (without --tp-plan)
 };
 
 struct GenerateCommand {
@@ -46,6 +48,8 @@ struct GenerateCommand {
   std::string dtype = "float32";
   std::string attn = "sdpa";
   std::string tp_plan;
+  std::string pp_plan;  // pipeline stages over the world (or --pp ranks of it)
+  int pp = 0;           // pipeline ranks; 0: the world (without --tp-plan)
 };
 
 int RunForward(const ForwardCommand& command, std::ostream& err);

@@ -49,6 +49,47 @@ TEST(PlanExplain, ValidationErrors) {
   EXPECT_EQ(err2.str(), "weft plan explain: plans/nope.yaml: cannot read the plan file\n");
 }
 
+// --pp: each stage's modules and bytes, the activation estimate per rank
+// under the schedule, the grid and its bubble; errors are one line.
+TEST(PlanExplain, PipelineStagesMemoryAndSchedule) {
+  ExplainOptions c;
+  c.model = "tests/data/hf/llama";
+  c.pp = 2;
+  c.pp_microbatches = 4;
+  c.micro_batch = 2;
+  c.seq_len = 16;
+  std::ostringstream out, err;
+  ASSERT_EQ(RunPlanExplain(c, out, err), 0) << err.str();
+  const std::string text = out.str();
+  for (const char* line : {
+           "pipeline: pp 2 x 1 stage(s) per rank = 2 stages; schedule 1f1b, 4 micro-batches of 2 "
+           "x 16 tokens\n",
+           "0      0        model.embed_tokens .. model.layers.0  1       53376       208.5 KiB\n",
+           "1      1        model.layers.1 .. lm_head             1       53440       208.8 KiB\n",
+           // 16 x 2 x 64 x (34 + 5 x 4 x 16 / 64) x 2 bytes (fp32) = 156 KiB per layer.
+           "pp rank 0: parameters 208.5 KiB per rank; activations 312.0 KiB at peak (2 "
+           "micro-batches in flight x 1 layers x 156.0 KiB)\n",
+           "rank 1: .    1F0  1B0  1B0  1F1",
+           "bubble 0.25 (idle / busy), makespan 15\n",
+       }) {
+    EXPECT_NE(text.find(line), std::string::npos) << line << "\n" << text;
+  }
+  c.pp = 5;
+  c.pp_microbatches = 10;
+  std::ostringstream err2;
+  EXPECT_EQ(RunPlanExplain(c, out, err2), 2);
+  EXPECT_EQ(err2.str(),
+            "weft plan explain: pipeline: 5 stages for a model of 2 layers (expected at most 4: "
+            "the layers plus first_stage_less_layers 1 and last_stage_less_layers 1)\n");
+  c.pp = 2;
+  c.pp_schedule = "zigzag";
+  std::ostringstream err3;
+  EXPECT_EQ(RunPlanExplain(c, out, err3), 2);
+  EXPECT_EQ(err3.str(),
+            "weft plan explain: pipeline schedule 'zigzag' is not known (expected GPipe, 1F1B, "
+            "Interleaved1F1B, ZB1P)\n");
+}
+
 // An inconsistent plan is named at plan time (it used to fail at run time
 // with "mat1 and mat2 shapes cannot be multiplied").
 TEST(PlanExplain, ProducersMeetConsumers) {

@@ -31,6 +31,17 @@ print(float((a - b).abs().max()))" 2>&1)"
 "$python" -c "import sys; sys.exit(0 if float('$diff') < 1e-5 else 1)" 2>/dev/null ||
   fail "TP=2 logits under torchrun differ from TP=1 by $diff"
 
+# 1b. PP=2 forward (one stage per rank) under torchrun equals one process.
+torchrun --nproc-per-node 2 "$weft" forward --model tests/data/hf/llama --pp-plan auto \
+  --input "$work/in.safetensors" --output "$work/pp2.safetensors" >"$work/pp2.log" 2>&1 ||
+  fail "PP=2 forward under torchrun exited $?: $(cat "$work/pp2.log")"
+diff="$("$python" -c "
+from safetensors.torch import load_file
+a = load_file('$work/tp1.safetensors')['logits']; b = load_file('$work/pp2.safetensors')['logits']
+print(float((a - b).abs().max()))" 2>&1)"
+"$python" -c "import sys; sys.exit(0 if float('$diff') < 1e-5 else 1)" 2>/dev/null ||
+  fail "PP=2 logits under torchrun differ from PP=1 by $diff"
+
 # 2. A failure is one line in torchrun's summary (torch's @record contract).
 torchrun --nproc-per-node 2 "$weft" forward --model "$work/nonexistent" --tp-plan auto \
   --input "$work/in.safetensors" --output "$work/x.safetensors" >"$work/fail.log" 2>&1

@@ -140,6 +140,22 @@ for n in 2 4; do
   [[ "$out" == "[rank0]:47,211,38,53,204,116,152,249,32,133,19,92,175,88,175,233" ]] ||
     fail "TP=$n generate: $out"
 done
+# ... and so do pipeline stages: PP=2, PP=4 (one stage per rank: the
+# embedding, a layer, a layer, the norm and the head), PP=2 x TP=2.
+for flags in "2 --pp-plan auto" "4 --pp-plan auto" "4 --pp-plan auto --pp 2 --tp-plan auto"; do
+  n="${flags%% *}"
+  out="$("$WEFTRUN" --standalone --nproc-per-node "$n" "$WEFT" generate --model tests/data/hf/llama \
+        --prompt-ids 47,211,38,53,204,116,152,249 --max-new-tokens 8 ${flags#* } 2>&1)"
+  [[ "$out" == "[rank0]:47,211,38,53,204,116,152,249,32,133,19,92,175,88,175,233" ]] ||
+    fail "generate with $flags ranks: $out"
+done
+out="$("$WEFT" generate --model tests/data/hf/llama --prompt-ids 1,2 --pp 2 2>&1)"
+[[ "$out" == "weft generate: --pp needs --pp-plan (a plan file with a pp_plan, or auto)" ]] ||
+  fail "--pp without --pp-plan: $out"
+out="$("$WEFTRUN" --standalone --nproc-per-node 2 "$WEFT" generate --model tests/data/hf/llama \
+      --prompt-ids 1,2 --pp-plan auto --pp 3 2>&1)"
+[[ "$out" == *"weft generate: --pp 3 does not divide WORLD_SIZE 2 (expected tp = WORLD_SIZE / pp ranks per stage)"* ]] ||
+  fail "--pp 3 on 2 ranks: $out"
 
 # 11. kill -9 weftrun: the workers and what they started in their process
 #     group are gone too (the keeper kills the group when weftrun dies).

@@ -6,13 +6,17 @@
 #include <iomanip>
 #include <map>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "base/status.h"
+#include "base/text_file.h"
 #include "checkpoint/checkpoint_dir.h"
 #include "models/layers.h"
+#include "parallel/pipeline_schedule.h"
 #include "plans/engine.h"
+#include "plans/pipeline_stages.h"
 #include "plans/shipped_plans.h"
 #include "plans/styles.h"
 
@@ -139,6 +143,11 @@ absl::StatusOr<Table> Tabulate(const ExplainOptions& c, const Inputs& in) {
 }
 
 void Print(const ExplainOptions& c, const Inputs& in, const Table& t, std::ostream& out) {
+  if (c.tp == 1 && c.pp > 1) {  // nothing is sharded: the stage table says it all
+    out << in.config.architecture << ", " << c10::toString(in.dtype) << ", parameters "
+        << Human(t.full_bytes) << "\n";
+    return;
+  }
   std::vector<size_t> width(t.rows[0].size(), 0);
   for (const auto& row : t.rows) {
     for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
@@ -149,8 +158,9 @@ void Print(const ExplainOptions& c, const Inputs& in, const Table& t, std::ostre
           << (i + 1 < row.size() ? "  " : "\n");
     }
   }
-  out << "mesh: dp(" << c.dp << ") * tp(" << c.tp << ") = " << c.dp * c.tp << " ranks; "
-      << in.config.architecture << ", " << c10::toString(in.dtype) << "\n";
+  out << "mesh: " << (c.pp > 1 ? absl::StrCat("pp(", c.pp, ") * ") : std::string()) << "dp(" << c.dp
+      << ") * tp(" << c.tp << ") = " << c.pp * c.dp * c.tp << " ranks; " << in.config.architecture
+      << ", " << c10::toString(in.dtype) << "\n";
   out << "per rank: parameters " << Human(t.local_bytes) << " of " << Human(t.full_bytes) << " ("
       << absl::StrFormat("%.1f", 100.0 * t.local_bytes / t.full_bytes) << "%); "
       << t.forward_collectives << " collectives per forward, " << t.backward_collectives
@@ -159,12 +169,106 @@ void Print(const ExplainOptions& c, const Inputs& in, const Table& t, std::ostre
   out << "\n";
 }
 
+// Megatron's estimate of one decoder layer's activations kept for backward
+// (Korthikanti et al. 2022, tensor parallel without sequence parallelism):
+// s*b*h*(10 + 24/t + 5*a*s/(h*t)) bytes in 16-bit, twice that in fp32.
+double LayerActivationBytes(const ModelConfig& config, int64_t b, int64_t s, int t,
+                            at::ScalarType dtype) {
+  const double h = static_cast<double>(config.hidden_size);
+  const double a = static_cast<double>(config.num_attention_heads);
+  const double sixteen_bit =
+      static_cast<double>(s) * b * h * (10.0 + 24.0 / t + 5.0 * a * s / (h * t));
+  return sixteen_bit * (c10::elementSize(dtype) >= 4 ? 2.0 : 1.0);
+}
+
+absl::Status ExplainPipeline(const ExplainOptions& c, const Inputs& in, std::ostream& out) {
+  if (c.micro_batch < 1 || c.seq_len < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--micro-batch ", c.micro_batch, " --seq-len ",
+                                                   c.seq_len, " (expected both >= 1)"));
+  }
+  PipelineShape shape;
+  shape.schedule = c.pp_schedule;
+  shape.ranks = c.pp;
+  shape.microbatches = c.pp_microbatches > 0 ? c.pp_microbatches : c.pp;
+  const std::string lower = absl::AsciiStrToLower(c.pp_schedule);
+  const bool interleaved = lower.find("interleaved") == 0;
+  ASSIGN_OR_RETURN(std::string config_json, ReadTextFile(c.model + "/config.json"));
+  ASSIGN_OR_RETURN(Plan plan, ResolvePpPlanForConfig(c.pp_plan, config_json));
+  shape.stages_per_rank = c.stages_per_rank > 0               ? c.stages_per_rank
+                          : plan.pp_split.stages_per_rank > 0 ? plan.pp_split.stages_per_rank
+                          : interleaved                       ? 2
+                                                              : 1;
+  ASSIGN_OR_RETURN(PipelineSchedule schedule, MakeSchedule(shape));
+  ASSIGN_OR_RETURN(SimulatedPipeline sim, Simulate(schedule));
+  ASSIGN_OR_RETURN(PipelineStages stages, PartitionModel(*in.model, plan, schedule.num_stages()));
+  const size_t element = c10::elementSize(in.dtype);
+  std::vector<std::vector<std::string>> rows = {
+      {"stage", "pp rank", "modules", "layers", "parameters", "bytes/rank"}};
+  std::vector<double> rank_bytes(c.pp, 0.0);
+  std::vector<int64_t> rank_layers(c.pp, 0);  // the most layers of a stage on the rank
+  for (int s = 0; s < stages.num_stages(); ++s) {
+    int64_t params = 0;
+    double bytes = 0;
+    for (const auto& item : in.model->named_parameters()) {
+      if (stages.StageOf(item.key()) != s) continue;
+      const std::vector<int64_t> global = item.value().sizes().vec();
+      auto it = in.shards.find(item.key());
+      params += Numel(global);
+      bytes += static_cast<double>(Numel(it == in.shards.end() ? global : it->second.local_shape)) *
+               element;
+    }
+    int64_t layers = 0;
+    for (const std::string& unit : stages.stages[s]) {
+      layers += unit.rfind("model.layers.", 0) == 0 || unit.find(".layers.") != std::string::npos;
+    }
+    const int rank = schedule.RankOf(s);
+    rank_bytes[rank] += bytes;
+    rank_layers[rank] = std::max(rank_layers[rank], layers);
+    const auto& units = stages.stages[s];
+    rows.push_back(
+        {absl::StrCat(s), absl::StrCat(rank),
+         units.size() == 1 ? units[0] : absl::StrCat(units.front(), " .. ", units.back()),
+         absl::StrCat(layers), absl::StrCat(params), Human(bytes)});
+  }
+  std::vector<size_t> width(rows[0].size(), 0);
+  for (const auto& row : rows) {
+    for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+  }
+  out << "\npipeline: pp " << c.pp << " x " << shape.stages_per_rank
+      << " stage(s) per rank = " << schedule.num_stages() << " stages; schedule " << c.pp_schedule
+      << ", " << shape.microbatches << " micro-batches of " << c.micro_batch << " x " << c.seq_len
+      << " tokens\n";
+  for (const auto& row : rows) {
+    for (size_t i = 0; i < row.size(); ++i) {
+      out << std::left << std::setw(i + 1 < row.size() ? width[i] : 0) << row[i]
+          << (i + 1 < row.size() ? "  " : "\n");
+    }
+  }
+  const double per_layer =
+      LayerActivationBytes(in.config, c.micro_batch, c.seq_len, c.tp, in.dtype);
+  for (int r = 0; r < c.pp; ++r) {
+    out << "pp rank " << r << ": parameters " << Human(rank_bytes[r]) << " per rank; activations "
+        << Human(per_layer * rank_layers[r] * sim.peak_activations[r]) << " at peak ("
+        << sim.peak_activations[r] << " micro-batches in flight x " << rank_layers[r]
+        << " layers x " << Human(per_layer) << ")\n";
+  }
+  out << "activations per layer and micro-batch: Megatron's s*b*h*(10 + 24/tp + 5*a*s/(h*tp)) "
+         "bytes in 16-bit (x2 in fp32); without activation checkpointing\n";
+  out << "schedule (rank x time, unit-time model: F 1, B 2, I 1, W 1):\n" << FormatGrid(sim.grid);
+  out << absl::StrFormat("bubble %.4g (idle / busy), makespan %d\n", sim.bubble, sim.makespan);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status ExplainPlan(const ExplainOptions& options, std::ostream& out) {
+  if (options.pp < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--pp ", options.pp, " (expected >= 1)"));
+  }
   ASSIGN_OR_RETURN(Inputs inputs, Read(options));
   ASSIGN_OR_RETURN(Table table, Tabulate(options, inputs));
   Print(options, inputs, table, out);
+  if (options.pp > 1) RETURN_IF_ERROR(ExplainPipeline(options, inputs, out));
   return absl::OkStatus();
 }
 

@@ -282,6 +282,84 @@ std::vector<std::string> StageParameterNames(CausalLM& model, const PipelineStag
   return out;
 }
 
+namespace {
+
+class Pipelined : public CausalLM {
+ public:
+  Pipelined(std::shared_ptr<CausalLM> model, std::shared_ptr<StageGate> gate, int stages,
+            std::shared_ptr<const ProcessGroup> pp)
+      : CausalLM(model->name(), model->config, model->options),
+        model_(std::move(model)),
+        gate_(std::move(gate)),
+        stages_(stages),
+        pp_(std::move(pp)) {}
+
+  CausalLMOutput Forward(const CausalLMInputs& inputs) override {
+    TORCH_CHECK(!inputs.output_hidden_states,
+                "output_hidden_states is not available through pipeline stages");
+    TORCH_CHECK(stages_ == pp_->size(), "a pipelined model needs one stage per pp rank, got ",
+                stages_, " stages on ", pp_->size(), " ranks");
+    const int me = pp_->rank(), last = stages_ - 1;
+    const int64_t b = inputs.input_ids.size(0), t = inputs.input_ids.size(1);
+    const at::TensorOptions options =
+        at::TensorOptions().dtype(config_dtype()).device(inputs.input_ids.device());
+    at::Tensor activation;
+    if (me > 0) {
+      activation = at::empty({b, t, config.hidden_size}, options);
+      pp_->Recv(activation, me - 1);
+    }
+    gate_->current = me;
+    gate_->input = activation;
+    CausalLMInputs stage_inputs = inputs;
+    if (me != last) stage_inputs.labels = at::Tensor();
+    CausalLMOutput out;
+    try {
+      out = model_->Forward(stage_inputs);
+    } catch (...) {
+      gate_->current = -1;
+      throw;
+    }
+    at::Tensor output = gate_->output;
+    gate_->current = -1;
+    gate_->input = gate_->output = at::Tensor();
+    if (me < last) pp_->Send(output.contiguous(), me + 1);
+    // Every rank gets the last stage's logits (and loss).
+    std::vector<int64_t> shape = {b, t, 0};
+    at::Tensor meta = at::zeros({3}, at::kLong);
+    if (me == last) {
+      for (int i = 0; i < 3; ++i) meta[i] = out.logits.size(i);
+    }
+    pp_->Broadcast(meta, last);
+    for (int i = 0; i < 3; ++i) shape[i] = meta[i].item<int64_t>();
+    CausalLMOutput result;
+    result.logits = me == last ? out.logits.contiguous() : at::empty(shape, options);
+    pp_->Broadcast(result.logits, last);
+    if (inputs.labels.defined()) {
+      result.loss = me == last ? out.loss.detach().to(at::kFloat).contiguous()
+                               : at::empty({}, options.dtype(at::kFloat));
+      pp_->Broadcast(result.loss, last);
+    }
+    return result;
+  }
+
+ private:
+  at::ScalarType config_dtype() const { return model_->options.dtype; }
+  std::shared_ptr<CausalLM> model_;
+  std::shared_ptr<StageGate> gate_;
+  int stages_;
+  std::shared_ptr<const ProcessGroup> pp_;
+};
+
+}  // namespace
+
+std::shared_ptr<CausalLM> PipelinedCausalLM(std::shared_ptr<CausalLM> model,
+                                            const PipelineStages& stages,
+                                            std::shared_ptr<const ProcessGroup> pp) {
+  auto gate = GatePipelineStages(*model, stages);
+  return std::make_shared<Pipelined>(std::move(model), std::move(gate), stages.num_stages(),
+                                     std::move(pp));
+}
+
 absl::StatusOr<Plan> ResolvePpPlanForConfig(const std::string& argument,
                                             const std::string& config_json) {
   if (argument != "auto") {

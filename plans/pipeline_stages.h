@@ -33,6 +33,7 @@
 
 #include "absl/status/statusor.h"
 #include "models/causal_lm.h"
+#include "parallel/process_group.h"
 #include "plans/plan.h"
 
 namespace weft {
@@ -77,6 +78,19 @@ std::shared_ptr<StageGate> GatePipelineStages(CausalLM& model, const PipelineSta
 /// orders them (a tied lm_head's weight included under its own name).
 std::vector<std::string> StageParameterNames(CausalLM& model, const PipelineStages& stages,
                                              int stage);
+
+/// A causal LM that runs the stages of `model` (built with only pp rank r's
+/// stage r, r = 0..pp-1, one stage per rank) across `pp`, for inference:
+/// every pp rank calls Forward with the same inputs (a KV cache included);
+/// each stage receives the activation, runs, and sends it on; every rank
+/// returns the last stage's logits (and loss). output_hidden_states is not
+/// available through stages (an exception says so).
+///
+///   auto pipelined = PipelinedCausalLM(stage_model, stages, mesh.group("pp"));
+///   at::Tensor ids = Generate(*pipelined, prompt, options);  // the same on every rank
+std::shared_ptr<CausalLM> PipelinedCausalLM(std::shared_ptr<CausalLM> model,
+                                            const PipelineStages& stages,
+                                            std::shared_ptr<const ProcessGroup> pp);
 
 /// The plan `auto` (or a file) gives for pipelining: config.json's
 /// base_model_pp_plan + the head, else the pp_plan shipped for the

@@ -130,6 +130,7 @@ TEST(Pipeline, TimesTensorAndDataParallelEqualOneProcess) {
   const std::vector<double> want = OneProcess("pp_ref_mesh", 2, 4);
   TrainConfig tp = Pipelined("pp2_tp2", 2, 2, "1f1b", 4);
   tp.tp = 2;
+  tp.activation_checkpointing = true;  // recomputes inside the stages' backward
   ExpectSameLosses(want, RunAndGetLosses(4, tp), kSteps, kStepTolerance);
   TrainConfig dp = Pipelined("pp2_dp2", 2, 2, "1f1b", 2);  // 2 micro-batches of 2 per dp rank
   dp.dp = 2;
@@ -138,27 +139,31 @@ TEST(Pipeline, TimesTensorAndDataParallelEqualOneProcess) {
   EXPECT_NE(log.find("mesh pp 2 x dp 2 x tp 1"), std::string::npos) << log;
 }
 
-// Saved at PP=2, resumed at PP=1 and at PP=2 x TP=2: the next losses are
-// the uninterrupted run's; the export gathers every stage.
+// Saved at PP=2, resumed at PP=1, then at PP=4, and at PP=2 x TP=2: the
+// next losses are the uninterrupted run's; the export gathers every stage.
 TEST(Pipeline, CheckpointsResumeAtAnotherPipelineDegree) {
-  TrainConfig c = Pipelined("pp_resume", 2, 2, "1f1b", 2);
-  c.steps = 8;
+  TrainConfig c = Pipelined("pp_resume", 2, 2, "1f1b", 4);
+  c.steps = 12;
   c.checkpoint_every = 4;
-  c.checkpoint_keep = 3;
+  c.checkpoint_keep = 5;
   c.checkpoint_export = true;
+  c.decay = "constant";  // the PP=1 leg stops at step 8: the same lr at every step
   const std::vector<double> want = RunAndGetLosses(2, c);
-  ASSERT_EQ(want.size(), 8u);
+  ASSERT_EQ(want.size(), 12u);
   EXPECT_TRUE(fs::exists(CheckpointDir(c.output_dir, 4) +
                          "/model-pp00000-of-00002-tp00000-of-00001.safetensors"));
   auto exported = SafetensorsFile::Open(c.output_dir + "/hf/model.safetensors");
   ASSERT_TRUE(exported.ok()) << exported.status();
   EXPECT_EQ((*exported)->tensors().size(), 21u);  // 2 x 9 per layer + embed + norm + head
 
+  // PP=2 -> PP=1 from step 4 to 8.
+  fs::remove_all(CheckpointDir(c.output_dir, 12));
   fs::remove_all(CheckpointDir(c.output_dir, 8));
   TrainConfig one = c;
+  one.steps = 8;
   one.pp = 1;
   one.pp_microbatches = 0;
-  one.micro_batch = 4;
+  one.micro_batch = 2;
   one.resume = true;
   one.checkpoint_export = false;
   std::vector<double> got = RunAndGetLosses(1, one);
@@ -166,7 +171,18 @@ TEST(Pipeline, CheckpointsResumeAtAnotherPipelineDegree) {
   for (size_t i = 0; i < got.size(); ++i) {
     EXPECT_NEAR(got[i], want[i + 4], kStepTolerance) << "pp 1, step " << i + 5;
   }
-  fs::remove_all(CheckpointDir(c.output_dir, 8));
+  // PP=1 -> PP=4 (the embedding, a layer, a layer, the head) from 8 to 12.
+  TrainConfig four = c;
+  four.pp = 4;
+  four.resume = true;
+  four.checkpoint_export = false;
+  got = RunAndGetLosses(4, four);
+  ASSERT_EQ(got.size(), 4u);
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_NEAR(got[i], want[i + 8], kStepTolerance) << "pp 4, step " << i + 9;
+  }
+  // PP=4's step 12 is PP=2's too; PP=2 x TP=2 from step 8 again.
+  fs::remove_all(CheckpointDir(c.output_dir, 12));
   TrainConfig mesh = c;
   mesh.tp = 2;
   mesh.resume = true;
@@ -174,8 +190,18 @@ TEST(Pipeline, CheckpointsResumeAtAnotherPipelineDegree) {
   got = RunAndGetLosses(4, mesh);
   ASSERT_EQ(got.size(), 4u);
   for (size_t i = 0; i < got.size(); ++i) {
-    EXPECT_NEAR(got[i], want[i + 4], kStepTolerance) << "pp 2 x tp 2, step " << i + 5;
+    EXPECT_NEAR(got[i], want[i + 8], kStepTolerance) << "pp 2 x tp 2, step " << i + 9;
   }
+}
+
+// bf16 (fp32 master weights) through the stages: the loss falls as at PP=1.
+TEST(Pipeline, Bf16LossDecreases) {
+  TrainConfig c = Pipelined("pp2_bf16", 2, 2, "1f1b", 2);
+  c.precision = "bf16";
+  c.steps = 30;
+  std::vector<double> losses = RunAndGetLosses(2, c);
+  ASSERT_EQ(losses.size(), 30u);
+  EXPECT_LT(losses.back(), losses[0] - 1.5);
 }
 
 TEST(Pipeline, ConfigurationErrorsAreOneLine) {
