@@ -25,44 +25,11 @@ pt1="${PT1:-1}"
 quiet_wait="${QUIET_WAIT:-900}"
 work=/tmp/weft-bench/train
 py=.venv/bin/python
-mkdir -p "$work/llama100m"
 
 [[ -x bazel-bin/weft && -x bazel-bin/weftrun ]] || bazel build //:weft //:weftrun
 
-# The model config (weft wants a file named config.json) and 1M random tokens.
-cp bench/train_llama100m.json "$work/llama100m/config.json"
-if [[ ! -f "$work/tokens.idx" ]]; then
-  "$py" - "$work/tokens" <<'EOF'
-import struct, sys
-import numpy as np
-prefix = sys.argv[1]
-n, docs, vocab = 1 << 20, 256, 32000
-tokens = np.random.default_rng(0).integers(0, vocab, size=n, dtype=np.uint16)
-starts = np.linspace(0, n, docs + 1).astype(np.uint64)
-tokens.tofile(prefix + ".bin")
-with open(prefix + ".idx", "wb") as f:
-    f.write(b"WEFTTOK1" + struct.pack("<IIQQQ", 1, 2, vocab, n, docs) + starts.tobytes())
-EOF
-fi
-
-# Busy CPU seconds of the whole machine so far (all cores, /proc/stat).
-busy_s() { awk '/^cpu /{printf "%.2f\n", ($2+$3+$4+$7+$8)/100}' /proc/stat; }
-# The machine is quiet when no cc1plus runs and it used < 0.3 cores over 5 s.
-quiet() {
-  pgrep -x cc1plus >/dev/null && return 1
-  local a b; a=$(busy_s); sleep 5; b=$(busy_s)
-  awk -v a="$a" -v b="$b" 'BEGIN{exit !((b - a) / 5 < 0.3)}'
-}
-wait_quiet() {
-  local t0=$SECONDS
-  until quiet; do
-    if ((SECONDS - t0 >= quiet_wait)); then
-      echo "  WARNING: not quiet after ${quiet_wait}s; measuring anyway" >&2; return 0
-    fi
-    sleep 10
-  done
-  ((SECONDS - t0 <= 5)) || echo "  (waited $((SECONDS - t0))s for a quiet machine)" >&2
-}
+source bench/train_bench_lib.sh
+prepare_train_data "$work" "$py"
 
 results="$work/results.jsonl"
 : >"$results"

@@ -37,8 +37,15 @@ class Executor {
     }
   }
 
+  static double Now() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+
   void Run() {
     for (const PipelineAction& a : s_.actions.at(me_)) {
+      const double start = options_.timings ? Now() : 0;
+      wait_ = 0;
       switch (a.kind) {
         case Kind::kForward:
           Forward(a.stage, a.microbatch);
@@ -53,10 +60,13 @@ class Executor {
           BackwardWeight(a.stage, a.microbatch);
           break;
       }
+      if (options_.timings) options_.timings->push_back({a.ToString(), start, Now(), wait_});
     }
+    const double start = options_.timings ? Now() : 0;
     for (auto& [what, work] : sends_) {
       if (!work.Wait(options_.timeout)) Fail(absl::StrCat("the delivery of ", what));
     }
+    if (options_.timings) options_.timings->push_back({"send", start, Now(), Now() - start});
   }
 
  private:
@@ -96,9 +106,11 @@ class Executor {
     at::Tensor buffer =
         at::empty(fns_.activation_shape, at::TensorOptions().dtype(fns_.dtype).device(fns_.device));
     P2PWork work = pp_.IRecv(buffer, s_.RankOf(from_stage), Tag(kind, stage, mb));
+    const double start = options_.timings ? Now() : 0;
     if (!work.Wait(options_.timeout)) {
       Fail(absl::StrCat(what, " from ", Peer(from_stage)));
     }
+    if (options_.timings) wait_ += Now() - start;
     return buffer;
   }
 
@@ -202,6 +214,7 @@ class Executor {
   std::map<std::pair<int, int>, Slot> slots_;                  // by (stage, micro-batch)
   std::map<std::tuple<Message, int, int>, at::Tensor> local_;  // handed over in memory
   std::vector<std::pair<std::string, P2PWork>> sends_;
+  double wait_ = 0;  // the current action's time waiting for receives
 };
 
 }  // namespace

@@ -36,6 +36,7 @@
 
 #include <chrono>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "parallel/pipeline_schedule.h"
@@ -57,9 +58,20 @@ struct PipelineStageFns {
   c10::Device device = c10::Device(c10::kCPU);
 };
 
+/// When one action ran (steady-clock seconds, comparable between the
+/// processes of one machine) and how long it waited for a peer's tensor.
+struct PipelineActionTiming {
+  std::string action;  // "0F3"
+  double start = 0, end = 0;
+  double wait = 0;  // inside [start, end): waiting for a receive
+};
+
 struct PipelineRunOptions {
   /// Longest wait for one activation or gradient from a peer.
   std::chrono::milliseconds timeout = std::chrono::seconds(600);
+  /// If set, every action's timing is appended here (benchmarks: the
+  /// measured bubble); the final wait for the sends is a "send" entry.
+  std::vector<PipelineActionTiming>* timings = nullptr;
 };
 
 /// Runs this rank's actions of `schedule` (`pp.rank()` is the schedule's

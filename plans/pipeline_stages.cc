@@ -286,67 +286,78 @@ namespace {
 
 class Pipelined : public CausalLM {
  public:
-  Pipelined(std::shared_ptr<CausalLM> model, std::shared_ptr<StageGate> gate, int stages,
-            std::shared_ptr<const ProcessGroup> pp)
+  Pipelined(std::shared_ptr<CausalLM> model, std::shared_ptr<StageGate> gate,
+            std::vector<int> rank_of, std::shared_ptr<const ProcessGroup> pp)
       : CausalLM(model->name(), model->config, model->options),
         model_(std::move(model)),
         gate_(std::move(gate)),
-        stages_(stages),
+        rank_of_(std::move(rank_of)),
         pp_(std::move(pp)) {}
 
   CausalLMOutput Forward(const CausalLMInputs& inputs) override {
     TORCH_CHECK(!inputs.output_hidden_states,
                 "output_hidden_states is not available through pipeline stages");
-    TORCH_CHECK(stages_ == pp_->size(), "a pipelined model needs one stage per pp rank, got ",
-                stages_, " stages on ", pp_->size(), " ranks");
-    const int me = pp_->rank(), last = stages_ - 1;
+    const int me = pp_->rank(), last = static_cast<int>(rank_of_.size()) - 1;
     const int64_t b = inputs.input_ids.size(0), t = inputs.input_ids.size(1);
     const at::TensorOptions options =
-        at::TensorOptions().dtype(config_dtype()).device(inputs.input_ids.device());
-    at::Tensor activation;
-    if (me > 0) {
-      activation = at::empty({b, t, config.hidden_size}, options);
-      pp_->Recv(activation, me - 1);
-    }
-    gate_->current = me;
-    gate_->input = activation;
-    CausalLMInputs stage_inputs = inputs;
-    if (me != last) stage_inputs.labels = at::Tensor();
+        at::TensorOptions().dtype(model_->options.dtype).device(inputs.input_ids.device());
+    // Every stage of this rank sees the cache as it was before this call
+    // (the model's forward advances it once per stage).
+    const int64_t past = inputs.cache ? inputs.cache->length : 0;
+    at::Tensor activation;  // handed to this rank's next stage
     CausalLMOutput out;
-    try {
-      out = model_->Forward(stage_inputs);
-    } catch (...) {
+    for (int s = 0; s <= last; ++s) {
+      if (rank_of_[s] != me) continue;
+      at::Tensor input;
+      if (s > 0 && rank_of_[s - 1] == me) {
+        input = activation;
+      } else if (s > 0) {
+        input = at::empty({b, t, config.hidden_size}, options);
+        pp_->Recv(input, rank_of_[s - 1], s);
+      }
+      gate_->current = s;
+      gate_->input = input;
+      CausalLMInputs stage_inputs = inputs;
+      if (s != last) stage_inputs.labels = at::Tensor();
+      if (inputs.cache) inputs.cache->length = past;
+      try {
+        out = model_->Forward(stage_inputs);
+      } catch (...) {
+        gate_->current = -1;
+        throw;
+      }
+      activation = gate_->output;
       gate_->current = -1;
-      throw;
+      gate_->input = gate_->output = at::Tensor();
+      if (s < last && rank_of_[s + 1] != me)
+        pp_->Send(activation.contiguous(), rank_of_[s + 1], s + 1);
     }
-    at::Tensor output = gate_->output;
-    gate_->current = -1;
-    gate_->input = gate_->output = at::Tensor();
-    if (me < last) pp_->Send(output.contiguous(), me + 1);
+    if (inputs.cache) inputs.cache->length = past + t;
     // Every rank gets the last stage's logits (and loss).
-    std::vector<int64_t> shape = {b, t, 0};
-    at::Tensor meta = at::zeros({3}, at::kLong);
-    if (me == last) {
-      for (int i = 0; i < 3; ++i) meta[i] = out.logits.size(i);
+    const int holder = rank_of_[last];
+    at::Tensor shape = at::zeros({3}, at::kLong);
+    if (me == holder) {
+      for (int i = 0; i < 3; ++i) shape[i] = out.logits.size(i);
     }
-    pp_->Broadcast(meta, last);
-    for (int i = 0; i < 3; ++i) shape[i] = meta[i].item<int64_t>();
+    pp_->Broadcast(shape, holder);
     CausalLMOutput result;
-    result.logits = me == last ? out.logits.contiguous() : at::empty(shape, options);
-    pp_->Broadcast(result.logits, last);
+    result.logits = me == holder ? out.logits.contiguous()
+                                 : at::empty({shape[0].item<int64_t>(), shape[1].item<int64_t>(),
+                                              shape[2].item<int64_t>()},
+                                             options);
+    pp_->Broadcast(result.logits, holder);
     if (inputs.labels.defined()) {
-      result.loss = me == last ? out.loss.detach().to(at::kFloat).contiguous()
-                               : at::empty({}, options.dtype(at::kFloat));
-      pp_->Broadcast(result.loss, last);
+      result.loss = me == holder ? out.loss.detach().to(at::kFloat).contiguous()
+                                 : at::empty({}, options.dtype(at::kFloat));
+      pp_->Broadcast(result.loss, holder);
     }
     return result;
   }
 
  private:
-  at::ScalarType config_dtype() const { return model_->options.dtype; }
   std::shared_ptr<CausalLM> model_;
   std::shared_ptr<StageGate> gate_;
-  int stages_;
+  std::vector<int> rank_of_;
   std::shared_ptr<const ProcessGroup> pp_;
 };
 
@@ -356,7 +367,19 @@ std::shared_ptr<CausalLM> PipelinedCausalLM(std::shared_ptr<CausalLM> model,
                                             const PipelineStages& stages,
                                             std::shared_ptr<const ProcessGroup> pp) {
   auto gate = GatePipelineStages(*model, stages);
-  return std::make_shared<Pipelined>(std::move(model), std::move(gate), stages.num_stages(),
+  std::vector<int> rank_of;
+  for (int s = 0; s < stages.num_stages(); ++s) rank_of.push_back(s);
+  TORCH_CHECK(stages.num_stages() == pp->size(), "PipelinedCausalLM: ", stages.num_stages(),
+              " stages on ", pp->size(), " pp ranks (expected one each)");
+  return std::make_shared<Pipelined>(std::move(model), std::move(gate), std::move(rank_of),
+                                     std::move(pp));
+}
+
+std::shared_ptr<CausalLM> PipelinedCausalLM(std::shared_ptr<CausalLM> model,
+                                            std::shared_ptr<StageGate> gate,
+                                            std::vector<int> rank_of,
+                                            std::shared_ptr<const ProcessGroup> pp) {
+  return std::make_shared<Pipelined>(std::move(model), std::move(gate), std::move(rank_of),
                                      std::move(pp));
 }
 

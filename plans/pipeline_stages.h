@@ -92,6 +92,13 @@ std::shared_ptr<CausalLM> PipelinedCausalLM(std::shared_ptr<CausalLM> model,
                                             const PipelineStages& stages,
                                             std::shared_ptr<const ProcessGroup> pp);
 
+/// The same over gates already installed (the trainer's): stage s runs on
+/// pp rank `rank_of[s]`; a rank may hold several (an interleaved mapping).
+std::shared_ptr<CausalLM> PipelinedCausalLM(std::shared_ptr<CausalLM> model,
+                                            std::shared_ptr<StageGate> gate,
+                                            std::vector<int> rank_of,
+                                            std::shared_ptr<const ProcessGroup> pp);
+
 /// The plan `auto` (or a file) gives for pipelining: config.json's
 /// base_model_pp_plan + the head, else the pp_plan shipped for the
 /// architecture; a file must hold a pp_plan.

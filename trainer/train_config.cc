@@ -44,6 +44,7 @@ const std::vector<Field>& Fields() {
       {"parallel.pp_microbatches", &TrainConfig::pp_microbatches},
       {"parallel.pp_stages_per_rank", &TrainConfig::pp_stages_per_rank},
       {"parallel.pp_timeout", &TrainConfig::pp_timeout},
+      {"parallel.pp_trace", &TrainConfig::pp_trace},
       {"data.path", &TrainConfig::data_path},
       {"data.text", &TrainConfig::data_text},
       {"data.seq_len", &TrainConfig::seq_len},

@@ -159,8 +159,10 @@ struct Run {
   std::set<int> my_stages;
   std::map<int, std::vector<at::Tensor>> stage_params;
   std::shared_ptr<StageGate> gate;
+  std::shared_ptr<CausalLM> pipelined;  // the model through every stage (samples)
   std::shared_ptr<ProcessGroup> tie_group;
-  at::Tensor tied;  // the tied embedding this rank holds (pp > 1)
+  at::Tensor tied;         // the tied embedding this rank holds (pp > 1)
+  std::ofstream pp_trace;  // parallel.pp_trace: every action's timing
 
   int64_t step = 0;  // optimizer steps done
   std::string metrics_path;
@@ -299,11 +301,6 @@ absl::Status OpenData(Run& run) {
 absl::Status PlanPipeline(Run& run, const ModelConfig& model_config,
                           const ModelOptions& model_options) {
   const TrainConfig& c = run.c;
-  if (run.sampling()) {
-    return absl::InvalidArgumentError(
-        "sample.prompt with parallel.pp > 1: weft cannot sample through pipeline stages yet "
-        "(expected sample.prompt empty, or parallel.pp 1)");
-  }
   ASSIGN_OR_RETURN(Plan pp_plan, ResolvePpPlanForConfig(c.pp_plan, run.config_json));
   std::string schedule_name = c.pp_schedule;
   const bool interleaved = absl::AsciiStrToLower(schedule_name) == "interleaved_1f1b" ||
@@ -356,6 +353,10 @@ absl::Status PlanPipeline(Run& run, const ModelConfig& model_config,
 absl::Status GatePipeline(Run& run) {
   if (!run.dims->pp_enabled()) return absl::OkStatus();
   run.gate = GatePipelineStages(*run.model, run.stages);
+  // Samples (and anything else that calls Forward) go through the stages.
+  std::vector<int> rank_of;
+  for (int s = 0; s < run.stages.num_stages(); ++s) rank_of.push_back(run.pipeline->RankOf(s));
+  run.pipelined = PipelinedCausalLM(run.model, run.gate, rank_of, run.mesh->group("pp"));
   return absl::OkStatus();
 }
 
@@ -618,8 +619,8 @@ absl::Status Start(Run& run) {
   CausalLM& model = *run.model;
   run.result.first_step = run.step + 1;
   if (run.sampling()) {
-    run.result.sample_before =
-        Sample(model, c.sample_prompt, c.sample_max_new_tokens, run.runtime->device());
+    run.result.sample_before = Sample(run.pipelined ? *run.pipelined : model, c.sample_prompt,
+                                      c.sample_max_new_tokens, run.runtime->device());
     if (run.lead) {
       run.log << "[train] sample before training:\n" << run.result.sample_before << "\n---\n";
     }
@@ -749,7 +750,26 @@ void PipelineMicroBatches(Run& run, const at::Tensor& batch, double& loss_sum, d
   fns.device = run.runtime->device();
   PipelineRunOptions options;
   options.timeout = std::chrono::seconds(run.c.pp_timeout);
+  std::vector<PipelineActionTiming> timings;
+  if (run.c.pp_trace) options.timings = &timings;
   RunPipelineStep(*run.pipeline, (*run.mesh)["pp"], fns, options);
+  if (run.c.pp_trace) {
+    // One JSON line per action: the benchmark's measured bubble.
+    if (!run.pp_trace.is_open()) {
+      std::error_code ec;
+      fs::create_directories(run.c.output_dir + "/pp_trace", ec);
+      run.pp_trace.open(
+          absl::StrCat(run.c.output_dir, "/pp_trace/rank", run.runtime->rank(), ".jsonl"),
+          std::ios::trunc);
+    }
+    for (const PipelineActionTiming& t : timings) {
+      run.pp_trace << absl::StrFormat(
+          "{\"step\": %d, \"pp_rank\": %d, \"action\": \"%s\", \"start\": %.6f, \"end\": "
+          "%.6f, \"wait\": %.6f}\n",
+          run.step + 1, run.pp_rank, t.action, t.start, t.end, t.wait);
+    }
+    run.pp_trace.flush();
+  }
 }
 
 // 9. One optimizer step: micro-batches accumulate gradients, dp averages
@@ -928,11 +948,26 @@ absl::Status WriteCurve(Run& run) {
                       run.dims->tp(), run.c.steps));
 }
 
+// This process's peak resident memory (VmHWM), in MiB; 0 if unknown.
+double PeakRssMb() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;
+  }
+  return 0;
+}
+
 // 11. After the last step: the final checkpoint, the Hugging Face export,
 // the loss curve and a sample.
 absl::Status Finish(Run& run, int64_t first_step) {
   const TrainConfig& c = run.c;
   CausalLM& model = *run.model;
+  if (run.pp_trace.is_open()) {
+    run.pp_trace << absl::StrFormat("{\"pp_rank\": %d, \"peak_rss_mb\": %.1f}\n", run.pp_rank,
+                                    PeakRssMb());
+    run.pp_trace.close();
+  }
   if (run.step > first_step) RETURN_IF_ERROR(Save(run, run.step));
   if (c.checkpoint_export) {
     Heartbeat::Get().Progress(run.step, "exporting the Hugging Face checkpoint");
@@ -978,8 +1013,8 @@ absl::Status Finish(Run& run, int64_t first_step) {
   }
   if (run.sampling()) {
     model.eval();
-    run.result.sample_after =
-        Sample(model, c.sample_prompt, c.sample_max_new_tokens, run.runtime->device());
+    run.result.sample_after = Sample(run.pipelined ? *run.pipelined : model, c.sample_prompt,
+                                     c.sample_max_new_tokens, run.runtime->device());
     if (run.lead) {
       run.log << "[train] sample after training:\n" << run.result.sample_after << "\n---\n";
     }
