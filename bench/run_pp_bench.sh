@@ -5,6 +5,7 @@
 # 2 ranks x 1 thread under weftrun:
 #   pp2-gpipe, pp2-1f1b, pp2-interleaved (2 stages per rank), pp2-zb1p
 #                 parallel.pp 2, 4 micro-batches of 1 x 256, parallel.pp_trace
+#   pp2-1f1b-balanced  1F1B with bench/pp_balanced.yaml (the head counted as 3 layers)
 #   tp2           parallel.tp 2, the whole batch at once
 #   dp2           parallel.dp 2, 2 sequences per rank
 # For each PP run the measured bubble comes from the timestamps of every
@@ -71,16 +72,19 @@ if traces:
             else:
                 actions[e["step"]].append(e)
     idle = busy = 0.0
-    for step, acts in actions.items():
-        if step == 1:
-            continue  # warm-up
+    per_rank = defaultdict(float)
+    measured = [s for s in actions if s != 1]  # step 1 is warm-up
+    for step in measured:
+        acts = actions[step]
         span = max(a["end"] for a in acts) - min(a["start"] for a in acts)
         for rank in {a["pp_rank"] for a in acts}:
             b = sum(a["end"] - a["start"] - a["wait"] for a in acts
                     if a["pp_rank"] == rank and a["action"] != "send")
             busy += b
             idle += span - b
+            per_rank[rank] += b / len(measured)
     r["measured_bubble"] = idle / busy
+    r["busy_s_per_step_per_rank"] = [round(per_rank[k], 2) for k in sorted(per_rank)]
     r["peak_rss_mb_per_pp_rank"] = [round(rss[k]) for k in sorted(rss)]
 print(json.dumps(r))
 EOF
@@ -95,6 +99,8 @@ for ((r = 1; r <= rounds; ++r)); do
   run_one pp2-1f1b "${pp[@]}" --set parallel.pp_schedule=1f1b
   run_one pp2-interleaved "${pp[@]}" --set parallel.pp_schedule=interleaved_1f1b
   run_one pp2-zb1p "${pp[@]}" --set parallel.pp_schedule=zb1p
+  run_one pp2-1f1b-balanced "${pp[@]}" --set parallel.pp_schedule=1f1b \
+    --set parallel.pp_plan=bench/pp_balanced.yaml
   run_one tp2 --set parallel.tp=2
   run_one dp2 --set parallel.dp=2
 done
@@ -106,19 +112,21 @@ batch, seq, steps, m = sys.argv[2:6]
 m = int(m)
 names = list(dict.fromkeys(r["name"] for r in rows))
 med = lambda n, k: statistics.median(r[k] for r in rows if r["name"] == n)
-closed = {"pp2-gpipe": 1 / m, "pp2-1f1b": 1 / m, "pp2-interleaved": 1 / (2 * m), "pp2-zb1p": None}
+closed = {"pp2-gpipe": 1 / m, "pp2-1f1b": 1 / m, "pp2-interleaved": 1 / (2 * m), "pp2-zb1p": None,
+          "pp2-1f1b-balanced": 1 / m}
 ref = med("tp2", "tokens_per_s")
 print(f"model 124.7M Llama fp32, global batch {batch} x {seq} tokens, 2 ranks x 1 thread, "
       f"steps 2..{steps}; medians of {len(rows) // len(names)} round(s)")
 print(f"{'config':<16} {'tokens/s':>8} {'x tp2':>6} {'bubble':>7} {'closed':>7} {'unit-sim':>8} "
-      f"{'peak RSS/rank (MiB)':>20} {'largest':>8} {'loss':>8}")
+      f"{'busy s/step/rank':>16} {'peak RSS/rank (MiB)':>20} {'largest':>8} {'loss':>8}")
 for n in names:
     rs = [r for r in rows if r["name"] == n]
     bub = f"{med(n, 'measured_bubble'):.3f}" if "measured_bubble" in rs[0] else "-"
     sim = f"{med(n, 'simulated_bubble'):.3f}" if "simulated_bubble" in rs[0] else "-"
     cl = closed.get(n)
     per_rank = "/".join(str(x) for x in rs[-1].get("peak_rss_mb_per_pp_rank", [])) or "-"
+    busy = "/".join(str(x) for x in rs[-1].get("busy_s_per_step_per_rank", [])) or "-"
     print(f"{n:<16} {med(n, 'tokens_per_s'):8.1f} {med(n, 'tokens_per_s') / ref:6.2f} {bub:>7} "
-          f"{(f'{cl:.3f}' if cl is not None else '-'):>7} {sim:>8} {per_rank:>20} "
+          f"{(f'{cl:.3f}' if cl is not None else '-'):>7} {sim:>8} {busy:>16} {per_rank:>20} "
           f"{med(n, 'peak_rss_mb_largest'):8.0f} {med(n, 'last_loss'):8.4f}")
 EOF

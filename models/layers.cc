@@ -1,9 +1,13 @@
 #include "models/layers.h"
 
+#include <ATen/core/grad_mode.h>
+
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
+
+#include "models/deferred_weight_grads.h"
 
 namespace weft {
 namespace {
@@ -26,7 +30,13 @@ void Linear::OnParametersReplaced() {
 }
 
 at::Tensor Linear::forward(const at::Tensor& x) {
-  return Hooked({x}, [this](const Tensors& in) { return at::linear(in[0], weight, bias); });
+  return Hooked({x}, [this](const Tensors& in) {
+    // Zero-bubble pipeline schedules defer the weight gradient (W).
+    if (DeferWeightGrads::recording() && at::GradMode::is_enabled() && weight.requires_grad()) {
+      return DeferrableLinear(in[0], weight, bias);
+    }
+    return at::linear(in[0], weight, bias);
+  });
 }
 
 Embedding::Embedding(int64_t num_embeddings, int64_t embedding_dim, at::ScalarType dtype)

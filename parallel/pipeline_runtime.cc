@@ -24,6 +24,7 @@ struct Slot {
   at::Tensor output;    // the activation sent on, or the loss
   at::Tensor grad_out;  // the output's gradient (kept from I for W)
   bool grad_known = false;
+  std::function<void()> weight_grads;  // deferred at I, run at W
 };
 
 class Executor {
@@ -182,6 +183,16 @@ class Executor {
   void BackwardInput(int stage, int mb) {
     Slot& slot = Find(stage, mb, "the input gradient");
     at::Tensor grad = GradOut(stage, mb, slot);
+    if (fns_.defer_weight_grads) {
+      // The whole backward now, the weight gradients' products left for W.
+      slot.weight_grads = fns_.defer_weight_grads([&] {
+        torch::autograd::backward({slot.output}, grad.defined()
+                                                     ? torch::autograd::variable_list{grad}
+                                                     : torch::autograd::variable_list{});
+      });
+      SendInputGrad(stage, mb, stage > 0 ? slot.input.grad() : at::Tensor(), slot);
+      return;
+    }
     if (stage == 0) return;  // no input gradient; W runs the whole backward
     torch::autograd::variable_list grads = torch::autograd::grad(
         {slot.output}, {slot.input},
@@ -192,6 +203,11 @@ class Executor {
 
   void BackwardWeight(int stage, int mb) {
     Slot& slot = Find(stage, mb, "the weight gradient");
+    if (slot.weight_grads) {
+      slot.weight_grads();
+      slots_.erase({stage, mb});
+      return;
+    }
     at::Tensor grad = GradOut(stage, mb, slot);
     std::vector<at::Tensor> params;
     for (const at::Tensor& p : fns_.parameters(stage)) {

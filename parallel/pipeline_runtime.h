@@ -52,6 +52,12 @@ struct PipelineStageFns {
   std::function<at::Tensor(int stage, int mb, const at::Tensor& input)> forward;
   /// The parameters of `stage` (the weight-gradient step W computes them).
   std::function<std::vector<at::Tensor>(int stage)> parameters;
+  /// Zero-bubble schedules (I and W actions): runs `backward` (the stage's
+  /// whole backward) with the weight gradients deferred, and returns what
+  /// computes them later, at W (models/deferred_weight_grads.h). Unset: I
+  /// computes only the input gradient (autograd::grad, graph kept) and W
+  /// backpropagates again to the weights.
+  std::function<std::function<void()>(const std::function<void()>& backward)> defer_weight_grads;
   /// The shape and dtype of the activation between stages.
   std::vector<int64_t> activation_shape;
   at::ScalarType dtype = at::kFloat;

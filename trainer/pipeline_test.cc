@@ -76,6 +76,20 @@ TEST(Pipeline, FourStagesEqualOneProcess) {
   }
 }
 
+// Interleaved at PP=4: 8 stages of a 6-layer model, one unit each (the
+// embedding, six layers, the norm with the head), two per rank.
+TEST(Pipeline, FourRanksInterleavedEqualOneProcess) {
+  const std::vector<double> want = OneProcess("pp_ref6_8", 6, 8);
+  TrainConfig c = Pipelined("pp4_interleaved", 6, 4, "interleaved_1f1b", 8);
+  ExpectSameLosses(want, RunAndGetLosses(4, c), kSteps, kStepTolerance);
+  const std::string log = ReadTextFile(c.output_dir + "/log.txt").value_or("");
+  EXPECT_NE(log.find("stages 0@0: model.embed_tokens; 1@1: model.layers.0; 2@2: model.layers.1; "
+                     "3@3: model.layers.2; 4@0: model.layers.3; 5@1: model.layers.4; 6@2: "
+                     "model.layers.5; 7@3: model.norm..lm_head"),
+            std::string::npos)
+      << log;
+}
+
 TEST(Pipeline, AnUnevenSplitEqualsOneProcess) {
   // 3 layers on 2 stages: the embedding and 2 layers, then 1 layer, the norm and the head.
   const std::vector<double> want = OneProcess("pp_ref3", 3, 2);
@@ -132,6 +146,10 @@ TEST(Pipeline, TimesTensorAndDataParallelEqualOneProcess) {
   tp.tp = 2;
   tp.activation_checkpointing = true;  // recomputes inside the stages' backward
   ExpectSameLosses(want, RunAndGetLosses(4, tp), kSteps, kStepTolerance);
+  // The zero-bubble schedule defers weight gradients past TP's hooks.
+  TrainConfig zb = Pipelined("pp2_tp2_zb1p", 2, 2, "zb1p", 4);
+  zb.tp = 2;
+  ExpectSameLosses(want, RunAndGetLosses(4, zb), kSteps, kStepTolerance);
   TrainConfig dp = Pipelined("pp2_dp2", 2, 2, "1f1b", 2);  // 2 micro-batches of 2 per dp rank
   dp.dp = 2;
   ExpectSameLosses(want, RunAndGetLosses(4, dp), kSteps, kStepTolerance);

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -28,6 +29,7 @@
 #include "base/syscall.h"
 #include "base/text_file.h"
 #include "launcher/heartbeat.h"
+#include "models/deferred_weight_grads.h"
 #include "models/generate.h"
 #include "models/init.h"
 #include "models/pretrained.h"
@@ -723,8 +725,23 @@ void PipelineMicroBatches(Run& run, const at::Tensor& batch, double& loss_sum, d
   const double step_tokens = static_cast<double>(dims.local_batch() * (seq - 1));
   CausalLM& model = *run.model;
   StageGate& gate = *run.gate;
+  // Zero-bubble schedules split the backward: weight gradients wait for W.
+  bool zero_bubble = false;
+  for (const PipelineAction& a : run.pipeline->actions[run.pp_rank]) {
+    zero_bubble = zero_bubble || a.kind == PipelineAction::Kind::kBackwardWeight;
+  }
   PipelineStageFns fns;
+  if (zero_bubble) {
+    fns.defer_weight_grads = [](const std::function<void()>& backward) -> std::function<void()> {
+      DeferWeightGrads::Capture capture;
+      backward();
+      auto grads = std::make_shared<DeferredWeightGrads>(capture.Take());
+      return [grads] { grads->Apply(); };
+    };
+  }
   fns.forward = [&](int stage, int mb, const at::Tensor& input) {
+    std::optional<DeferWeightGrads::Recording> recording;
+    if (zero_bubble) recording.emplace();
     at::Tensor ids = batch.narrow(0, mb * micro, micro).to(run.runtime->device());
     CausalLMInputs inputs;
     inputs.input_ids = ids;
