@@ -17,19 +17,6 @@ namespace {
 using testing::RankResults;
 using testing::RunRanks;
 
-std::unique_ptr<Runtime> InitRuntime() {
-  RuntimeOptions options;
-  options.device = "cpu";
-  options.timeout = std::chrono::seconds(60);
-  options.collective_timeout = std::chrono::seconds(60);
-  auto runtime = Runtime::Init(options);
-  if (!runtime.ok()) {
-    ADD_FAILURE() << runtime.status();
-    std::_Exit(3);
-  }
-  return std::move(runtime).value();
-}
-
 // A deterministic tensor every rank can build alone: the "global" value.
 at::Tensor Global(std::vector<int64_t> shape, double seed) {
   int64_t n = 1;
@@ -50,7 +37,7 @@ void ExpectClose(const at::Tensor& actual, const at::Tensor& expected, const std
 }
 
 void PlainCollectives() {
-  auto rt = InitRuntime();
+  auto rt = testing::InitCpuRuntime();
   const ProcessGroup& g = rt->world();
   const int w = g.size();
   const int r = g.rank();
@@ -141,7 +128,7 @@ void PlainCollectives() {
 }
 
 void AutogradCollectives() {
-  auto rt = InitRuntime();
+  auto rt = testing::InitCpuRuntime();
   const ProcessGroup& g = rt->world();
   const int w = g.size();
   const int r = g.rank();
@@ -240,7 +227,7 @@ TEST(Collectives, SingleProcess) {
       unsetenv(var);
     }
   }
-  auto rt = InitRuntime();
+  auto rt = testing::InitCpuRuntime();
   EXPECT_EQ(rt->world_size(), 1);
   at::Tensor t = Global({3}, 1);
   rt->world().AllReduce(t);
@@ -261,7 +248,7 @@ TEST(AutogradCollectives, FourRanks) {
 
 TEST(DeviceMesh, SubGroupsOnFourRanks) {
   RankResults result = RunRanks(4, [] {
-    auto rt = InitRuntime();
+    auto rt = testing::InitCpuRuntime();
     auto mesh = DeviceMesh::Create(*rt, {{"dp", 2}, {"tp", 2}});
     ASSERT_TRUE(mesh.ok()) << mesh.status();
     const int r = rt->rank();

@@ -21,19 +21,6 @@ using testing::RankResults;
 using testing::RunOptions;
 using testing::RunRanks;
 
-std::unique_ptr<Runtime> InitRuntime() {
-  RuntimeOptions options;
-  options.device = "cpu";
-  options.timeout = std::chrono::seconds(60);
-  options.collective_timeout = std::chrono::seconds(60);
-  auto runtime = Runtime::Init(options);
-  if (!runtime.ok()) {
-    ADD_FAILURE() << runtime.status();
-    std::_Exit(3);
-  }
-  return std::move(runtime).value();
-}
-
 constexpr int kMicro = 4;
 constexpr int64_t kWidth = 3;
 
@@ -54,7 +41,7 @@ at::Tensor Input(int mb) {
 // Runs `schedule` (p = 2) and compares every held stage's gradients with
 // one process's.
 void CheckSchedule(const std::string& name, int stages_per_rank) {
-  auto rt = InitRuntime();
+  auto rt = testing::InitCpuRuntime();
   PipelineShape shape;
   shape.schedule = name;
   shape.ranks = 2;
@@ -104,7 +91,7 @@ TEST(PipelineRuntime, EveryScheduleGivesOneProcessGradients) {
 // Rank 0 never runs its part: rank 1 names what it waited for, then stops.
 TEST(PipelineRuntime, APeerThatNeverSendsIsNamedWithinTheTimeout) {
   RankResults r = RunRanks(2, [] {
-    auto rt = InitRuntime();
+    auto rt = testing::InitCpuRuntime();
     PipelineShape shape{"1F1B", 2, 1, 2};
     auto schedule = MakeSchedule(shape);
     ASSERT_TRUE(schedule.ok());

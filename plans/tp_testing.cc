@@ -8,16 +8,6 @@
 
 namespace weft::testing {
 
-std::unique_ptr<Runtime> InitCpuRuntime() {
-  RuntimeOptions ro;
-  ro.device = "cpu";
-  ro.timeout = std::chrono::seconds(60);
-  ro.collective_timeout = std::chrono::seconds(60);
-  auto rt = Runtime::Init(ro);
-  EXPECT_TRUE(rt.ok()) << rt.status();
-  return rt.ok() ? std::move(*rt) : nullptr;
-}
-
 double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
   if (a.numel() == 0 && b.numel() == 0) return 0;
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();

@@ -9,12 +9,12 @@
 
 #include "models/causal_lm.h"
 #include "parallel/runtime.h"
+#include "tests/multiprocess.h"  // InitCpuRuntime
 
 namespace weft::testing {
 
 /// This rank of a CPU (Gloo) job from the environment RunRanks sets, with
 /// 60 s timeouts; nullptr (and a test failure) when it cannot join.
-std::unique_ptr<Runtime> InitCpuRuntime();
 
 /// max |a - b| (0 for two empty tensors).
 double MaxDiff(const at::Tensor& a, const at::Tensor& b);

@@ -15,6 +15,7 @@
 #include "base/text_file.h"
 #include "gtest/gtest.h"
 #include "parallel/rendezvous.h"
+#include "parallel/runtime.h"
 
 extern char** environ;
 
@@ -26,6 +27,19 @@ constexpr char kChildVar[] = "WEFT_TEST_RANK_CHILD";
 std::string ReadFile(const std::string& path) { return ReadTextFile(path).value_or(""); }
 
 }  // namespace
+
+std::unique_ptr<Runtime> InitCpuRuntime() {
+  RuntimeOptions options;
+  options.device = "cpu";
+  options.timeout = std::chrono::seconds(60);
+  options.collective_timeout = std::chrono::seconds(60);
+  auto runtime = Runtime::Init(options);
+  if (!runtime.ok()) {
+    ADD_FAILURE() << runtime.status();
+    std::_Exit(3);
+  }
+  return std::move(runtime).value();
+}
 
 bool IsRankChild() { return std::getenv(kChildVar) != nullptr; }
 

@@ -19,8 +19,13 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
+
+namespace weft {
+class Runtime;
+}  // namespace weft
 
 namespace weft::testing {
 
@@ -51,5 +56,9 @@ RankResults RunRanks(int world, const std::function<void()>& body, const RunOpti
 
 /// True in a child started by RunRanks.
 bool IsRankChild();
+
+/// This rank's runtime on CPU/Gloo with 60 s timeouts; a failure is a test
+/// failure and ends the rank (exit 3).
+std::unique_ptr<Runtime> InitCpuRuntime();
 
 }  // namespace weft::testing
