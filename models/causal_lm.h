@@ -75,6 +75,11 @@ class CausalLM : public Module {
   /// How each parameter a plan sharded is laid out over the mesh, by name
   /// (the plan engine records them, plans/engine.h); empty for a whole model.
   std::map<std::string, DTensorSpec> placements;
+  /// The gradient transforms the plan engine registered on parameters (sums
+  /// over the tp ranks sharing a replicated parameter or KV head), by name:
+  /// elementwise over the gradient, so a wrapper that replaces the
+  /// parameters (fully_shard) applies them to its own leaves.
+  std::map<std::string, std::function<at::Tensor(const at::Tensor&)>> gradient_hooks;
 };
 
 /// Default positions of the new tokens: past..past+T-1, padding or not, as

@@ -32,6 +32,9 @@ struct ParallelDimsOptions {
   int tp = 1;
   /// Pipeline-parallel degree (ranks, not stages).
   int pp = 1;
+  /// Sharded data parallelism (FSDP2's fully_shard): ranks sharing one
+  /// replica's parameters, each holding 1/dp_shard; dp counts replicas (HSDP).
+  int dp_shard = 1;
   /// Micro-batches per step through the pipeline; 0: from micro_batch, else
   /// pp (when it divides the per-rank batch).
   int64_t pp_microbatches = 0;
@@ -52,15 +55,20 @@ class ParallelDims {
   int dp() const { return dp_; }
   int tp() const { return tp_; }
   int pp() const { return pp_; }
-  int world_size() const { return pp_ * dp_ * tp_; }
+  int dp_shard() const { return dp_shard_; }
+  int world_size() const { return pp_ * dp_ * dp_shard_ * tp_; }
+  bool dp_shard_enabled() const { return dp_shard_ > 1; }
+  /// Ranks that each see their own part of the batch: dp * dp_shard.
+  int data_parallel() const { return dp_ * dp_shard_; }
   bool pp_enabled() const { return pp_ > 1; }
   bool dp_enabled() const { return dp_ > 1; }
   bool tp_enabled() const { return tp_ > 1; }
-  /// The mesh, outermost axis first: {dp, tp}, or {pp, dp, tp} with pp > 1.
+  /// The mesh, outermost axis first: [pp,] dp, [dp_shard,] tp (torchtitan's
+  /// order; pp and dp_shard only when > 1).
   std::vector<MeshAxis> mesh_axes() const;
 
   int64_t global_batch() const { return global_batch_; }
-  /// Sequences per optimizer step on one rank: global_batch / dp.
+  /// Sequences per optimizer step on one rank: global_batch / (dp * dp_shard).
   int64_t local_batch() const { return local_batch_; }
   int64_t micro_batch() const { return micro_batch_; }
   /// Micro-batches per optimizer step: local_batch / micro_batch.
@@ -72,10 +80,11 @@ class ParallelDims {
   int GradReplication(const DTensorSpec* spec) const;
 
  private:
-  ParallelDims(int pp, int dp, int tp, int64_t global_batch, int64_t local_batch,
+  ParallelDims(int pp, int dp, int dp_shard, int tp, int64_t global_batch, int64_t local_batch,
                int64_t micro_batch)
       : pp_(pp),
         dp_(dp),
+        dp_shard_(dp_shard),
         tp_(tp),
         global_batch_(global_batch),
         local_batch_(local_batch),
@@ -83,6 +92,7 @@ class ParallelDims {
 
   int pp_;
   int dp_;
+  int dp_shard_;
   int tp_;
   int64_t global_batch_;
   int64_t local_batch_;

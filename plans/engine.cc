@@ -470,6 +470,7 @@ void WireStyles(const std::map<std::string, Module*>& modules,
 // several ranks.
 void RegisterGradHooks(CausalLM& model, const std::map<std::string, ShardSpec>& shards,
                        const Group& group) {
+  model.gradient_hooks.clear();
   for (auto& item : model.named_parameters()) {
     auto it = shards.find(item.key());
     if (it == shards.end()) continue;
@@ -477,15 +478,16 @@ void RegisterGradHooks(CausalLM& model, const std::map<std::string, ShardSpec>& 
     const StyleRule& rule = RuleOf(shard.style);
     const bool region_bias =
         !shard.region.empty() && LocalName(item.key()) == "bias" && rule.row_parallel;
+    std::function<at::Tensor(const at::Tensor&)> hook;
     if (rule.grad_allreduce || region_bias) {
-      item.value().register_hook([group](at::Tensor grad) {
+      hook = [group](const at::Tensor& grad) {
         at::Tensor sum = grad.clone();
         group->AllReduce(sum);
         return sum;
-      });
+      };
     } else if (shard.kv_head >= 0) {
       const int64_t head = shard.kv_head, heads = shard.kv_heads;
-      item.value().register_hook([group, head, heads](at::Tensor grad) {
+      hook = [group, head, heads](const at::Tensor& grad) {
         // Each rank's grad covers only its query heads' use of the KV head:
         // sum over the ranks sharing it (slots of a [heads, ...] buffer).
         std::vector<int64_t> shape = grad.sizes().vec();
@@ -494,8 +496,11 @@ void RegisterGradHooks(CausalLM& model, const std::map<std::string, ShardSpec>& 
         buffer[head].copy_(grad);
         group->AllReduce(buffer);
         return buffer[head].clone();
-      });
+      };
     }
+    if (!hook) continue;
+    item.value().register_hook([hook](at::Tensor grad) { return hook(grad); });
+    model.gradient_hooks[item.key()] = hook;
   }
 }
 

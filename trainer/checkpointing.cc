@@ -163,7 +163,8 @@ absl::StatusOr<int64_t> Int(const JsonValue& root, const char* key, const std::s
 std::string TrainerState::ToJson() const {
   return absl::StrCat("{\n  \"step\": ", step, ",\n  \"data\": ", data.ToJson(),
                       ",\n  \"tp\": ", tp, ",\n  \"dp\": ", dp, ",\n  \"pp\": ", pp,
-                      ",\n  \"seed\": ", seed, ",\n  \"rng_state\": \"", rng_state_hex, "\"\n}\n");
+                      ",\n  \"dp_shard\": ", dp_shard, ",\n  \"seed\": ", seed,
+                      ",\n  \"rng_state\": \"", rng_state_hex, "\"\n}\n");
 }
 
 absl::StatusOr<TrainerState> TrainerState::FromJson(absl::string_view json,
@@ -179,6 +180,10 @@ absl::StatusOr<TrainerState> TrainerState::FromJson(absl::string_view json,
   ASSIGN_OR_RETURN(s.seed, Int(*parsed, "seed", source));
   s.tp = static_cast<int>(tp);
   s.dp = static_cast<int>(dp);
+  if (parsed->Find("dp_shard") != nullptr) {
+    ASSIGN_OR_RETURN(int64_t dp_shard, Int(*parsed, "dp_shard", source));
+    s.dp_shard = static_cast<int>(dp_shard);
+  }
   if (parsed->Find("pp") != nullptr) {  // absent in checkpoints from before pipelining
     ASSIGN_OR_RETURN(int64_t pp, Int(*parsed, "pp", source));
     s.pp = static_cast<int>(pp);
@@ -281,7 +286,11 @@ absl::Status SaveCheckpoint(const SaveRequest& r, const DeviceMesh& mesh, int wo
   }
   world_barrier();
   RETURN_IF_ERROR(prepared);
-  if (mesh.coordinate("dp") == 0) {
+  // One replica's (pp, tp) ranks write: dp index 0, and dp_shard index 0
+  // (dp_shard's pieces were gathered into whole tensors).
+  const bool writer = mesh.coordinate("dp") == 0 &&
+                      (!HasAxis(mesh, "dp_shard") || mesh.coordinate("dp_shard") == 0);
+  if (writer) {
     const int tp = tp_group.size(), rank = tp_group.rank();
     RETURN_IF_ERROR(WriteSafetensors(tmp + "/" + ShardFile("model", rank, tp, pp_rank, pp),
                                      r.params,
@@ -488,6 +497,7 @@ absl::Status ExportHuggingFace(const std::string& dir, const std::string& config
                                const std::vector<Placements>& all_shards, const DeviceMesh& mesh,
                                int world_rank, const PipelineExport* pipeline) {
   if (mesh.coordinate("dp") != 0) return absl::OkStatus();
+  if (HasAxis(mesh, "dp_shard") && mesh.coordinate("dp_shard") != 0) return absl::OkStatus();
   // Who holds whole tensors after the tp gather: tp rank 0 of each stage.
   const bool stage_lead = mesh["tp"].rank() == 0;
   ProcessGroup& tp = mesh["tp"];

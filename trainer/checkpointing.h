@@ -49,6 +49,7 @@ struct TrainerState {
   int tp = 1;
   int dp = 1;
   int pp = 1;
+  int dp_shard = 1;
   int64_t seed = 0;
   std::string rng_state_hex;  // LibTorch's default CPU generator state
 

@@ -115,7 +115,8 @@ double LearningRate(const ScheduleOptions& o, int64_t step) {
 }
 
 double ClipGradNorm(const std::vector<at::Tensor>& params, const std::vector<int>& replication,
-                    const ProcessGroup* group, double max_norm, const ProcessGroup* pp_group) {
+                    const ProcessGroup* group, double max_norm,
+                    const std::vector<const ProcessGroup*>& more_groups) {
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> grads;
   std::vector<double> weights;  // 1 / replication
@@ -137,7 +138,9 @@ double ClipGradNorm(const std::vector<at::Tensor>& params, const std::vector<int
     sum += (squares * at::tensor(weights, at::kDouble)).sum();
   }
   if (group != nullptr && group->size() > 1) group->AllReduce(sum);
-  if (pp_group != nullptr && pp_group->size() > 1) pp_group->AllReduce(sum);
+  for (const ProcessGroup* more : more_groups) {
+    if (more != nullptr && more->size() > 1) more->AllReduce(sum);
+  }
   const double norm = std::sqrt(sum.item<double>());
   if (max_norm > 0 && !grads.empty()) {
     const double coef = max_norm / (norm + 1e-6);

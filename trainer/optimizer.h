@@ -92,10 +92,11 @@ double LearningRate(const ScheduleOptions& options, int64_t step);
 /// size for replicated parameters, 1 for shards). Then scales every gradient
 /// by min(1, max_norm / (norm + 1e-6)) when max_norm > 0, as
 /// torch.nn.utils.clip_grad_norm_ does. Returns the norm before clipping.
-/// With pipeline stages, `pp_group` adds the other stages' squares (a tied
-/// embedding held by two stages counts 2 in `replication`).
+/// `more_groups` add their members' squares: the other pipeline stages' (a
+/// tied embedding held by two stages counts 2 in `replication`), the other
+/// dp_shard ranks' pieces.
 double ClipGradNorm(const std::vector<at::Tensor>& params, const std::vector<int>& replication,
                     const ProcessGroup* group, double max_norm,
-                    const ProcessGroup* pp_group = nullptr);
+                    const std::vector<const ProcessGroup*>& more_groups = {});
 
 }  // namespace weft

@@ -45,6 +45,8 @@ const std::vector<Field>& Fields() {
       {"parallel.pp_stages_per_rank", &TrainConfig::pp_stages_per_rank},
       {"parallel.pp_timeout", &TrainConfig::pp_timeout},
       {"parallel.pp_trace", &TrainConfig::pp_trace},
+      {"parallel.dp_shard", &TrainConfig::dp_shard},
+      {"parallel.reduce_dtype", &TrainConfig::reduce_dtype},
       {"data.path", &TrainConfig::data_path},
       {"data.text", &TrainConfig::data_text},
       {"data.seq_len", &TrainConfig::seq_len},
@@ -240,6 +242,18 @@ absl::Status Validate(const TrainConfig& c, const std::string& s) {
   if (c.tp < 1) return Invalid(s, "parallel.tp", std::to_string(c.tp), ">= 1");
   if (c.dp < 0) return Invalid(s, "parallel.dp", std::to_string(c.dp), ">= 1, or 0 for auto");
   if (c.pp < 1) return Invalid(s, "parallel.pp", std::to_string(c.pp), ">= 1");
+  if (c.dp_shard < 1) return Invalid(s, "parallel.dp_shard", std::to_string(c.dp_shard), ">= 1");
+  if (c.reduce_dtype != "float32" && c.reduce_dtype != "bfloat16" && c.reduce_dtype != "fp32" &&
+      c.reduce_dtype != "bf16") {
+    return Invalid(s, "parallel.reduce_dtype", absl::StrCat("'", c.reduce_dtype, "'"),
+                   "float32 or bfloat16");
+  }
+  if (c.dp_shard > 1 && c.pp > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(s, ": parallel.dp_shard ", c.dp_shard,
+                                                   " with parallel.pp ", c.pp,
+                                                   " is not supported yet (expected one of them 1; "
+                                                   "FSDP inside pipeline stages is open work)"));
+  }
   if (c.pp_microbatches < 0)
     return Invalid(s, "parallel.pp_microbatches", std::to_string(c.pp_microbatches),
                    ">= 1, or 0 for auto");

@@ -49,6 +49,8 @@ struct TrainConfig {
   int pp_stages_per_rank = 0;        // 0: the plan's pp_split, else 2 interleaved, 1 otherwise
   int64_t pp_timeout = 600;          // seconds a stage waits for a peer's tensor
   bool pp_trace = false;             // every action's timing to <output_dir>/pp_trace/rankN.jsonl
+  int dp_shard = 1;                  // FSDP2: ranks sharing one replica's parameters
+  std::string reduce_dtype = "float32";  // the dtype dp_shard reduce-scatters gradients in
   // data
   std::string data_path;  // a token file prefix (trainer/token_file.h)
   std::string data_text;  // a text file, tokenised byte-level (vocab 256)

@@ -41,6 +41,7 @@
 #include "parallel/pipeline_schedule.h"
 #include "parallel/runtime.h"
 #include "plans/engine.h"
+#include "plans/fully_shard.h"
 #include "plans/pipeline_stages.h"
 #include "plans/shipped_plans.h"
 #include "trainer/activation_checkpointing.h"
@@ -166,6 +167,9 @@ struct Run {
   at::Tensor tied;         // the tied embedding this rank holds (pp > 1)
   std::ofstream pp_trace;  // parallel.pp_trace: every action's timing
 
+  // Sharded data parallelism (dp_shard > 1): the pieces the optimizer updates.
+  std::shared_ptr<FullyShardedModel> fsdp;
+
   int64_t step = 0;  // optimizer steps done
   std::string metrics_path;
   std::ofstream metrics;
@@ -191,6 +195,7 @@ absl::Status JoinJob(Run& run) {
   dims.tp = run.c.tp;
   dims.pp = run.c.pp;
   dims.pp_microbatches = run.c.pp_microbatches;
+  dims.dp_shard = run.c.dp_shard;
   dims.global_batch = run.c.global_batch;
   dims.micro_batch = run.c.micro_batch;
   ASSIGN_OR_RETURN(ParallelDims parallel_dims,
@@ -201,6 +206,10 @@ absl::Status JoinJob(Run& run) {
   run.tp_rank = run.mesh->coordinate("tp");
   run.dp_rank = run.mesh->coordinate("dp");
   if (run.dims->pp_enabled()) run.pp_rank = run.mesh->coordinate("pp");
+  // The data-parallel index: replicas times the shards of one replica.
+  if (run.dims->dp_shard_enabled()) {
+    run.dp_rank = run.dp_rank * run.dims->dp_shard() + run.mesh->coordinate("dp_shard");
+  }
   return absl::OkStatus();
 }
 
@@ -285,7 +294,7 @@ absl::Status OpenData(Run& run) {
   data_options.seq_len = c.seq_len;
   data_options.global_batch = c.global_batch;
   data_options.dp_rank = run.dp_rank;
-  data_options.dp_size = run.dims->dp();
+  data_options.dp_size = run.dims->data_parallel();
   data_options.seed = static_cast<uint64_t>(c.seed);
   data_options.shuffle = c.shuffle;
   ASSIGN_OR_RETURN(run.loader, DataLoader::Create(run.tokens, data_options));
@@ -351,8 +360,16 @@ absl::Status PlanPipeline(Run& run, const ModelConfig& model_config,
   return absl::OkStatus();
 }
 
-// 5b. The gates that run one stage at a time through the model's forward.
+// 5b. The gates that run one stage at a time through the model's forward,
+// and FSDP's sharding over dp_shard.
 absl::Status GatePipeline(Run& run) {
+  if (run.dims->dp_shard_enabled()) {
+    FullyShardOptions options;
+    options.reduce_dtype = run.c.reduce_dtype == "bfloat16" || run.c.reduce_dtype == "bf16"
+                               ? at::kBFloat16
+                               : at::kFloat;
+    ASSIGN_OR_RETURN(run.fsdp, FullyShard(*run.model, run.mesh->group("dp_shard"), options));
+  }
   if (!run.dims->pp_enabled()) return absl::OkStatus();
   run.gate = GatePipelineStages(*run.model, run.stages);
   // Samples (and anything else that calls Forward) go through the stages.
@@ -447,7 +464,19 @@ absl::Status SetUpOptimizer(Run& run) {
   std::vector<AdamW::Param> opt_params;
   std::set<const void*> seen;
   const bool pipelined = run.dims->pp_enabled();
-  for (const auto& item : model.named_parameters()) {
+  if (run.fsdp) {
+    // The pieces: each rank updates 1/dp_shard of every parameter.
+    for (const FullyShardedModel::Param& p : run.fsdp->parameters()) {
+      const DTensorSpec* spec = ParameterPlacement(model, p.name);
+      const size_t global_dims = spec == nullptr ? p.full_shape.size() : spec->global_shape.size();
+      opt_params.push_back({p.name, p.piece, global_dims >= 2});
+      run.params.push_back(p.piece);
+      run.replication.push_back(run.dims->GradReplication(spec));
+      run.named.emplace_back(p.name, p.piece);
+    }
+  }
+  for (const auto& item :
+       run.fsdp ? torch::OrderedDict<std::string, at::Tensor>() : model.named_parameters()) {
     if (!seen.insert(item.value().unsafeGetTensorImpl()).second) continue;
     const std::string& name = item.key();
     if (pipelined) {
@@ -547,6 +576,18 @@ absl::Status Resume(Run& run) {
       LoadCheckpointDir(*latest, run.dims->tp(), run.tp_rank, run.placements(),
                         [&wanted](const std::string& name) { return wanted.count(name) > 0; }));
   RETURN_IF_ERROR(CheckResumable(c, *latest, ckpt.state.step));
+  if (run.fsdp) {
+    // Whole (tp-local) tensors in the files: this rank keeps its pieces.
+    for (size_t i = 0; i < run.named.size(); ++i) {
+      const std::string& name = run.named[i].first;
+      auto it = ckpt.params.find(name);
+      if (it != ckpt.params.end()) it->second = run.fsdp->PieceOf(i, it->second);
+      for (const char* kind : {"exp_avg.", "exp_avg_sq.", "master."}) {
+        auto state = ckpt.optimizer.find(kind + name);
+        if (state != ckpt.optimizer.end()) state->second = run.fsdp->PieceOf(i, state->second);
+      }
+    }
+  }
   for (const auto& [name, tensor] : run.named) {
     if (saved_name(name) == name) continue;
     for (const char* kind : {"exp_avg.", "exp_avg_sq.", "master."}) {
@@ -568,14 +609,17 @@ absl::Status Resume(Run& run) {
   RETURN_IF_ERROR(run.optimizer->LoadState(ckpt.optimizer, ckpt.state.step));
   RETURN_IF_ERROR(run.loader->Restore(ckpt.state.data));
   run.step = ckpt.state.step;
-  if (run.lead && (ckpt.state.tp != run.dims->tp() || ckpt.state.dp != run.dims->dp() ||
-                   ckpt.state.pp != run.dims->pp())) {
-    auto mesh_text = [](int pp, int dp, int tp) {
-      return pp > 1 ? absl::StrCat("pp ", pp, " x dp ", dp, " x tp ", tp)
-                    : absl::StrCat("dp ", dp, " x tp ", tp);
+  if (run.lead &&
+      (ckpt.state.tp != run.dims->tp() || ckpt.state.dp != run.dims->dp() ||
+       ckpt.state.pp != run.dims->pp() || ckpt.state.dp_shard != run.dims->dp_shard())) {
+    auto mesh_text = [](int pp, int dp, int dp_shard, int tp) {
+      return absl::StrCat(pp > 1 ? absl::StrCat("pp ", pp, " x ") : "", "dp ", dp,
+                          dp_shard > 1 ? absl::StrCat(" x dp_shard ", dp_shard) : "", " x tp ", tp);
     };
-    run.log << "[train] resharded from " << mesh_text(ckpt.state.pp, ckpt.state.dp, ckpt.state.tp)
-            << " to " << mesh_text(run.dims->pp(), run.dims->dp(), run.dims->tp()) << "\n";
+    run.log << "[train] resharded from "
+            << mesh_text(ckpt.state.pp, ckpt.state.dp, ckpt.state.dp_shard, ckpt.state.tp) << " to "
+            << mesh_text(run.dims->pp(), run.dims->dp(), run.dims->dp_shard(), run.dims->tp())
+            << "\n";
   }
   if (!ckpt.state.rng_state_hex.empty()) RestoreRngState(ckpt.state.rng_state_hex);
   if (run.lead) run.log << "[train] resumed from " << *latest << " at step " << run.step << "\n";
@@ -623,6 +667,7 @@ absl::Status Start(Run& run) {
   if (run.sampling()) {
     run.result.sample_before = Sample(run.pipelined ? *run.pipelined : model, c.sample_prompt,
                                       c.sample_max_new_tokens, run.runtime->device());
+    if (run.fsdp) run.fsdp->Reshard();
     if (run.lead) {
       run.log << "[train] sample before training:\n" << run.result.sample_before << "\n---\n";
     }
@@ -641,12 +686,15 @@ absl::Status Start(Run& run) {
                                                              1, run.loader->batches_per_epoch()));
     run.log << absl::StrFormat(
         "[train] %s, %d layers, %.2fM parameters (%.2fM on this rank); %s, %s, plan %s; mesh %sdp "
-        "%d x tp %d; global batch %d x %d = %d tokens per step (%d micro-batches of %d per "
+        "%s x tp %d; global batch %d x %d = %d tokens per step (%d micro-batches of %d per "
         "rank); %d steps = %.2f epochs\n",
         model.config.architecture, model.config.num_hidden_layers, total / 1e6, local / 1e6,
         run.runtime->device().str(), c.precision, run.dims->tp_enabled() ? c.plan : "none",
         run.dims->pp_enabled() ? absl::StrCat("pp ", run.dims->pp(), " x ") : std::string(),
-        run.dims->dp(), run.dims->tp(), c.global_batch, c.seq_len, c.global_batch * c.seq_len,
+        run.dims->dp_shard_enabled()
+            ? absl::StrCat(run.dims->dp(), " x dp_shard ", run.dims->dp_shard())
+            : absl::StrCat(run.dims->dp()),
+        run.dims->tp(), c.global_batch, c.seq_len, c.global_batch * c.seq_len,
         run.dims->accumulation(), run.dims->micro_batch(), c.steps, epochs);
     if (run.dims->pp_enabled()) {
       const PipelineSchedule& p = *run.pipeline;
@@ -693,15 +741,23 @@ absl::Status Save(Run& run, int64_t at_step) {
   request.state.tp = run.dims->tp();
   request.state.dp = run.dims->dp();
   request.state.pp = run.dims->pp();
+  request.state.dp_shard = run.dims->dp_shard();
   request.state.seed = run.c.seed;
   request.state.rng_state_hex = RngStateHex();
   request.config_yaml = run.c.ToYaml();
   // A tied head's copy (the last stage's) is the embedding: saved once.
+  // dp_shard's pieces are gathered: the files hold whole (tp-local) tensors.
+  std::map<std::string, size_t> piece_index;
+  for (size_t i = 0; i < run.named.size(); ++i) piece_index[run.named[i].first] = i;
+  auto whole = [&run, &piece_index](const std::string& name, const at::Tensor& t) {
+    return run.fsdp ? run.fsdp->Gather(piece_index.at(name), t) : t.detach();
+  };
   for (auto& [name, t] : run.named) {
-    if (!run.tied_head(name)) request.params.emplace_back(name, t.detach());
+    if (!run.tied_head(name)) request.params.emplace_back(name, whole(name, t));
   }
   for (auto& [key, t] : run.optimizer->StateTensors()) {
-    if (!run.tied_head(key.substr(key.find('.') + 1))) request.optimizer.emplace_back(key, t);
+    const std::string name = key.substr(key.find('.') + 1);
+    if (!run.tied_head(name)) request.optimizer.emplace_back(key, whole(name, t));
   }
   request.shards = run.placements();
   RETURN_IF_ERROR(SaveCheckpoint(request, *run.mesh, run.runtime->rank()));
@@ -831,6 +887,7 @@ absl::StatusOr<StepStats> RunStep(Run& run) {
       run.tie_group->AllReduce(run.tied.grad());
     }
   }
+  if (dims.dp_shard_enabled()) (*run.mesh)["dp_shard"].AllReduce(totals);
   if (dims.dp_enabled()) {
     ProcessGroup& dp = (*run.mesh)["dp"];
     heartbeat.Progress(run.step + 1, "all-reduce of gradients");
@@ -840,7 +897,9 @@ absl::StatusOr<StepStats> RunStep(Run& run) {
   stats.loss = totals[0].item<double>() / totals[1].item<double>();
   ProcessGroup* tp = dims.tp_enabled() ? &(*run.mesh)["tp"] : nullptr;
   heartbeat.Progress(run.step + 1, "gradient norm");
-  stats.grad_norm = ClipGradNorm(run.params, run.replication, tp, c.grad_clip, run.pp_group());
+  stats.grad_norm =
+      ClipGradNorm(run.params, run.replication, tp, c.grad_clip,
+                   {run.pp_group(), dims.dp_shard_enabled() ? &(*run.mesh)["dp_shard"] : nullptr});
   // Every rank holds the same global loss and norm, so all stop together,
   // before a non-finite update reaches the weights (or a checkpoint).
   if (!std::isfinite(stats.loss) || !std::isfinite(stats.grad_norm)) {
@@ -854,6 +913,7 @@ absl::StatusOr<StepStats> RunStep(Run& run) {
   heartbeat.Progress(run.step + 1, "optimizer step");
   run.optimizer->Step(stats.lr);
   run.optimizer->ZeroGrad();
+  if (run.fsdp) run.fsdp->Reshard();  // the next forward gathers the updated pieces
   ++run.step;
   run.result.losses.emplace_back(run.step, stats.loss);
   run.result.grad_norms.push_back(stats.grad_norm);
@@ -990,9 +1050,10 @@ absl::Status Finish(Run& run, int64_t first_step) {
     Heartbeat::Get().Progress(run.step, "exporting the Hugging Face checkpoint");
     run.result.export_dir = c.output_dir + "/hf";
     std::vector<std::pair<std::string, at::Tensor>> exported;
-    for (auto& [name, t] : run.named) {
+    for (size_t i = 0; i < run.named.size(); ++i) {
+      const auto& [name, t] = run.named[i];
       if (name == "lm_head.weight" && model.config.tie_word_embeddings) continue;
-      exported.emplace_back(name, t);
+      exported.emplace_back(name, run.fsdp ? run.fsdp->Gather(i, t) : t);
     }
     const at::ScalarType dtype = run.params.empty() ? at::kFloat : run.params[0].scalar_type();
     ASSIGN_OR_RETURN(std::string config_json, ExportedConfig(run.config_json, dtype));
@@ -1032,6 +1093,7 @@ absl::Status Finish(Run& run, int64_t first_step) {
     model.eval();
     run.result.sample_after = Sample(run.pipelined ? *run.pipelined : model, c.sample_prompt,
                                      c.sample_max_new_tokens, run.runtime->device());
+    if (run.fsdp) run.fsdp->Reshard();
     if (run.lead) {
       run.log << "[train] sample after training:\n" << run.result.sample_after << "\n---\n";
     }

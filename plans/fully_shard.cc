@@ -1,0 +1,228 @@
+#include "plans/fully_shard.h"
+
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <torch/nn/modules/container/modulelist.h>
+
+#include <map>
+#include <set>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "base/slice.h"
+
+namespace weft {
+
+struct FullyShardedModel::Unit {
+  std::string name;
+  std::vector<size_t> params;  // indices into FullyShardedModel::params_
+  /// Where each gathered tensor goes: (module, local name); a tied weight has two.
+  std::vector<std::vector<std::pair<Module*, std::string>>> slots;
+  std::vector<at::Tensor> placeholders;  // meta, one per param
+  std::shared_ptr<const ProcessGroup> group;
+  const std::vector<Param>* all = nullptr;
+  std::vector<std::function<at::Tensor(const at::Tensor&)>> grad_hooks;  // per param, or empty
+  at::ScalarType reduce_dtype = at::kFloat;
+};
+
+namespace {
+
+using Unit = FullyShardedModel::Unit;
+
+// One coalesced all-gather of a unit's pieces; backward reduce-scatters the
+// whole gradients back into the pieces' (averaged over the group).
+class GatherFunction : public torch::autograd::Function<GatherFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                at::TensorList pieces, Unit* unit) {
+    ctx->saved_data["unit"] = reinterpret_cast<int64_t>(unit);
+    const ProcessGroup& group = *unit->group;
+    const int n = group.size();
+    std::vector<at::Tensor> flat;
+    for (const at::Tensor& p : pieces) flat.push_back(p.reshape({-1}));
+    at::Tensor local = at::cat(flat);
+    std::vector<int64_t> sizes(n, 0);  // every rank's flat length
+    for (size_t i : unit->params) {
+      const FullyShardedModel::Param& p = (*unit->all)[i];
+      int64_t row = 1;
+      for (size_t d = 1; d < p.full_shape.size(); ++d) row *= p.full_shape[d];
+      for (int r = 0; r < n; ++r) sizes[r] += ChunkOf(p.full_shape[0], n, r).length * row;
+    }
+    at::Tensor all = group.AllGather(local, 0, sizes);
+    // Rank r's buffer holds its piece of every parameter, in order.
+    std::vector<std::vector<at::Tensor>> parts(unit->params.size());
+    int64_t offset = 0;
+    for (int r = 0; r < n; ++r) {
+      for (size_t k = 0; k < unit->params.size(); ++k) {
+        const FullyShardedModel::Param& p = (*unit->all)[unit->params[k]];
+        std::vector<int64_t> shape = p.full_shape;
+        shape[0] = ChunkOf(p.full_shape[0], n, r).length;
+        int64_t numel = 1;
+        for (int64_t d : shape) numel *= d;
+        parts[k].push_back(all.narrow(0, offset, numel).view(shape));
+        offset += numel;
+      }
+    }
+    torch::autograd::variable_list out;
+    for (auto& p : parts) out.push_back(at::cat(p, 0));
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    Unit* unit = reinterpret_cast<Unit*>(ctx->saved_data["unit"].toInt());
+    const ProcessGroup& group = *unit->group;
+    torch::autograd::variable_list out;
+    for (size_t k = 0; k < unit->params.size(); ++k) {
+      const FullyShardedModel::Param& p = (*unit->all)[unit->params[k]];
+      at::Tensor grad = grads[k].defined() ? grads[k] : at::zeros(p.full_shape, p.piece.options());
+      at::Tensor piece = group.ReduceScatter(grad.to(unit->reduce_dtype).contiguous(), 0);
+      piece = (piece / static_cast<double>(group.size())).to(p.piece.scalar_type());
+      // The tensor-parallel sums the engine registered on the parameter.
+      if (unit->grad_hooks[k]) piece = unit->grad_hooks[k](piece);
+      out.push_back(piece);
+    }
+    out.push_back(at::Tensor());  // the unit pointer
+    return out;
+  }
+};
+
+// Sets each of the unit's parameters in its module(s) to `tensors`.
+void Place(Unit& unit, const std::vector<at::Tensor>& tensors) {
+  for (size_t k = 0; k < unit.params.size(); ++k) {
+    for (auto& [module, local] : unit.slots[k]) {
+      module->ReplaceParameter(local, tensors[k], /*allow_new_shape=*/true);
+    }
+  }
+}
+
+bool IsLayerList(const std::string& name, torch::nn::Module& module) {
+  if (name.empty()) return false;
+  int64_t index = 0;
+  auto children = module.named_children();
+  if (children.is_empty()) return false;
+  for (const auto& child : children) {
+    if (!absl::SimpleAtoi(child.key(), &index)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+FullyShardedModel::~FullyShardedModel() = default;
+
+absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
+    CausalLM& model, std::shared_ptr<const ProcessGroup> group, const FullyShardOptions& options) {
+  auto out = std::shared_ptr<FullyShardedModel>(new FullyShardedModel());
+  out->group_ = group;
+  const int n = group->size(), rank = group->rank();
+  // The units: each child of a layer list (the decoder layers), and every
+  // other module that holds parameters itself (embedding, norm, head).
+  std::map<std::string, Module*> weft_modules;
+  for (auto& [name, module] : NamedWeftModules(model)) weft_modules[name] = module;
+  std::vector<std::pair<std::string, Module*>> units;
+  std::set<std::string> layer_units;
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    if (!IsLayerList(item.key(), *item.value())) continue;
+    for (const auto& child : item.value()->named_children()) {
+      const std::string name = item.key() + "." + child.key();
+      auto it = weft_modules.find(name);
+      if (it == weft_modules.end()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("fully_shard: layer ", name, " is not a weft module"));
+      }
+      units.emplace_back(name, it->second);
+      layer_units.insert(name);
+    }
+  }
+  auto unit_of = [&](const std::string& param) -> std::string {
+    for (const std::string& layer : layer_units) {
+      if (param.compare(0, layer.size() + 1, layer + ".") == 0) return layer;
+    }
+    return param.substr(0, param.rfind('.'));  // its own module
+  };
+  std::map<std::string, size_t> unit_index;
+  for (size_t i = 0; i < units.size(); ++i) unit_index[units[i].first] = i;
+  std::vector<std::shared_ptr<Unit>> made(units.size());
+  std::map<const void*, std::pair<size_t, size_t>> seen;  // tensor -> (unit, k)
+  for (const auto& item : model.named_parameters()) {
+    const std::string& name = item.key();
+    const std::string module_name = name.substr(0, name.rfind('.'));
+    const std::string local = name.substr(name.rfind('.') + 1);
+    auto module = weft_modules.find(module_name);
+    if (module == weft_modules.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("fully_shard: parameter ", name, " is not held by a weft module"));
+    }
+    const void* impl = item.value().unsafeGetTensorImpl();
+    if (auto tied = seen.find(impl); tied != seen.end()) {  // a tied weight: one piece
+      made[tied->second.first]->slots[tied->second.second].emplace_back(module->second, local);
+      continue;
+    }
+    const std::string unit_name = unit_of(name);
+    if (!unit_index.count(unit_name)) {
+      auto owner = weft_modules.find(unit_name);
+      units.emplace_back(unit_name, owner->second);
+      unit_index[unit_name] = units.size() - 1;
+      made.emplace_back();
+    }
+    const size_t u = unit_index[unit_name];
+    if (!made[u]) {
+      made[u] = std::make_shared<Unit>();
+      made[u]->name = unit_name;
+      made[u]->group = group;
+      made[u]->reduce_dtype = options.reduce_dtype;
+      made[u]->all = &out->params_;
+    }
+    const at::Tensor whole = item.value().detach();
+    FullyShardedModel::Param p;
+    p.name = name;
+    p.full_shape = whole.sizes().vec();
+    const ChunkSpan span = ChunkOf(whole.size(0), n, rank);
+    p.rows = span.length;
+    p.offset = span.offset;
+    p.piece = whole.narrow(0, span.offset, span.length).clone().requires_grad_(true);
+    out->params_.push_back(std::move(p));
+    Unit& unit = *made[u];
+    unit.params.push_back(out->params_.size() - 1);
+    unit.slots.push_back({{module->second, local}});
+    unit.placeholders.push_back(at::empty(whole.sizes(), whole.options().device(at::kMeta)));
+    auto hook = model.gradient_hooks.find(name);
+    unit.grad_hooks.push_back(hook == model.gradient_hooks.end() ? nullptr : hook->second);
+    seen[impl] = {u, unit.params.size() - 1};
+  }
+  for (size_t u = 0; u < units.size(); ++u) {
+    if (!made[u]) continue;  // a layer without parameters
+    std::shared_ptr<Unit> unit = made[u];
+    out->units_.push_back(unit);
+    Place(*unit, unit->placeholders);
+    units[u].second->AddPreHook([unit, out_raw = out.get()](Module&, Module::Tensors&) {
+      std::vector<at::Tensor> pieces;
+      for (size_t i : unit->params) pieces.push_back(out_raw->params_[i].piece);
+      torch::autograd::variable_list whole =
+          GatherFunction::apply(at::TensorList(pieces), unit.get());
+      Place(*unit, whole);
+    });
+  }
+  return out;
+}
+
+void FullyShardedModel::Reshard() {
+  for (auto& unit : units_) Place(*unit, unit->placeholders);
+}
+
+at::Tensor FullyShardedModel::Gather(size_t index, const at::Tensor& piece) const {
+  const Param& p = params_.at(index);
+  std::vector<int64_t> rows;
+  for (int r = 0; r < group_->size(); ++r) {
+    rows.push_back(ChunkOf(p.full_shape[0], group_->size(), r).length);
+  }
+  return group_->AllGather(piece.detach().contiguous(), 0, rows);
+}
+
+at::Tensor FullyShardedModel::PieceOf(size_t index, const at::Tensor& whole) const {
+  const Param& p = params_.at(index);
+  return whole.narrow(0, p.offset, p.rows).contiguous();
+}
+
+}  // namespace weft

@@ -1,0 +1,90 @@
+// -----------------------------------------------------------------------------
+// File: plans/fully_shard.h
+// -----------------------------------------------------------------------------
+//
+// Sharded data parallelism with torch's fully_shard (FSDP2) semantics over a
+// `dp_shard` group: each parameter (the rank's tensor-parallel shard of it,
+// if any) is cut along dim 0 by torch.chunk rules, one piece per rank of the
+// group, and only the pieces are parameters: the optimizer, its fp32 master
+// weights and moments, and the gradients hold 1/N of the model.
+//
+// The units are each decoder layer and, on their own, the embedding, the
+// final norm and the head (a tied head shares the embedding's unit). Before
+// a unit runs forward, a pre-hook all-gathers its pieces in one collective
+// (a flat buffer, uneven pieces allowed) through an autograd function whose
+// backward reduce-scatters the gradients (in `reduce_dtype`, averaged over
+// the group, as data parallelism averages) into the pieces' gradients. The
+// gathered tensors serve the forward and the backward of the step; Reshard()
+// drops them (the trainer calls it after the optimizer step).
+//
+//   ASSIGN_OR_RETURN(auto fsdp, FullyShard(*model, mesh.group("dp_shard")));
+//   for (auto& [name, piece] : fsdp->parameters()) ...   // what the optimizer updates
+//   model->Forward(inputs).loss.backward();             // piece.grad(): the averaged shard
+//   fsdp->Reshard();
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "base/placement.h"
+#include "models/causal_lm.h"
+#include "parallel/process_group.h"
+
+namespace weft {
+
+struct FullyShardOptions {
+  /// The dtype gradients are reduce-scattered in (float32 by default, as
+  /// FSDP2's MixedPrecisionPolicy with reduce_dtype float32).
+  at::ScalarType reduce_dtype = at::kFloat;
+};
+
+class FullyShardedModel {
+ public:
+  struct Unit;
+  struct Param {
+    std::string name;
+    at::Tensor piece;                 // the leaf the optimizer updates (Shard(0))
+    std::vector<int64_t> full_shape;  // the rank's whole (tp-local) shape
+    int64_t rows = 0, offset = 0;     // dim-0 rows held and the first one
+  };
+  ~FullyShardedModel();
+
+  /// Every piece, by the parameter's Hugging Face name, in model order.
+  const std::vector<Param>& parameters() const { return params_; }
+  const ProcessGroup& group() const { return *group_; }
+
+  /// Drops the gathered tensors (after the optimizer step); the next
+  /// forward gathers the updated pieces.
+  void Reshard();
+
+  /// The whole (tp-local) tensor of parameter `index` from every rank's
+  /// `piece` (shaped like its piece: the parameter itself, or its optimizer
+  /// state), gathered over the group. Collective.
+  at::Tensor Gather(size_t index, const at::Tensor& piece) const;
+
+  /// This rank's piece of `whole` (parameter `index`'s whole tensor).
+  at::Tensor PieceOf(size_t index, const at::Tensor& whole) const;
+
+ private:
+  friend absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
+      CausalLM& model, std::shared_ptr<const ProcessGroup> group, const FullyShardOptions& options);
+  FullyShardedModel() = default;
+
+  std::shared_ptr<const ProcessGroup> group_;
+  std::vector<Param> params_;
+  std::vector<std::shared_ptr<Unit>> units_;
+};
+
+/// Shards `model` (loaded whole or tp-sharded) over `group`; the model's
+/// parameters become meta placeholders between steps. Errors: a parameter
+/// in no unit.
+absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
+    CausalLM& model, std::shared_ptr<const ProcessGroup> group,
+    const FullyShardOptions& options = {});
+
+}  // namespace weft
