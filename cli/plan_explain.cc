@@ -19,7 +19,9 @@ Subcommand AddPlanExplain(CLI::App& app) {
       "explain",
       "Dry run: per parameter the style, shapes, bytes per rank and collectives; with --pp the "
       "stages, activation memory and the schedule.");
-  cmd->add_option("--model", options->model, "checkpoint directory")->required();
+  cmd->add_option("--model", options->model,
+                  "checkpoint directory, or a config.json alone (no checkpoint needed)")
+      ->required();
   cmd->add_option("--tp-plan,--plan", options->plan,
                   "a plan file, or auto (as forward's --tp-plan)");
   cmd->add_option("--tp", options->tp, "tensor-parallel size")->capture_default_str();
@@ -37,6 +39,11 @@ Subcommand AddPlanExplain(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seq-len", options->seq_len, "tokens per sequence, for the activation estimate")
       ->capture_default_str();
+  cmd->add_option("--dp-shard", options->dp_shard,
+                  "sharded data parallelism (FSDP): ranks sharing one replica's parameters")
+      ->capture_default_str();
+  cmd->add_flag("--activation-checkpointing", options->activation_checkpointing,
+                "estimate activations with per-layer recomputation");
   return {cmd, [options] { return RunPlanExplain(*options, std::cout, std::cerr); }};
 }
 

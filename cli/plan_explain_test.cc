@@ -90,6 +90,41 @@ TEST(PlanExplain, PipelineStagesMemoryAndSchedule) {
             "Interleaved1F1B, ZB1P)\n");
 }
 
+// "Will it fit?" from config.json alone: per rank the parameters, gradients,
+// AdamW state and activations, at dp_shard 2 half of each piece of state,
+// with activation checkpointing only the layer inputs and one layer.
+TEST(PlanExplain, TrainingMemoryFromAConfigAlone) {
+  ExplainOptions c;
+  c.model = "tests/data/hf/llama/config.json";
+  c.micro_batch = 2;
+  c.seq_len = 16;
+  std::ostringstream whole, err;
+  ASSERT_EQ(RunPlanExplain(c, whole, err), 0) << err.str();
+  // 106,816 fp32 parameters: 417.2 KiB each for parameters and gradients, twice
+  // that for the two moments; 2 layers x 78 KiB x 2 (fp32) of activations.
+  EXPECT_NE(whole.str().find("parameters 417.2 KiB, gradients 417.2 KiB, optimizer 834.5 KiB, "
+                             "activations ~312.0 KiB, total ~1.9 MiB\n"),
+            std::string::npos)
+      << whole.str();
+  c.dp_shard = 2;
+  std::ostringstream sharded;
+  ASSERT_EQ(RunPlanExplain(c, sharded, err), 0) << err.str();
+  EXPECT_NE(sharded.str().find("(estimate; micro-batch 2 x 16 tokens, dp_shard 2):\nparameters "
+                               "208.6 KiB, gradients 208.6 KiB, optimizer 417.2 KiB, activations "
+                               "~312.0 KiB, gathered for compute 208.6 KiB"),
+            std::string::npos)
+      << sharded.str();
+  c.dp_shard = 1;
+  c.activation_checkpointing = true;
+  std::ostringstream recomputed;
+  ASSERT_EQ(RunPlanExplain(c, recomputed, err), 0) << err.str();
+  EXPECT_NE(recomputed.str().find("activations ~172.0 KiB"), std::string::npos) << recomputed.str();
+  c.dp_shard = 0;
+  std::ostringstream bad;
+  EXPECT_EQ(RunPlanExplain(c, whole, bad), 2);
+  EXPECT_EQ(bad.str(), "weft plan explain: --dp-shard 0 (expected >= 1)\n");
+}
+
 // An inconsistent plan is named at plan time (it used to fail at run time
 // with "mat1 and mat2 shapes cannot be multiplied").
 TEST(PlanExplain, ProducersMeetConsumers) {

@@ -5,11 +5,13 @@
 #include <algorithm>
 #include <iomanip>
 #include <map>
+#include <set>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "base/slice.h"
 #include "base/status.h"
 #include "base/text_file.h"
 #include "checkpoint/checkpoint_dir.h"
@@ -58,8 +60,17 @@ struct Inputs {
   ModelConfig config;
   at::ScalarType dtype = at::kFloat;
   std::shared_ptr<CausalLM> model;
-  std::unique_ptr<Checkpoint> checkpoint;
+  std::unique_ptr<Checkpoint> checkpoint;  // null for a config.json alone
   std::map<std::string, ShardSpec> shards;
+  std::string config_json;
+};
+
+// One pp rank's share, for the memory estimate.
+struct RankShare {
+  int64_t tp_local = 0;  // parameter elements after tp (before dp_shard)
+  int64_t pieces = 0;    // after dp_shard too (rank 0's pieces)
+  int64_t layers = 0;
+  int64_t in_flight = 1;
 };
 
 absl::StatusOr<Inputs> Read(const ExplainOptions& c) {
@@ -67,14 +78,24 @@ absl::StatusOr<Inputs> Read(const ExplainOptions& c) {
     return absl::InvalidArgumentError(
         absl::StrCat("--tp ", c.tp, " --dp ", c.dp, " (expected both >= 1)"));
   }
+  if (c.dp_shard < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--dp-shard ", c.dp_shard, " (expected >= 1)"));
+  }
   Inputs in;
-  ASSIGN_OR_RETURN(in.config, LoadModelConfig(c.model));
+  // A checkpoint directory, or a config.json alone (nothing to check against).
+  const bool config_only = c.model.size() > 5 && c.model.substr(c.model.size() - 5) == ".json";
+  const std::string config_path = config_only ? c.model : c.model + "/config.json";
+  ASSIGN_OR_RETURN(std::string config_json, ReadTextFile(config_path));
+  ASSIGN_OR_RETURN(in.config, ParseModelConfig(config_json));
+  in.config_json = config_json;
   ASSIGN_OR_RETURN(in.dtype, ModelDtype(in.config));
   ModelOptions options;
   options.dtype = in.dtype;
   ASSIGN_OR_RETURN(in.model, CreateCausalLM(in.config, options));
-  ASSIGN_OR_RETURN(in.checkpoint, Checkpoint::Open(c.model));  // maps; reads the headers only
-  ASSIGN_OR_RETURN(Plan plan, ResolvePlanArgument(c.plan, c.model));
+  if (!config_only) {
+    ASSIGN_OR_RETURN(in.checkpoint, Checkpoint::Open(c.model));  // maps; reads the headers only
+  }
+  ASSIGN_OR_RETURN(Plan plan, ResolvePlanForConfig(c.plan, config_json));
   ASSIGN_OR_RETURN(in.shards, PlanShards(*in.model, plan, c.tp, /*rank=*/0));
   return in;
 }
@@ -99,7 +120,7 @@ absl::StatusOr<Table> Tabulate(const ExplainOptions& c, const Inputs& in) {
   const size_t element = c10::elementSize(in.dtype);
   for (const auto& item : in.model->named_parameters()) {
     const std::string& name = item.key();
-    if (in.checkpoint->Find(name) == nullptr &&
+    if (in.checkpoint != nullptr && in.checkpoint->Find(name) == nullptr &&
         !(name == "lm_head.weight" && in.config.tie_word_embeddings)) {
       return absl::InvalidArgumentError(
           absl::StrCat(c.model, ": the checkpoint has no tensor '", name, "'"));
@@ -169,6 +190,41 @@ void Print(const ExplainOptions& c, const Inputs& in, const Table& t, std::ostre
   out << "\n";
 }
 
+}  // namespace
+
+MemoryEstimate EstimateMemory(const ModelConfig& config, const MemoryShape& shape) {
+  MemoryEstimate m;
+  const double element = static_cast<double>(c10::elementSize(shape.dtype));
+  const double n = static_cast<double>(shape.local_parameters);
+  m.parameters = n * element;
+  m.gradients = n * element;
+  m.optimizer = n * (8.0 + (shape.dtype == at::kFloat ? 0.0 : 4.0));  // moments (+ master)
+  if (shape.gathered_parameters > shape.local_parameters) {
+    m.gathered = static_cast<double>(shape.gathered_parameters - shape.local_parameters) * element;
+  }
+  const double h = static_cast<double>(config.hidden_size);
+  const double a = static_cast<double>(config.num_attention_heads);
+  const double s = static_cast<double>(shape.seq_len), b = static_cast<double>(shape.micro_batch);
+  const double t = static_cast<double>(shape.tp);
+  const double layer = s * b * h * (10.0 + 24.0 / t + 5.0 * a * s / (h * t)) *
+                       (c10::elementSize(shape.dtype) >= 4 ? 2.0 : 1.0);
+  const double layers = static_cast<double>(shape.layers);
+  const double in_flight = static_cast<double>(std::max<int64_t>(1, shape.microbatches_in_flight));
+  m.activations = shape.activation_checkpointing
+                      ? in_flight * layers * s * b * h * element + (layers > 0 ? layer : 0.0)
+                      : in_flight * layers * layer;
+  return m;
+}
+
+std::string MemoryEstimate::ToString() const {
+  return absl::StrCat("parameters ", Human(parameters), ", gradients ", Human(gradients),
+                      ", optimizer ", Human(optimizer), ", activations ~", Human(activations),
+                      gathered > 0 ? absl::StrCat(", gathered for compute ", Human(gathered)) : "",
+                      ", total ~", Human(total()));
+}
+
+namespace {
+
 // Megatron's estimate of one decoder layer's activations kept for backward
 // (Korthikanti et al. 2022, tensor parallel without sequence parallelism):
 // s*b*h*(10 + 24/t + 5*a*s/(h*t)) bytes in 16-bit, twice that in fp32.
@@ -181,7 +237,20 @@ double LayerActivationBytes(const ModelConfig& config, int64_t b, int64_t s, int
   return sixteen_bit * (c10::elementSize(dtype) >= 4 ? 2.0 : 1.0);
 }
 
-absl::Status ExplainPipeline(const ExplainOptions& c, const Inputs& in, std::ostream& out) {
+// Elements of parameter `name` on tp rank 0, and of its dp_shard piece 0.
+std::pair<int64_t, int64_t> LocalElements(const ExplainOptions& c, const Inputs& in,
+                                          const std::string& name, const at::Tensor& value) {
+  auto it = in.shards.find(name);
+  const std::vector<int64_t> local =
+      it == in.shards.end() ? value.sizes().vec() : it->second.local_shape;
+  const int64_t numel = Numel(local);
+  if (local.empty() || local[0] == 0) return {numel, numel};
+  const int64_t row = numel / local[0];
+  return {numel, ChunkOf(local[0], c.dp_shard, 0).length * row};
+}
+
+absl::StatusOr<std::vector<RankShare>> ExplainPipeline(const ExplainOptions& c, const Inputs& in,
+                                                       std::ostream& out) {
   if (c.micro_batch < 1 || c.seq_len < 1) {
     return absl::InvalidArgumentError(absl::StrCat("--micro-batch ", c.micro_batch, " --seq-len ",
                                                    c.seq_len, " (expected both >= 1)"));
@@ -192,8 +261,7 @@ absl::Status ExplainPipeline(const ExplainOptions& c, const Inputs& in, std::ost
   shape.microbatches = c.pp_microbatches > 0 ? c.pp_microbatches : c.pp;
   const std::string lower = absl::AsciiStrToLower(c.pp_schedule);
   const bool interleaved = lower.find("interleaved") == 0;
-  ASSIGN_OR_RETURN(std::string config_json, ReadTextFile(c.model + "/config.json"));
-  ASSIGN_OR_RETURN(Plan plan, ResolvePpPlanForConfig(c.pp_plan, config_json));
+  ASSIGN_OR_RETURN(Plan plan, ResolvePpPlanForConfig(c.pp_plan, in.config_json));
   shape.stages_per_rank = c.stages_per_rank > 0               ? c.stages_per_rank
                           : plan.pp_split.stages_per_rank > 0 ? plan.pp_split.stages_per_rank
                           : interleaved                       ? 2
@@ -206,11 +274,18 @@ absl::Status ExplainPipeline(const ExplainOptions& c, const Inputs& in, std::ost
       {"stage", "pp rank", "modules", "layers", "parameters", "bytes/rank"}};
   std::vector<double> rank_bytes(c.pp, 0.0);
   std::vector<int64_t> rank_layers(c.pp, 0);  // the most layers of a stage on the rank
+  std::vector<RankShare> shares(c.pp);
   for (int s = 0; s < stages.num_stages(); ++s) {
     int64_t params = 0;
     double bytes = 0;
     for (const auto& item : in.model->named_parameters()) {
       if (stages.StageOf(item.key()) != s) continue;
+      if (!(item.key() == "lm_head.weight" && in.config.tie_word_embeddings &&
+            schedule.RankOf(0) == schedule.RankOf(s))) {
+        auto [tp_local, piece] = LocalElements(c, in, item.key(), item.value());
+        shares[schedule.RankOf(s)].tp_local += tp_local;
+        shares[schedule.RankOf(s)].pieces += piece;
+      }
       const std::vector<int64_t> global = item.value().sizes().vec();
       auto it = in.shards.find(item.key());
       params += Numel(global);
@@ -224,6 +299,7 @@ absl::Status ExplainPipeline(const ExplainOptions& c, const Inputs& in, std::ost
     const int rank = schedule.RankOf(s);
     rank_bytes[rank] += bytes;
     rank_layers[rank] = std::max(rank_layers[rank], layers);
+    shares[rank].layers += layers;
     const auto& units = stages.stages[s];
     rows.push_back(
         {absl::StrCat(s), absl::StrCat(rank),
@@ -256,7 +332,8 @@ absl::Status ExplainPipeline(const ExplainOptions& c, const Inputs& in, std::ost
          "bytes in 16-bit (x2 in fp32); without activation checkpointing\n";
   out << "schedule (rank x time, unit-time model: F 1, B 2, I 1, W 1):\n" << FormatGrid(sim.grid);
   out << absl::StrFormat("bubble %.4g (idle / busy), makespan %d\n", sim.bubble, sim.makespan);
-  return absl::OkStatus();
+  for (int r = 0; r < c.pp; ++r) shares[r].in_flight = sim.peak_activations[r];
+  return shares;
 }
 
 }  // namespace
@@ -268,7 +345,37 @@ absl::Status ExplainPlan(const ExplainOptions& options, std::ostream& out) {
   ASSIGN_OR_RETURN(Inputs inputs, Read(options));
   ASSIGN_OR_RETURN(Table table, Tabulate(options, inputs));
   Print(options, inputs, table, out);
-  if (options.pp > 1) RETURN_IF_ERROR(ExplainPipeline(options, inputs, out));
+  std::vector<RankShare> shares(1);
+  if (options.pp > 1) {
+    ASSIGN_OR_RETURN(shares, ExplainPipeline(options, inputs, out));
+  } else {
+    std::set<const void*> seen;
+    for (const auto& item : inputs.model->named_parameters()) {
+      if (item.key() == "lm_head.weight" && inputs.config.tie_word_embeddings) continue;
+      auto [tp_local, piece] = LocalElements(options, inputs, item.key(), item.value());
+      shares[0].tp_local += tp_local;
+      shares[0].pieces += piece;
+    }
+    shares[0].layers = inputs.config.num_hidden_layers;
+  }
+  out << "\ntraining memory per rank (estimate; micro-batch " << options.micro_batch << " x "
+      << options.seq_len << " tokens"
+      << (options.activation_checkpointing ? ", activation checkpointing" : "")
+      << (options.dp_shard > 1 ? absl::StrCat(", dp_shard ", options.dp_shard) : "") << "):\n";
+  for (size_t r = 0; r < shares.size(); ++r) {
+    MemoryShape shape;
+    shape.dtype = inputs.dtype;
+    shape.local_parameters = shares[r].pieces;
+    shape.gathered_parameters = options.dp_shard > 1 ? shares[r].tp_local : 0;
+    shape.layers = shares[r].layers;
+    shape.tp = options.tp;
+    shape.micro_batch = options.micro_batch;
+    shape.seq_len = options.seq_len;
+    shape.microbatches_in_flight = shares[r].in_flight;
+    shape.activation_checkpointing = options.activation_checkpointing;
+    out << (options.pp > 1 ? absl::StrCat("pp rank ", r, ": ") : std::string())
+        << EstimateMemory(inputs.config, shape).ToString() << "\n";
+  }
   return absl::OkStatus();
 }
 

@@ -41,6 +41,7 @@
 #include "parallel/pipeline_schedule.h"
 #include "parallel/runtime.h"
 #include "plans/engine.h"
+#include "plans/explain.h"
 #include "plans/fully_shard.h"
 #include "plans/pipeline_stages.h"
 #include "plans/shipped_plans.h"
@@ -696,6 +697,34 @@ absl::Status Start(Run& run) {
             : absl::StrCat(run.dims->dp()),
         run.dims->tp(), c.global_batch, c.seq_len, c.global_batch * c.seq_len,
         run.dims->accumulation(), run.dims->micro_batch(), c.steps, epochs);
+    // What this rank holds in a step, before it allocates activations.
+    MemoryShape shape;
+    shape.dtype = run.params.empty() ? at::kFloat : run.params[0].scalar_type();
+    for (const auto& [name, p] : run.named) shape.local_parameters += p.numel();
+    if (run.fsdp) {
+      for (const FullyShardedModel::Param& p : run.fsdp->parameters()) {
+        int64_t n = 1;
+        for (int64_t d : p.full_shape) n *= d;
+        shape.gathered_parameters += n;
+      }
+    }
+    shape.layers = model.config.num_hidden_layers;
+    if (run.dims->pp_enabled()) {
+      shape.layers = 0;
+      for (int s : run.my_stages) {
+        for (const std::string& unit : run.stages.stages[s]) {
+          shape.layers += unit.find(".layers.") != std::string::npos;
+        }
+      }
+      auto sim = Simulate(*run.pipeline);
+      if (sim.ok()) shape.microbatches_in_flight = sim->peak_activations[run.pp_rank];
+    }
+    shape.tp = run.dims->tp();
+    shape.micro_batch = run.dims->micro_batch();
+    shape.seq_len = c.seq_len;
+    shape.activation_checkpointing = c.activation_checkpointing;
+    run.log << "[train] memory per rank (estimate, rank 0): "
+            << EstimateMemory(model.config, shape).ToString() << "\n";
     if (run.dims->pp_enabled()) {
       const PipelineSchedule& p = *run.pipeline;
       std::vector<std::string> cuts;
