@@ -1,6 +1,8 @@
 #include "plans/fully_shard.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <c10/core/StorageImpl.h>
 #include <torch/autograd.h>
 #include <torch/nn/modules/container/modulelist.h>
 
@@ -23,6 +25,15 @@ struct FullyShardedModel::Unit {
   const std::vector<Param>* all = nullptr;
   std::vector<std::function<at::Tensor(const at::Tensor&)>> grad_hooks;  // per param, or empty
   at::ScalarType reduce_dtype = at::kFloat;
+  bool reshard_after_forward = false;  // decoder layers: free after forward, regather for backward
+  std::vector<at::Tensor> gathered;    // this micro-batch's whole tensors
+  std::vector<at::Tensor> Pieces() const;
+  /// One coalesced all-gather of the pieces into whole tensors.
+  std::vector<at::Tensor> AllGather() const;
+  /// Frees the whole tensors' memory (autograd keeps the tensors, not the bytes).
+  void Free();
+  /// Gathers again into the same tensors (before their backward).
+  void Regather();
 };
 
 namespace {
@@ -36,36 +47,7 @@ class GatherFunction : public torch::autograd::Function<GatherFunction> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
                                                 at::TensorList pieces, Unit* unit) {
     ctx->saved_data["unit"] = reinterpret_cast<int64_t>(unit);
-    const ProcessGroup& group = *unit->group;
-    const int n = group.size();
-    std::vector<at::Tensor> flat;
-    for (const at::Tensor& p : pieces) flat.push_back(p.reshape({-1}));
-    at::Tensor local = at::cat(flat);
-    std::vector<int64_t> sizes(n, 0);  // every rank's flat length
-    for (size_t i : unit->params) {
-      const FullyShardedModel::Param& p = (*unit->all)[i];
-      int64_t row = 1;
-      for (size_t d = 1; d < p.full_shape.size(); ++d) row *= p.full_shape[d];
-      for (int r = 0; r < n; ++r) sizes[r] += ChunkOf(p.full_shape[0], n, r).length * row;
-    }
-    at::Tensor all = group.AllGather(local, 0, sizes);
-    // Rank r's buffer holds its piece of every parameter, in order.
-    std::vector<std::vector<at::Tensor>> parts(unit->params.size());
-    int64_t offset = 0;
-    for (int r = 0; r < n; ++r) {
-      for (size_t k = 0; k < unit->params.size(); ++k) {
-        const FullyShardedModel::Param& p = (*unit->all)[unit->params[k]];
-        std::vector<int64_t> shape = p.full_shape;
-        shape[0] = ChunkOf(p.full_shape[0], n, r).length;
-        int64_t numel = 1;
-        for (int64_t d : shape) numel *= d;
-        parts[k].push_back(all.narrow(0, offset, numel).view(shape));
-        offset += numel;
-      }
-    }
-    torch::autograd::variable_list out;
-    for (auto& p : parts) out.push_back(at::cat(p, 0));
-    return out;
+    return unit->AllGather();
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -82,10 +64,78 @@ class GatherFunction : public torch::autograd::Function<GatherFunction> {
       if (unit->grad_hooks[k]) piece = unit->grad_hooks[k](piece);
       out.push_back(piece);
     }
+    unit->Free();                 // this micro-batch's backward of the unit is done
     out.push_back(at::Tensor());  // the unit pointer
     return out;
   }
 };
+
+}  // namespace
+
+std::vector<at::Tensor> Unit::Pieces() const {
+  std::vector<at::Tensor> pieces;
+  for (size_t i : params) pieces.push_back((*all)[i].piece.detach());
+  return pieces;
+}
+
+std::vector<at::Tensor> Unit::AllGather() const {
+  const int n = group->size();
+  std::vector<at::Tensor> flat;
+  for (const at::Tensor& p : Pieces()) flat.push_back(p.reshape({-1}));
+  at::Tensor local = at::cat(flat);
+  std::vector<int64_t> sizes(n, 0);  // every rank's flat length
+  for (size_t i : params) {
+    const FullyShardedModel::Param& p = (*all)[i];
+    int64_t row = 1;
+    for (size_t d = 1; d < p.full_shape.size(); ++d) row *= p.full_shape[d];
+    for (int r = 0; r < n; ++r) sizes[r] += ChunkOf(p.full_shape[0], n, r).length * row;
+  }
+  at::Tensor everything = group->AllGather(local, 0, sizes);
+  // Rank r's buffer holds its piece of every parameter, in order.
+  std::vector<std::vector<at::Tensor>> parts(params.size());
+  int64_t offset = 0;
+  for (int r = 0; r < n; ++r) {
+    for (size_t k = 0; k < params.size(); ++k) {
+      const FullyShardedModel::Param& p = (*all)[params[k]];
+      std::vector<int64_t> shape = p.full_shape;
+      shape[0] = ChunkOf(p.full_shape[0], n, r).length;
+      int64_t numel = 1;
+      for (int64_t d : shape) numel *= d;
+      parts[k].push_back(everything.narrow(0, offset, numel).view(shape));
+      offset += numel;
+    }
+  }
+  std::vector<at::Tensor> out;
+  for (auto& p : parts) out.push_back(at::cat(p, 0));
+  return out;
+}
+
+void Unit::Free() {
+  for (at::Tensor& t : gathered) {
+    if (t.defined()) t.storage().unsafeGetStorageImpl()->reset();
+  }
+}
+
+void Unit::Regather() {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> fresh = AllGather();
+  for (size_t k = 0; k < gathered.size(); ++k) {
+    at::Tensor& t = gathered[k];
+    c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
+    const size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
+    if (storage->nbytes() < bytes) {
+      storage->set_data_ptr_noswap(storage->allocator()->allocate(bytes));
+      storage->set_nbytes(bytes);
+    }
+    // Through an alias with its own version counter: autograd saved these
+    // tensors and must not see a modification.
+    at::Tensor alias = at::empty({0}, t.options());
+    alias.set_(t.storage(), t.storage_offset(), t.sizes(), t.strides());
+    alias.copy_(fresh[k]);
+  }
+}
+
+namespace {
 
 // Sets each of the unit's parameters in its module(s) to `tensors`.
 void Place(Unit& unit, const std::vector<at::Tensor>& tensors) {
@@ -201,8 +251,22 @@ absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
       for (size_t i : unit->params) pieces.push_back(out_raw->params_[i].piece);
       torch::autograd::variable_list whole =
           GatherFunction::apply(at::TensorList(pieces), unit.get());
+      unit->gathered = whole;
       Place(*unit, whole);
     });
+    unit->reshard_after_forward =
+        options.reshard_after_forward && layer_units.count(unit->name) > 0;
+    if (unit->reshard_after_forward) {
+      units[u].second->AddPostHook([unit](Module&, const Module::Tensors&, at::Tensor& output) {
+        if (!at::GradMode::is_enabled() || !output.requires_grad()) return;
+        // Before this unit's backward (its output's gradient is ready): gather again.
+        output.register_hook([unit](at::Tensor grad) {
+          unit->Regather();
+          return grad;
+        });
+        unit->Free();
+      });
+    }
   }
   return out;
 }

@@ -41,6 +41,13 @@ struct FullyShardOptions {
   /// The dtype gradients are reduce-scattered in (float32 by default, as
   /// FSDP2's MixedPrecisionPolicy with reduce_dtype float32).
   at::ScalarType reduce_dtype = at::kFloat;
+  /// FSDP2's reshard_after_forward for the decoder layers: their gathered
+  /// parameters are freed after their forward and gathered again just
+  /// before their backward (a hook on the layer's output), so a rank holds
+  /// one layer's whole parameters at a time, not the model's. Off: kept from
+  /// forward to backward (ZeRO-2-like, one gather per micro-batch). The
+  /// embedding, the final norm and the head stay gathered through the step.
+  bool reshard_after_forward = true;
 };
 
 class FullyShardedModel {

@@ -69,10 +69,15 @@ TEST(FullyShard, HsdpAndTensorParallelEqualOneProcess) {
   ExpectSameLosses(want, RunAndGetLosses(4, tp), kSteps, kStepTolerance);
 }
 
-TEST(FullyShard, ActivationCheckpointingChangesNothingAndBf16Trains) {
+TEST(FullyShard, ReshardingAndActivationCheckpointingChangeNothingAndBf16Trains) {
   TrainConfig plain = Sharded("fsdp_ac_off", 2), checkpointed = Sharded("fsdp_ac_on", 2);
   checkpointed.activation_checkpointing = true;
-  ExpectSameLosses(RunAndGetLosses(2, plain), RunAndGetLosses(2, checkpointed), kSteps, 0.0);
+  const std::vector<double> resharded = RunAndGetLosses(2, plain);
+  ExpectSameLosses(resharded, RunAndGetLosses(2, checkpointed), kSteps, 0.0);
+  // Layers kept gathered from forward to backward: the same bits.
+  TrainConfig kept = Sharded("fsdp_kept", 2);
+  kept.reshard_after_forward = false;
+  ExpectSameLosses(resharded, RunAndGetLosses(2, kept), kSteps, 0.0);
   TrainConfig bf16 = Sharded("fsdp_bf16", 2);
   bf16.precision = "bf16";
   bf16.steps = 30;

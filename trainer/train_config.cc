@@ -47,6 +47,7 @@ const std::vector<Field>& Fields() {
       {"parallel.pp_trace", &TrainConfig::pp_trace},
       {"parallel.dp_shard", &TrainConfig::dp_shard},
       {"parallel.reduce_dtype", &TrainConfig::reduce_dtype},
+      {"parallel.reshard_after_forward", &TrainConfig::reshard_after_forward},
       {"data.path", &TrainConfig::data_path},
       {"data.text", &TrainConfig::data_text},
       {"data.seq_len", &TrainConfig::seq_len},

@@ -51,6 +51,7 @@ struct TrainConfig {
   bool pp_trace = false;             // every action's timing to <output_dir>/pp_trace/rankN.jsonl
   int dp_shard = 1;                  // FSDP2: ranks sharing one replica's parameters
   std::string reduce_dtype = "float32";  // the dtype dp_shard reduce-scatters gradients in
+  bool reshard_after_forward = true;  // dp_shard: free each layer's gathered weights after forward
   // data
   std::string data_path;  // a token file prefix (trainer/token_file.h)
   std::string data_text;  // a text file, tokenised byte-level (vocab 256)

@@ -369,6 +369,7 @@ absl::Status GatePipeline(Run& run) {
     options.reduce_dtype = run.c.reduce_dtype == "bfloat16" || run.c.reduce_dtype == "bf16"
                                ? at::kBFloat16
                                : at::kFloat;
+    options.reshard_after_forward = run.c.reshard_after_forward;
     ASSIGN_OR_RETURN(run.fsdp, FullyShard(*run.model, run.mesh->group("dp_shard"), options));
   }
   if (!run.dims->pp_enabled()) return absl::OkStatus();
