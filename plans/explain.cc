@@ -71,6 +71,7 @@ struct RankShare {
   int64_t pieces = 0;    // after dp_shard too (rank 0's pieces)
   int64_t layers = 0;
   int64_t in_flight = 1;
+  std::vector<std::pair<std::string, int64_t>> by_name;  // tp-local elements per parameter
 };
 
 absl::StatusOr<Inputs> Read(const ExplainOptions& c) {
@@ -192,6 +193,25 @@ void Print(const ExplainOptions& c, const Inputs& in, const Table& t, std::ostre
 
 }  // namespace
 
+int64_t GatheredElements(const std::vector<std::pair<std::string, int64_t>>& tp_local,
+                         bool reshard_after_forward) {
+  std::map<std::string, int64_t> layers;  // "model.layers.3" -> elements
+  int64_t others = 0, all = 0;
+  for (const auto& [name, n] : tp_local) {
+    all += n;
+    const size_t at = name.find(".layers.");
+    if (at == std::string::npos) {
+      others += n;
+      continue;
+    }
+    const size_t end = name.find('.', at + 8);
+    layers[name.substr(0, end)] += n;
+  }
+  int64_t largest = 0;
+  for (const auto& [layer, n] : layers) largest = std::max(largest, n);
+  return reshard_after_forward ? others + largest : all;
+}
+
 MemoryEstimate EstimateMemory(const ModelConfig& config, const MemoryShape& shape) {
   MemoryEstimate m;
   const double element = static_cast<double>(c10::elementSize(shape.dtype));
@@ -199,9 +219,7 @@ MemoryEstimate EstimateMemory(const ModelConfig& config, const MemoryShape& shap
   m.parameters = n * element;
   m.gradients = n * element;
   m.optimizer = n * (8.0 + (shape.dtype == at::kFloat ? 0.0 : 4.0));  // moments (+ master)
-  if (shape.gathered_parameters > shape.local_parameters) {
-    m.gathered = static_cast<double>(shape.gathered_parameters - shape.local_parameters) * element;
-  }
+  m.gathered = static_cast<double>(shape.gathered_parameters) * element;
   const double h = static_cast<double>(config.hidden_size);
   const double a = static_cast<double>(config.num_attention_heads);
   const double s = static_cast<double>(shape.seq_len), b = static_cast<double>(shape.micro_batch);
@@ -285,6 +303,7 @@ absl::StatusOr<std::vector<RankShare>> ExplainPipeline(const ExplainOptions& c, 
         auto [tp_local, piece] = LocalElements(c, in, item.key(), item.value());
         shares[schedule.RankOf(s)].tp_local += tp_local;
         shares[schedule.RankOf(s)].pieces += piece;
+        shares[schedule.RankOf(s)].by_name.emplace_back(item.key(), tp_local);
       }
       const std::vector<int64_t> global = item.value().sizes().vec();
       auto it = in.shards.find(item.key());
@@ -349,12 +368,12 @@ absl::Status ExplainPlan(const ExplainOptions& options, std::ostream& out) {
   if (options.pp > 1) {
     ASSIGN_OR_RETURN(shares, ExplainPipeline(options, inputs, out));
   } else {
-    std::set<const void*> seen;
     for (const auto& item : inputs.model->named_parameters()) {
       if (item.key() == "lm_head.weight" && inputs.config.tie_word_embeddings) continue;
       auto [tp_local, piece] = LocalElements(options, inputs, item.key(), item.value());
       shares[0].tp_local += tp_local;
       shares[0].pieces += piece;
+      shares[0].by_name.emplace_back(item.key(), tp_local);
     }
     shares[0].layers = inputs.config.num_hidden_layers;
   }
@@ -366,7 +385,9 @@ absl::Status ExplainPlan(const ExplainOptions& options, std::ostream& out) {
     MemoryShape shape;
     shape.dtype = inputs.dtype;
     shape.local_parameters = shares[r].pieces;
-    shape.gathered_parameters = options.dp_shard > 1 ? shares[r].tp_local : 0;
+    shape.gathered_parameters =
+        options.dp_shard > 1 ? GatheredElements(shares[r].by_name, /*reshard_after_forward=*/true)
+                             : 0;
     shape.layers = shares[r].layers;
     shape.tp = options.tp;
     shape.micro_batch = options.micro_batch;

@@ -21,6 +21,8 @@
 
 #include <ostream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <c10/core/ScalarType.h>
 
@@ -50,6 +52,7 @@ struct ExplainOptions {
   /// dp_shard pieces, with its gradient and optimizer state.
   int dp_shard = 1;
   bool activation_checkpointing = false;
+  bool reshard_after_forward = true;
 };
 
 /// What one rank holds in a training step, in bytes: parameters,
@@ -74,6 +77,13 @@ struct MemoryShape {
   int64_t microbatches_in_flight = 1;  // pipeline schedules hold several
   bool activation_checkpointing = false;
 };
+
+/// The parameter elements dp_shard holds whole at once: with
+/// reshard_after_forward the embedding, norm and head (kept through the
+/// step) plus the largest decoder layer; without, all of them. `tp_local`:
+/// each parameter's name and tp-local element count.
+int64_t GatheredElements(const std::vector<std::pair<std::string, int64_t>>& tp_local,
+                         bool reshard_after_forward);
 
 /// The estimate for `shape`: activations per layer and micro-batch are
 /// Megatron's s*b*h*(10 + 24/tp + 5*a*s/(h*tp)) bytes in 16-bit (x2 in

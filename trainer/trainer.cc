@@ -703,11 +703,13 @@ absl::Status Start(Run& run) {
     shape.dtype = run.params.empty() ? at::kFloat : run.params[0].scalar_type();
     for (const auto& [name, p] : run.named) shape.local_parameters += p.numel();
     if (run.fsdp) {
+      std::vector<std::pair<std::string, int64_t>> tp_local;
       for (const FullyShardedModel::Param& p : run.fsdp->parameters()) {
         int64_t n = 1;
         for (int64_t d : p.full_shape) n *= d;
-        shape.gathered_parameters += n;
+        tp_local.emplace_back(p.name, n);
       }
+      shape.gathered_parameters = GatheredElements(tp_local, c.reshard_after_forward);
     }
     shape.layers = model.config.num_hidden_layers;
     if (run.dims->pp_enabled()) {
@@ -950,6 +952,16 @@ absl::StatusOr<StepStats> RunStep(Run& run) {
   return stats;
 }
 
+// This process's peak resident memory (VmHWM), in MiB; 0 if unknown.
+double PeakRssMb() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;
+  }
+  return 0;
+}
+
 // The progress line and metrics.jsonl cover a window of steps.
 struct Window {
   Clock::time_point run_start = Clock::now();
@@ -986,8 +998,10 @@ void LogStep(Run& run, const StepStats& stats, Window& window) {
     run.log.flush();
     run.metrics << absl::StrFormat(
                        "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, "
-                       "\"tokens_per_s\": %.1f, \"comm_share\": %.4f, \"elapsed_s\": %.3f}",
-                       run.step, stats.loss, stats.lr, stats.grad_norm, rate, comm, elapsed)
+                       "\"tokens_per_s\": %.1f, \"comm_share\": %.4f, \"elapsed_s\": %.3f, "
+                       "\"peak_rss_mb\": %.1f}",
+                       run.step, stats.loss, stats.lr, stats.grad_norm, rate, comm, elapsed,
+                       PeakRssMb())
                 << "\n";
     run.metrics.flush();
   }
@@ -1053,16 +1067,6 @@ absl::Status WriteCurve(Run& run) {
       run.c.output_dir + "/loss.svg", LossCurve(run),
       absl::StrFormat("%s, dp %d x tp %d, %d steps", run.model->config.architecture, run.dims->dp(),
                       run.dims->tp(), run.c.steps));
-}
-
-// This process's peak resident memory (VmHWM), in MiB; 0 if unknown.
-double PeakRssMb() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;
-  }
-  return 0;
 }
 
 // 11. After the last step: the final checkpoint, the Hugging Face export,
