@@ -12,6 +12,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 #include <sstream>
 #include <tuple>
 
@@ -33,12 +35,13 @@ namespace weft {
 namespace fs = std::filesystem;
 namespace {
 
-std::string ShardFile(const char* kind, int tp_rank, int tp, int pp_rank = 0, int pp = 1) {
-  if (pp > 1) {
-    return absl::StrFormat("%s-pp%05d-of-%05d-tp%05d-of-%05d.safetensors", kind, pp_rank, pp,
-                           tp_rank, tp);
-  }
-  return absl::StrFormat("%s-tp%05d-of-%05d.safetensors", kind, tp_rank, tp);
+std::string ShardFile(const char* kind, int tp_rank, int tp, int pp_rank = 0, int pp = 1,
+                      int shard_rank = 0, int shards = 1) {
+  std::string name =
+      pp > 1 ? absl::StrFormat("%s-pp%05d-of-%05d-tp%05d-of-%05d", kind, pp_rank, pp, tp_rank, tp)
+             : absl::StrFormat("%s-tp%05d-of-%05d", kind, tp_rank, tp);
+  if (shards > 1) absl::StrAppendFormat(&name, "-shard%05d-of-%05d", shard_rank, shards);
+  return name + ".safetensors";
 }
 
 bool HasAxis(const DeviceMesh& mesh, const std::string& name) {
@@ -109,12 +112,19 @@ absl::Status VerifyChecksums(const SafetensorsFile& file) {
 }
 
 std::string ShardsJson(const std::vector<std::pair<std::string, at::Tensor>>& params,
-                       const Placements* shards) {
+                       const Placements* shards,
+                       const std::map<std::string, TensorSlice>* slices = nullptr) {
   std::vector<std::string> items;
   for (const auto& [name, tensor] : params) {
     std::vector<int64_t> global = tensor.sizes().vec();
     Slice slice;
-    if (shards != nullptr) {
+    if (slices != nullptr) {
+      auto it = slices->find(name);
+      if (it != slices->end()) {
+        global = it->second.global_shape;
+        slice = it->second.slice;
+      }
+    } else if (shards != nullptr) {
       auto it = shards->find(name);
       if (it != shards->end()) {
         global = it->second.global_shape;
@@ -286,26 +296,27 @@ absl::Status SaveCheckpoint(const SaveRequest& r, const DeviceMesh& mesh, int wo
   }
   world_barrier();
   RETURN_IF_ERROR(prepared);
-  // One replica's (pp, tp) ranks write: dp index 0, and dp_shard index 0
-  // (dp_shard's pieces were gathered into whole tensors).
-  const bool writer = mesh.coordinate("dp") == 0 &&
-                      (!HasAxis(mesh, "dp_shard") || mesh.coordinate("dp_shard") == 0);
+  // One replica's ranks write: dp index 0 (every dp_shard rank its pieces).
+  const bool sharded = HasAxis(mesh, "dp_shard");
+  const int shards = sharded ? mesh.size("dp_shard") : 1;
+  const int shard_rank = sharded ? mesh.coordinate("dp_shard") : 0;
+  const bool writer = mesh.coordinate("dp") == 0;
   if (writer) {
     const int tp = tp_group.size(), rank = tp_group.rank();
-    RETURN_IF_ERROR(WriteSafetensors(tmp + "/" + ShardFile("model", rank, tp, pp_rank, pp),
-                                     r.params,
-                                     {{"format", "pt"},
-                                      {"weft_shards", ShardsJson(r.params, r.shards)},
-                                      {"weft_checksums", ChecksumsJson(r.params)},
-                                      {"tp_rank", std::to_string(rank)},
-                                      {"tp", std::to_string(tp)},
-                                      {"pp_rank", std::to_string(pp_rank)},
-                                      {"pp", std::to_string(pp)}}));
-    RETURN_IF_ERROR(WriteSafetensors(tmp + "/" + ShardFile("optimizer", rank, tp, pp_rank, pp),
-                                     r.optimizer,
-                                     {{"format", "pt"},
-                                      {"weft_checksums", ChecksumsJson(r.optimizer)},
-                                      {"step", std::to_string(r.state.step)}}));
+    RETURN_IF_ERROR(WriteSafetensors(
+        tmp + "/" + ShardFile("model", rank, tp, pp_rank, pp, shard_rank, shards), r.params,
+        {{"format", "pt"},
+         {"weft_shards", ShardsJson(r.params, r.shards, r.slices)},
+         {"weft_checksums", ChecksumsJson(r.params)},
+         {"tp_rank", std::to_string(rank)},
+         {"tp", std::to_string(tp)},
+         {"pp_rank", std::to_string(pp_rank)},
+         {"pp", std::to_string(pp)}}));
+    RETURN_IF_ERROR(WriteSafetensors(
+        tmp + "/" + ShardFile("optimizer", rank, tp, pp_rank, pp, shard_rank, shards), r.optimizer,
+        {{"format", "pt"},
+         {"weft_checksums", ChecksumsJson(r.optimizer)},
+         {"step", std::to_string(r.state.step)}}));
   }
   MaybeDieDuringSave(r.state.step);
   world_barrier();
@@ -554,6 +565,202 @@ absl::Status ExportHuggingFace(const std::string& dir, const std::string& config
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   RETURN_IF_ERROR(WriteCheckpoint(dir, full));
   return WriteTextFileAtomically(dir + "/config.json", config_json);
+}
+
+}  // namespace weft
+
+namespace weft {
+namespace {
+
+// Global indices held along each dim of `slice` over `shape`.
+std::vector<std::vector<int64_t>> Indices(const std::vector<int64_t>& shape, const Slice& slice) {
+  std::vector<std::vector<int64_t>> out(shape.size());
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (d < slice.size() && !slice[d].empty()) {
+      for (const Range& r : slice[d])
+        for (int64_t i = r.start; i < r.end; ++i) out[d].push_back(i);
+    } else {
+      for (int64_t i = 0; i < shape[d]; ++i) out[d].push_back(i);
+    }
+  }
+  return out;
+}
+
+// `t` restricted to `positions` along `dim` (a narrow when they are one run).
+at::Tensor Select(const at::Tensor& t, int64_t dim, const std::vector<int64_t>& positions) {
+  bool run = true;
+  for (size_t i = 1; i < positions.size(); ++i)
+    run = run && positions[i] == positions[0] + (int64_t)i;
+  if (run) return t.narrow(dim, positions[0], static_cast<int64_t>(positions.size()));
+  return t.index_select(dim, at::tensor(positions, at::kLong));
+}
+
+struct Target {
+  at::Tensor tensor;
+  std::vector<std::vector<int64_t>> index;  // global indices per dim
+  int64_t covered = 0;
+  std::set<std::string> sources;  // saved slices applied (replicas save the same one)
+};
+
+std::string SliceKey(const Slice& slice) {
+  std::string key;
+  for (const auto& dim : slice) {
+    for (const Range& r : dim) absl::StrAppend(&key, r.start, "-", r.end, ",");
+    key += ";";
+  }
+  return key;
+}
+
+// Copies the overlap of a saved part (global indices `saved`) into `target`.
+void CopyOverlap(Target& target, const at::Tensor& part,
+                 const std::vector<std::vector<int64_t>>& saved) {
+  const size_t dims = target.index.size();
+  std::vector<std::vector<int64_t>> from(dims), to(dims);
+  for (size_t d = 0; d < dims; ++d) {
+    std::map<int64_t, int64_t> where;  // global index -> position in the saved part
+    for (size_t i = 0; i < saved[d].size(); ++i) where[saved[d][i]] = static_cast<int64_t>(i);
+    for (size_t i = 0; i < target.index[d].size(); ++i) {
+      auto it = where.find(target.index[d][i]);
+      if (it == where.end()) continue;
+      from[d].push_back(it->second);
+      to[d].push_back(static_cast<int64_t>(i));
+    }
+    if (from[d].empty()) return;  // no overlap
+  }
+  at::Tensor block = part;
+  at::Tensor view = target.tensor;
+  bool runs = true;
+  for (size_t d = 0; d < dims; ++d) {
+    block = Select(block, static_cast<int64_t>(d), from[d]);
+    for (size_t i = 1; i < to[d].size(); ++i) runs = runs && to[d][i] == to[d][0] + (int64_t)i;
+  }
+  int64_t n = 1;
+  for (size_t d = 0; d < dims; ++d) n *= static_cast<int64_t>(to[d].size());
+  target.covered += dims == 0 ? 1 : n;
+  if (dims == 0) {
+    target.tensor.copy_(block);
+    return;
+  }
+  if (runs) {
+    for (size_t d = 0; d < dims; ++d) {
+      view = view.narrow(static_cast<int64_t>(d), to[d][0], static_cast<int64_t>(to[d].size()));
+    }
+    view.copy_(block);
+    return;
+  }
+  // Scattered positions: broadcast index tensors, one per dim.
+  c10::List<std::optional<at::Tensor>> index;
+  for (size_t d = 0; d < dims; ++d) {
+    std::vector<int64_t> shape(dims, 1);
+    shape[d] = static_cast<int64_t>(to[d].size());
+    index.push_back(at::tensor(to[d], at::kLong).view(shape));
+  }
+  target.tensor.index_put_(index, block);
+}
+
+}  // namespace
+
+absl::StatusOr<LoadedCheckpoint> LoadCheckpointSlices(const std::string& dir,
+                                                      const LoadLayout& layout) {
+  LoadedCheckpoint out;
+  ASSIGN_OR_RETURN(std::string json, ReadTextFile(dir + "/trainer_state.json"));
+  ASSIGN_OR_RETURN(out.state, TrainerState::FromJson(json, dir + "/trainer_state.json"));
+  const int saved_tp = out.state.tp, saved_pp = out.state.pp, saved_shards = out.state.dp_shard;
+  auto take = [&](const std::string& tensor, bool is_model) {
+    return !layout.wanted || layout.wanted(is_model ? tensor : ParameterOf(tensor));
+  };
+  using Files = std::tuple<const char*, std::map<std::string, at::Tensor>*, bool>;
+  if (saved_tp == layout.tp && saved_shards == layout.dp_shard) {
+    // The same layout: this rank's files (every stage's), as they are.
+    for (int p = 0; p < saved_pp; ++p) {
+      for (auto [kind, target, is_model] :
+           {Files{"model", &out.params, true}, Files{"optimizer", &out.optimizer, false}}) {
+        ASSIGN_OR_RETURN(
+            auto file, SafetensorsFile::Open(dir + "/" +
+                                             ShardFile(kind, layout.tp_rank, saved_tp, p, saved_pp,
+                                                       layout.dp_shard_rank, saved_shards)));
+        bool any = false;
+        for (const TensorEntry& e : file->tensors()) any = any || take(e.name, is_model);
+        if (!any) continue;
+        RETURN_IF_ERROR(VerifyChecksums(*file));
+        for (const TensorEntry& e : file->tensors()) {
+          if (take(e.name, is_model)) (*target)[e.name] = file->Get(e);
+        }
+      }
+    }
+    return out;
+  }
+  // Another layout: each wanted tensor from the saved slices that overlap
+  // this rank's slice; files without an overlap are not read.
+  std::map<std::string, Target> params, optimizer;
+  for (int p = 0; p < saved_pp; ++p) {
+    for (int r = 0; r < saved_tp; ++r) {
+      for (int sh = 0; sh < saved_shards; ++sh) {
+        ASSIGN_OR_RETURN(auto model, SafetensorsFile::Open(dir + "/" +
+                                                           ShardFile("model", r, saved_tp, p,
+                                                                     saved_pp, sh, saved_shards)));
+        ASSIGN_OR_RETURN(auto opt, SafetensorsFile::Open(dir + "/" +
+                                                         ShardFile("optimizer", r, saved_tp, p,
+                                                                   saved_pp, sh, saved_shards)));
+        ASSIGN_OR_RETURN(auto saved, ParseShards(*model));
+        bool verified = false;
+        for (auto [file, targets, is_model] :
+             {std::tuple<const SafetensorsFile*, std::map<std::string, Target>*, bool>{
+                  model.get(), &params, true},
+              {opt.get(), &optimizer, false}}) {
+          for (const TensorEntry& e : file->tensors()) {
+            if (!take(e.name, is_model)) continue;
+            const std::string param = is_model ? e.name : ParameterOf(e.name);
+            auto it = saved.find(param);
+            if (it == saved.end()) {
+              return absl::InvalidArgumentError(absl::StrCat(file->path(), ": tensor '", e.name,
+                                                             "' has no weft_shards entry for '",
+                                                             param, "'"));
+            }
+            const std::vector<int64_t>& global = it->second.global_shape;
+            auto wanted = layout.targets.find(param);
+            const Slice mine = wanted == layout.targets.end() ? Slice{} : wanted->second.slice;
+            auto [slot, fresh] = targets->try_emplace(e.name);
+            if (fresh) {
+              slot->second.index = Indices(global, mine);
+              std::vector<int64_t> shape;
+              for (const auto& idx : slot->second.index) shape.push_back(idx.size());
+              slot->second.tensor = at::zeros(shape, at::TensorOptions().dtype(e.dtype));
+            }
+            if (!slot->second.sources.insert(SliceKey(it->second.slice)).second) continue;
+            const std::vector<std::vector<int64_t>> held = Indices(global, it->second.slice);
+            bool overlaps = true;
+            for (size_t d = 0; d < held.size() && overlaps; ++d) {
+              std::set<int64_t> have(held[d].begin(), held[d].end());
+              overlaps = false;
+              for (int64_t i : slot->second.index[d]) overlaps = overlaps || have.count(i) > 0;
+            }
+            if (!overlaps) continue;
+            if (!verified) {
+              RETURN_IF_ERROR(VerifyChecksums(*model));
+              RETURN_IF_ERROR(VerifyChecksums(*opt));
+              verified = true;
+            }
+            CopyOverlap(slot->second, file->Get(e), held);
+          }
+        }
+      }
+    }
+  }
+  for (auto [targets, into] :
+       {std::pair<std::map<std::string, Target>*, std::map<std::string, at::Tensor>*>{&params,
+                                                                                      &out.params},
+        {&optimizer, &out.optimizer}}) {
+    for (auto& [name, target] : *targets) {
+      if (target.covered != target.tensor.numel()) {
+        return absl::DataLossError(absl::StrCat(
+            dir, ": the saved slices cover ", target.covered, " of the ", target.tensor.numel(),
+            " elements of '", name, "' this rank needs (expected every element once)"));
+      }
+      (*into)[name] = target.tensor;
+    }
+  }
+  return out;
 }
 
 }  // namespace weft

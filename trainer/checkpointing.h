@@ -70,6 +70,13 @@ absl::Status CheckCheckpointDirs(const std::string& output_dir);
 /// The newest complete checkpoint under `<output_dir>/checkpoints`, if any.
 std::optional<std::string> LatestCheckpoint(const std::string& output_dir);
 
+/// A tensor's global shape and the part of it one rank holds (per dim the
+/// global ranges, concatenated; an empty list: the whole dim).
+struct TensorSlice {
+  std::vector<int64_t> global_shape;
+  Slice slice;
+};
+
 struct SaveRequest {
   std::string output_dir;
   int64_t keep = 2;
@@ -80,6 +87,10 @@ struct SaveRequest {
   std::vector<std::pair<std::string, at::Tensor>> optimizer;
   /// This tp rank's placements (empty or null at tp = 1), for the metadata.
   const Placements* shards = nullptr;
+  /// With dp_shard: each tensor's slice as this rank holds it (its piece),
+  /// instead of `shards`; every dp_shard rank then writes its own files
+  /// (`...-tp00000-of-00002-shard00001-of-00004.safetensors`).
+  const std::map<std::string, TensorSlice>* slices = nullptr;
 };
 
 /// Collective over the world: every rank calls it. Ranks with dp index 0
@@ -105,6 +116,24 @@ struct LoadedCheckpoint {
 absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(
     const std::string& dir, int tp, int tp_rank, const Placements* shards,
     const std::function<bool(const std::string& name)>& wanted = nullptr);
+
+/// Where a rank's tensors come from when it resumes: its slice of each
+/// parameter (`targets`; a parameter absent from it is read whole), and
+/// the layout it shares with the files it can take as they are.
+struct LoadLayout {
+  int tp = 1, tp_rank = 0;
+  int dp_shard = 1, dp_shard_rank = 0;
+  std::map<std::string, TensorSlice> targets;
+  std::function<bool(const std::string& name)> wanted;  // unset: every tensor
+};
+
+/// Reads `dir` for `layout`. Files written with the same tp and dp_shard
+/// are this rank's as they are; otherwise each wanted tensor is built from
+/// the saved slices that overlap this rank's slice, reading only those (no
+/// rank assembles a whole tensor it does not hold). Optimizer state
+/// (`exp_avg.<name>`) is sliced as its parameter.
+absl::StatusOr<LoadedCheckpoint> LoadCheckpointSlices(const std::string& dir,
+                                                      const LoadLayout& layout);
 
 /// With pipeline stages: what every pp rank exports, in order (each rank's
 /// own list is the order of its `params`), and the pp group.

@@ -96,6 +96,14 @@ TEST(FullyShard, CheckpointsResumeOnAnotherMesh) {
   const std::vector<double> want = RunAndGetLosses(2, c);
   ASSERT_EQ(want.size(), 8u);
   EXPECT_TRUE(fs::exists(c.output_dir + "/hf/model.safetensors"));
+  // Every rank wrote its own pieces: two files of about half the model each.
+  const std::string step4 = CheckpointDir(c.output_dir, 4);
+  for (const char* file : {"/model-tp00000-of-00001-shard00000-of-00002.safetensors",
+                           "/model-tp00000-of-00001-shard00001-of-00002.safetensors"}) {
+    ASSERT_TRUE(fs::exists(step4 + file)) << file;
+    EXPECT_LT(fs::file_size(step4 + file), 300000u) << file;  // the whole model is 0.43 MB
+    EXPECT_GT(fs::file_size(step4 + file), 180000u) << file;
+  }
   for (auto [ranks, dp_shard, tp] : {std::tuple<int, int, int>{1, 1, 1}, {2, 1, 2}, {4, 4, 1}}) {
     SCOPED_TRACE(absl::StrCat("dp_shard ", dp_shard, " tp ", tp));
     fs::remove_all(CheckpointDir(c.output_dir, 8));

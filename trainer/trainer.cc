@@ -556,6 +556,44 @@ absl::Status CheckResumable(const TrainConfig& now, const std::string& checkpoin
   return absl::OkStatus();
 }
 
+// Each parameter's slice as this rank holds it: its tp placement, cut
+// further to its dp_shard piece (dim-0 rows of the tp-local tensor).
+std::map<std::string, TensorSlice> HeldSlices(const Run& run) {
+  std::map<std::string, TensorSlice> out;
+  for (size_t i = 0; i < run.named.size(); ++i) {
+    const std::string& name = run.named[i].first;
+    const DTensorSpec* spec = ParameterPlacement(*run.model, name);
+    TensorSlice t;
+    t.global_shape = spec != nullptr ? spec->global_shape : run.named[i].second.sizes().vec();
+    if (spec != nullptr) t.slice = spec->ranges;
+    if (run.fsdp) {
+      const FullyShardedModel::Param& p = run.fsdp->parameters()[i];
+      if (spec == nullptr) t.global_shape = p.full_shape;
+      // The tp-local dim-0 rows, as global indices, then this piece's run of them.
+      std::vector<int64_t> rows;
+      if (!t.slice.empty() && !t.slice[0].empty()) {
+        for (const Range& r : t.slice[0])
+          for (int64_t k = r.start; k < r.end; ++k) rows.push_back(k);
+      } else {
+        for (int64_t k = 0; k < t.global_shape[0]; ++k) rows.push_back(k);
+      }
+      std::vector<Range> mine;
+      for (int64_t k = p.offset; k < p.offset + p.rows; ++k) {
+        if (!mine.empty() && mine.back().end == rows[k]) {
+          ++mine.back().end;
+        } else {
+          mine.push_back({rows[k], rows[k] + 1});
+        }
+      }
+      if (mine.empty()) mine.push_back({0, 0});  // an empty piece
+      if (t.slice.empty()) t.slice.resize(t.global_shape.size());
+      t.slice[0] = mine;
+    }
+    out[name] = std::move(t);
+  }
+  return out;
+}
+
 // 7. Resume: --resume, or a restarted attempt under weftrun/torchrun that
 // finds a checkpoint (torchelastic's contract for restarts).
 absl::Status Resume(Run& run) {
@@ -573,23 +611,15 @@ absl::Status Resume(Run& run) {
   };
   std::set<std::string> wanted;
   for (const auto& [name, tensor] : run.named) wanted.insert(saved_name(name));
-  ASSIGN_OR_RETURN(
-      LoadedCheckpoint ckpt,
-      LoadCheckpointDir(*latest, run.dims->tp(), run.tp_rank, run.placements(),
-                        [&wanted](const std::string& name) { return wanted.count(name) > 0; }));
+  LoadLayout layout;
+  layout.tp = run.dims->tp();
+  layout.tp_rank = run.tp_rank;
+  layout.dp_shard = run.dims->dp_shard();
+  layout.dp_shard_rank = run.fsdp ? run.fsdp->group().rank() : 0;
+  for (auto& [name, slice] : HeldSlices(run)) layout.targets[saved_name(name)] = std::move(slice);
+  layout.wanted = [&wanted](const std::string& name) { return wanted.count(name) > 0; };
+  ASSIGN_OR_RETURN(LoadedCheckpoint ckpt, LoadCheckpointSlices(*latest, layout));
   RETURN_IF_ERROR(CheckResumable(c, *latest, ckpt.state.step));
-  if (run.fsdp) {
-    // Whole (tp-local) tensors in the files: this rank keeps its pieces.
-    for (size_t i = 0; i < run.named.size(); ++i) {
-      const std::string& name = run.named[i].first;
-      auto it = ckpt.params.find(name);
-      if (it != ckpt.params.end()) it->second = run.fsdp->PieceOf(i, it->second);
-      for (const char* kind : {"exp_avg.", "exp_avg_sq.", "master."}) {
-        auto state = ckpt.optimizer.find(kind + name);
-        if (state != ckpt.optimizer.end()) state->second = run.fsdp->PieceOf(i, state->second);
-      }
-    }
-  }
   for (const auto& [name, tensor] : run.named) {
     if (saved_name(name) == name) continue;
     for (const char* kind : {"exp_avg.", "exp_avg_sq.", "master."}) {
@@ -778,18 +808,17 @@ absl::Status Save(Run& run, int64_t at_step) {
   request.state.rng_state_hex = RngStateHex();
   request.config_yaml = run.c.ToYaml();
   // A tied head's copy (the last stage's) is the embedding: saved once.
-  // dp_shard's pieces are gathered: the files hold whole (tp-local) tensors.
-  std::map<std::string, size_t> piece_index;
-  for (size_t i = 0; i < run.named.size(); ++i) piece_index[run.named[i].first] = i;
-  auto whole = [&run, &piece_index](const std::string& name, const at::Tensor& t) {
-    return run.fsdp ? run.fsdp->Gather(piece_index.at(name), t) : t.detach();
-  };
+  // With dp_shard every rank writes its pieces, each with its slice.
   for (auto& [name, t] : run.named) {
-    if (!run.tied_head(name)) request.params.emplace_back(name, whole(name, t));
+    if (!run.tied_head(name)) request.params.emplace_back(name, t.detach());
   }
   for (auto& [key, t] : run.optimizer->StateTensors()) {
-    const std::string name = key.substr(key.find('.') + 1);
-    if (!run.tied_head(name)) request.optimizer.emplace_back(key, whole(name, t));
+    if (!run.tied_head(key.substr(key.find('.') + 1))) request.optimizer.emplace_back(key, t);
+  }
+  std::map<std::string, TensorSlice> slices;
+  if (run.fsdp) {
+    slices = HeldSlices(run);
+    request.slices = &slices;
   }
   request.shards = run.placements();
   RETURN_IF_ERROR(SaveCheckpoint(request, *run.mesh, run.runtime->rank()));
