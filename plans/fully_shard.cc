@@ -6,6 +6,7 @@
 #include <torch/autograd.h>
 #include <torch/nn/modules/container/modulelist.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -54,12 +55,40 @@ class GatherFunction : public torch::autograd::Function<GatherFunction> {
                                                  torch::autograd::variable_list grads) {
     Unit* unit = reinterpret_cast<Unit*>(ctx->saved_data["unit"].toInt());
     const ProcessGroup& group = *unit->group;
-    torch::autograd::variable_list out;
+    // One reduce-scatter for the unit: row r of an [n, L] buffer holds rank
+    // r's rows of every gradient (zero-padded to the longest row), so the
+    // collective's dim-0 chunk r is rank r's pieces, in order.
+    const int n = group.size();
+    std::vector<at::Tensor> whole;
+    std::vector<int64_t> length(n, 0);
     for (size_t k = 0; k < unit->params.size(); ++k) {
       const FullyShardedModel::Param& p = (*unit->all)[unit->params[k]];
       at::Tensor grad = grads[k].defined() ? grads[k] : at::zeros(p.full_shape, p.piece.options());
-      at::Tensor piece = group.ReduceScatter(grad.to(unit->reduce_dtype).contiguous(), 0);
-      piece = (piece / static_cast<double>(group.size())).to(p.piece.scalar_type());
+      whole.push_back(grad.to(unit->reduce_dtype).contiguous());
+      for (int r = 0; r < n; ++r) {
+        length[r] += ChunkOf(p.full_shape[0], n, r).length * (grad.numel() / p.full_shape[0]);
+      }
+    }
+    const int64_t row = *std::max_element(length.begin(), length.end());
+    at::Tensor buffer =
+        at::zeros({n, row}, whole.empty() ? at::TensorOptions() : whole[0].options());
+    for (int r = 0; r < n; ++r) {
+      int64_t offset = 0;
+      for (size_t k = 0; k < whole.size(); ++k) {
+        const ChunkSpan span = ChunkOf(whole[k].size(0), n, r);
+        at::Tensor part = whole[k].narrow(0, span.offset, span.length).reshape({-1});
+        buffer[r].narrow(0, offset, part.numel()).copy_(part);
+        offset += part.numel();
+      }
+    }
+    at::Tensor mine = group.ReduceScatter(buffer.view({-1}), 0);  // [row]
+    torch::autograd::variable_list out;
+    int64_t offset = 0;
+    for (size_t k = 0; k < unit->params.size(); ++k) {
+      const FullyShardedModel::Param& p = (*unit->all)[unit->params[k]];
+      at::Tensor piece = mine.narrow(0, offset, p.piece.numel()).view(p.piece.sizes());
+      offset += p.piece.numel();
+      piece = (piece / static_cast<double>(n)).to(p.piece.scalar_type());
       // The tensor-parallel sums the engine registered on the parameter.
       if (unit->grad_hooks[k]) piece = unit->grad_hooks[k](piece);
       out.push_back(piece);
