@@ -27,14 +27,14 @@ struct FullyShardedModel::Unit {
   std::vector<std::function<at::Tensor(const at::Tensor&)>> grad_hooks;  // per param, or empty
   at::ScalarType reduce_dtype = at::kFloat;
   bool reshard_after_forward = false;  // decoder layers: free after forward, regather for backward
-  std::vector<at::Tensor> gathered;    // this micro-batch's whole tensors
+  std::vector<at::Tensor> gathered;    // the whole tensors of the forward running now
   std::vector<at::Tensor> Pieces() const;
   /// One coalesced all-gather of the pieces into whole tensors.
   std::vector<at::Tensor> AllGather() const;
-  /// Frees the whole tensors' memory (autograd keeps the tensors, not the bytes).
-  void Free();
+  /// Frees `tensors`' memory (autograd keeps the tensors, not the bytes).
+  static void Free(const std::vector<at::Tensor>& tensors);
   /// Gathers again into the same tensors (before their backward).
-  void Regather();
+  void Regather(const std::vector<at::Tensor>& tensors) const;
 };
 
 namespace {
@@ -48,7 +48,17 @@ class GatherFunction : public torch::autograd::Function<GatherFunction> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
                                                 at::TensorList pieces, Unit* unit) {
     ctx->saved_data["unit"] = reinterpret_cast<int64_t>(unit);
-    return unit->AllGather();
+    torch::autograd::variable_list whole = unit->AllGather();
+    // Aliases of the outputs' storage (no autograd history, so no cycle):
+    // backward frees this call's memory, whichever micro-batch runs next.
+    c10::List<at::Tensor> aliases;
+    for (const at::Tensor& t : whole) {
+      at::Tensor alias = at::empty({0}, t.options());
+      alias.set_(t.storage(), t.storage_offset(), t.sizes(), t.strides());
+      aliases.push_back(alias);
+    }
+    ctx->saved_data["aliases"] = aliases;
+    return whole;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -93,7 +103,8 @@ class GatherFunction : public torch::autograd::Function<GatherFunction> {
       if (unit->grad_hooks[k]) piece = unit->grad_hooks[k](piece);
       out.push_back(piece);
     }
-    unit->Free();                 // this micro-batch's backward of the unit is done
+    // This call's backward of the unit is done.
+    Unit::Free(ctx->saved_data["aliases"].toTensorVector());
     out.push_back(at::Tensor());  // the unit pointer
     return out;
   }
@@ -139,17 +150,17 @@ std::vector<at::Tensor> Unit::AllGather() const {
   return out;
 }
 
-void Unit::Free() {
-  for (at::Tensor& t : gathered) {
+void Unit::Free(const std::vector<at::Tensor>& tensors) {
+  for (const at::Tensor& t : tensors) {
     if (t.defined()) t.storage().unsafeGetStorageImpl()->reset();
   }
 }
 
-void Unit::Regather() {
+void Unit::Regather(const std::vector<at::Tensor>& tensors) const {
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> fresh = AllGather();
-  for (size_t k = 0; k < gathered.size(); ++k) {
-    at::Tensor& t = gathered[k];
+  for (size_t k = 0; k < tensors.size(); ++k) {
+    const at::Tensor& t = tensors[k];
     c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
     const size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
     if (storage->nbytes() < bytes) {
@@ -226,6 +237,7 @@ absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
   std::map<const void*, std::pair<size_t, size_t>> seen;  // tensor -> (unit, k)
   for (const auto& item : model.named_parameters()) {
     const std::string& name = item.key();
+    if (item.value().is_meta()) continue;  // another pipeline stage's
     const std::string module_name = name.substr(0, name.rfind('.'));
     const std::string local = name.substr(name.rfind('.') + 1);
     auto module = weft_modules.find(module_name);
@@ -289,11 +301,14 @@ absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
       units[u].second->AddPostHook([unit](Module&, const Module::Tensors&, at::Tensor& output) {
         if (!at::GradMode::is_enabled() || !output.requires_grad()) return;
         // Before this unit's backward (its output's gradient is ready): gather again.
-        output.register_hook([unit](at::Tensor grad) {
-          unit->Regather();
+        // This forward's tensors (a pipeline runs several micro-batches'
+        // forwards before their backwards).
+        std::vector<at::Tensor> tensors = unit->gathered;
+        output.register_hook([unit, tensors](at::Tensor grad) {
+          unit->Regather(tensors);
           return grad;
         });
-        unit->Free();
+        Unit::Free(tensors);
       });
     }
   }

@@ -88,7 +88,8 @@ class FullyShardedModel {
 };
 
 /// Shards `model` (loaded whole or tp-sharded) over `group`; the model's
-/// parameters become meta placeholders between steps. Errors: a parameter
+/// parameters become meta placeholders between steps. Parameters already on
+/// the meta device (other pipeline stages') are left alone. Errors: a parameter
 /// in no unit.
 absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
     CausalLM& model, std::shared_ptr<const ProcessGroup> group,

@@ -10,6 +10,7 @@
 #include "base/text_file.h"
 #include "gtest/gtest.h"
 #include "trainer/checkpointing.h"
+#include "trainer/train_config.h"
 #include "trainer/train_testing.h"
 
 namespace weft {
@@ -67,6 +68,35 @@ TEST(FullyShard, HsdpAndTensorParallelEqualOneProcess) {
   TrainConfig tp = Sharded("fsdp_tp2", 2);
   tp.tp = 2;
   ExpectSameLosses(want, RunAndGetLosses(4, tp), kSteps, kStepTolerance);
+}
+
+// Each pipeline stage sharded over dp_shard: PP=2 x dp_shard=2 on 4 ranks.
+TEST(FullyShard, InsidePipelineStagesEqualsOneProcess) {
+  const std::vector<double> want = [] {
+    TrainConfig c = Tiny("fsdp_pp_ref");
+    c.steps = kSteps;
+    c.micro_batch = 2;
+    c.checkpoint_export = false;
+    return RunAndGetLosses(1, c);
+  }();
+  for (const char* schedule : {"1f1b", "gpipe"}) {
+    SCOPED_TRACE(schedule);
+    TrainConfig c = Sharded(absl::StrCat("fsdp_pp2_", schedule), 2);
+    c.pp = 2;
+    c.pp_schedule = schedule;
+    c.pp_microbatches = 2;  // 2 micro-batches of 2 per data-parallel rank
+    ExpectSameLosses(want, RunAndGetLosses(4, c), kSteps, kStepTolerance);
+  }
+  // Refused with the configuration, before any rank starts.
+  TrainConfig zb = Sharded("fsdp_pp2_zb", 2);
+  zb.pp = 2;
+  zb.pp_schedule = "zb1p";
+  auto parsed = ParseTrainConfig(zb.ToYaml(), "zb.yaml");
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_EQ(parsed.status().message(),
+            "zb.yaml: parallel.pp_schedule zb1p with parallel.dp_shard 2 is not supported yet "
+            "(zero-bubble defers weight gradients past the reduce-scatter; expected gpipe, 1f1b "
+            "or interleaved_1f1b with dp_shard)");
 }
 
 TEST(FullyShard, ReshardingAndActivationCheckpointingChangeNothingAndBf16Trains) {

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <variant>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status.h"
@@ -249,11 +250,11 @@ absl::Status Validate(const TrainConfig& c, const std::string& s) {
     return Invalid(s, "parallel.reduce_dtype", absl::StrCat("'", c.reduce_dtype, "'"),
                    "float32 or bfloat16");
   }
-  if (c.dp_shard > 1 && c.pp > 1) {
-    return absl::InvalidArgumentError(absl::StrCat(s, ": parallel.dp_shard ", c.dp_shard,
-                                                   " with parallel.pp ", c.pp,
-                                                   " is not supported yet (expected one of them 1; "
-                                                   "FSDP inside pipeline stages is open work)"));
+  if (c.dp_shard > 1 && c.pp > 1 && absl::AsciiStrToLower(c.pp_schedule) == "zb1p") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        s, ": parallel.pp_schedule zb1p with parallel.dp_shard ", c.dp_shard,
+        " is not supported yet (zero-bubble defers weight gradients past the reduce-scatter; "
+        "expected gpipe, 1f1b or interleaved_1f1b with dp_shard)"));
   }
   if (c.pp_microbatches < 0)
     return Invalid(s, "parallel.pp_microbatches", std::to_string(c.pp_microbatches),

@@ -473,7 +473,18 @@ absl::Status SetUpOptimizer(Run& run) {
       const size_t global_dims = spec == nullptr ? p.full_shape.size() : spec->global_shape.size();
       opt_params.push_back({p.name, p.piece, global_dims >= 2});
       run.params.push_back(p.piece);
-      run.replication.push_back(run.dims->GradReplication(spec));
+      int replication = run.dims->GradReplication(spec);
+      if (pipelined) {
+        const int stage = run.stages.StageOf(p.name);
+        run.stage_params[stage].push_back(p.piece);
+        const bool tied = model.config.tie_word_embeddings &&
+                          (p.name == "model.embed_tokens.weight" || p.name == "lm_head.weight");
+        if (tied) {
+          run.tied = p.piece;
+          if (run.tie_group) replication *= 2;  // the first and the last stage hold it
+        }
+      }
+      run.replication.push_back(replication);
       run.named.emplace_back(p.name, p.piece);
     }
   }
