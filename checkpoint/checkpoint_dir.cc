@@ -177,4 +177,80 @@ absl::Status WriteCheckpoint(const std::string& dir,
   return out.Commit();
 }
 
+absl::StatusOr<std::unique_ptr<CheckpointStreamWriter>> CheckpointStreamWriter::Create(
+    const std::string& dir, std::vector<TensorDecl> tensors,
+    const WriteCheckpointOptions& options) {
+  if (!IsDirectory(dir) && ::mkdir(dir.c_str(), 0755) != 0) {
+    return absl::UnavailableError(absl::StrCat("mkdir(", dir, "): ", std::strerror(errno)));
+  }
+  auto w = std::unique_ptr<CheckpointStreamWriter>(new CheckpointStreamWriter());
+  w->dir_ = dir;
+  w->options_ = options;
+  w->shards_.emplace_back();
+  uint64_t current = 0;
+  for (TensorDecl& t : tensors) {  // filled greedily, as WriteCheckpoint does
+    const uint64_t bytes = t.nbytes();
+    w->total_ += bytes;
+    if (options.max_shard_bytes > 0 && current > 0 && current + bytes > options.max_shard_bytes) {
+      w->shards_.emplace_back();
+      current = 0;
+    }
+    w->shards_.back().push_back(std::move(t));
+    current += bytes;
+  }
+  for (size_t i = 0; i < w->shards_.size(); ++i) {
+    w->names_.push_back(w->shards_.size() == 1 ? std::string(kSingleName)
+                                               : absl::StrFormat("model-%05d-of-%05d.safetensors",
+                                                                 i + 1, w->shards_.size()));
+  }
+  ASSIGN_OR_RETURN(w->writer_, SafetensorsStreamWriter::Create(absl::StrCat(dir, "/", w->names_[0]),
+                                                               w->shards_[0], options.metadata));
+  return w;
+}
+
+absl::Status CheckpointStreamWriter::Append(const std::string& name, const at::Tensor& tensor) {
+  if (shard_ < shards_.size() && in_shard_ == shards_[shard_].size()) {
+    // The previous shard is complete: commit it, open the next.
+    RETURN_IF_ERROR(writer_->Commit());
+    ++shard_;
+    in_shard_ = 0;
+    if (shard_ < shards_.size()) {
+      ASSIGN_OR_RETURN(writer_,
+                       SafetensorsStreamWriter::Create(absl::StrCat(dir_, "/", names_[shard_]),
+                                                       shards_[shard_], options_.metadata));
+    }
+  }
+  if (shard_ >= shards_.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir_, ": tensor '", name, "' appended after every declared tensor"));
+  }
+  RETURN_IF_ERROR(writer_->Append(name, tensor));
+  ++in_shard_;
+  return absl::OkStatus();
+}
+
+absl::Status CheckpointStreamWriter::Commit() {
+  if (shard_ + 1 != shards_.size() || in_shard_ != shards_[shard_].size()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(dir_, ": committed before every declared tensor was appended"));
+  }
+  RETURN_IF_ERROR(writer_->Commit());
+  if (shards_.size() == 1) return absl::OkStatus();
+  std::map<std::string, std::string> weight_map;
+  for (size_t i = 0; i < shards_.size(); ++i) {
+    for (const TensorDecl& t : shards_[i]) weight_map[t.name] = names_[i];
+  }
+  std::string index = absl::StrCat("{\n  \"metadata\": {\n    \"total_size\": ", total_,
+                                   "\n  },\n  \"weight_map\": {");
+  bool first = true;
+  for (const auto& [tensor, file] : weight_map) {
+    absl::StrAppend(&index, first ? "\n" : ",\n", "    ", JsonQuote(tensor), ": ", JsonQuote(file));
+    first = false;
+  }
+  index += "\n  }\n}\n";
+  ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(absl::StrCat(dir_, "/", kIndexName)));
+  RETURN_IF_ERROR(out.Write(index.data(), index.size()));
+  return out.Commit();
+}
+
 }  // namespace weft

@@ -70,4 +70,31 @@ absl::Status WriteCheckpoint(const std::string& dir,
                              const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                              const WriteCheckpointOptions& options = {});
 
+/// The same directory written one tensor at a time (SafetensorsStreamWriter
+/// per shard): the shards and the index come from the declarations, and
+/// Append takes the tensors in declaration order, so the caller never holds
+/// more than one (the Hugging Face export of a model larger than memory).
+///
+///   ASSIGN_OR_RETURN(auto w, CheckpointStreamWriter::Create(dir, decls));
+///   for (...) RETURN_IF_ERROR(w->Append(name, whole));
+///   RETURN_IF_ERROR(w->Commit());
+class CheckpointStreamWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<CheckpointStreamWriter>> Create(
+      const std::string& dir, std::vector<TensorDecl> tensors,
+      const WriteCheckpointOptions& options = {});
+  absl::Status Append(const std::string& name, const at::Tensor& tensor);
+  absl::Status Commit();
+
+ private:
+  CheckpointStreamWriter() = default;
+  std::string dir_;
+  WriteCheckpointOptions options_;
+  std::vector<std::vector<TensorDecl>> shards_;
+  std::vector<std::string> names_;  // file of each shard
+  size_t shard_ = 0, in_shard_ = 0;
+  std::unique_ptr<SafetensorsStreamWriter> writer_;
+  uint64_t total_ = 0;
+};
+
 }  // namespace weft

@@ -93,6 +93,46 @@ TEST(Checkpoint, WritesShardsAndAnIndexLikeHuggingFace) {
   EXPECT_EQ((*single)->files()[0]->path(), one + "/model.safetensors");
 }
 
+// One tensor at a time: the same shards, index and bytes as WriteCheckpoint;
+// tensors out of order or unlike their declaration are one-line errors.
+TEST(Checkpoint, StreamsTensorByTensorIntoTheSameLayout) {
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  std::vector<TensorDecl> decls;
+  for (int i = 0; i < 5; ++i) {
+    at::Tensor t = at::arange(60 + i, at::kFloat).view({-1}) * (i + 1);
+    tensors.emplace_back("t" + std::to_string(i), t);
+    decls.push_back({"t" + std::to_string(i), at::kFloat, t.sizes().vec()});
+  }
+  WriteCheckpointOptions options;
+  options.max_shard_bytes = 500;  // 2 tensors per shard
+  const std::string whole = TmpDir("stream_whole"), streamed = TmpDir("stream_streamed");
+  ASSERT_TRUE(WriteCheckpoint(whole, tensors, options).ok());
+  auto writer = CheckpointStreamWriter::Create(streamed, decls, options);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  for (const auto& [name, t] : tensors) ASSERT_TRUE((*writer)->Append(name, t).ok()) << name;
+  ASSERT_TRUE((*writer)->Commit().ok());
+  auto a = Checkpoint::Open(whole), b = Checkpoint::Open(streamed);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ((*b)->files().size(), 3u);
+  EXPECT_EQ((*b)->total_bytes(), (*a)->total_bytes());
+  for (const auto& [name, t] : tensors) {
+    const Checkpoint::Located* at = (*b)->Find(name);
+    ASSERT_NE(at, nullptr) << name;
+    EXPECT_TRUE(at::equal(at->file->Get(*at->entry), t)) << name;
+  }
+  auto bad = CheckpointStreamWriter::Create(TmpDir("stream_bad"), decls, options);
+  ASSERT_TRUE(bad.ok());
+  absl::Status order = (*bad)->Append("t1", tensors[1].second);
+  EXPECT_EQ(order.message(), TmpDir("stream_bad") +
+                                 "/model-00001-of-00003.safetensors: tensor 't1' appended out of "
+                                 "order (expected 't0')");
+  absl::Status shape = (*bad)->Append("t0", at::zeros({3}, at::kFloat));
+  EXPECT_EQ(shape.message(), TmpDir("stream_bad") +
+                                 "/model-00001-of-00003.safetensors: tensor 't0' is Float [3] but "
+                                 "was declared Float [60]");
+  EXPECT_FALSE((*bad)->Commit().ok());
+}
+
 TEST(Checkpoint, RejectsBrokenDirectories) {
   std::vector<std::pair<std::string, at::Tensor>> tensors = {{"a", at::ones({4})},
                                                              {"b", at::ones({4})}};

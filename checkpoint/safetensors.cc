@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -113,6 +114,92 @@ absl::Status WriteSafetensors(const std::string& path,
   for (const Item& item : items)
     RETURN_IF_ERROR(out.Write(item.tensor.data_ptr(), item.tensor.nbytes()));
   return out.Commit();
+}
+
+uint64_t TensorDecl::nbytes() const {
+  uint64_t n = c10::elementSize(dtype);
+  for (int64_t d : shape) n *= static_cast<uint64_t>(d);
+  return n;
+}
+
+struct SafetensorsStreamWriter::Impl {
+  std::string path;
+  std::vector<TensorDecl> tensors;
+  size_t next = 0;
+  std::optional<AtomicFile> out;
+};
+
+SafetensorsStreamWriter::SafetensorsStreamWriter(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)) {}
+SafetensorsStreamWriter::~SafetensorsStreamWriter() = default;
+
+absl::StatusOr<std::unique_ptr<SafetensorsStreamWriter>> SafetensorsStreamWriter::Create(
+    const std::string& path, std::vector<TensorDecl> tensors,
+    const std::vector<std::pair<std::string, std::string>>& metadata) {
+  std::set<std::string> names;
+  std::string header = "{";
+  if (!metadata.empty()) {
+    header += "\"__metadata__\":{";
+    for (size_t i = 0; i < metadata.size(); ++i) {
+      absl::StrAppend(&header, i ? "," : "", JsonQuote(metadata[i].first), ":",
+                      JsonQuote(metadata[i].second));
+    }
+    header += "}";
+  }
+  uint64_t offset = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const TensorDecl& t = tensors[i];
+    if (t.name == "__metadata__" || !names.insert(t.name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": tensor name '", t.name, "' is reserved or given twice"));
+    }
+    ASSIGN_OR_RETURN(std::string dtype, SafetensorsDtypeName(t.dtype));
+    absl::StrAppend(&header, (i || !metadata.empty()) ? "," : "", JsonQuote(t.name),
+                    ":{\"dtype\":\"", dtype, "\",\"shape\":[", absl::StrJoin(t.shape, ","),
+                    "],\"data_offsets\":[", offset, ",", offset + t.nbytes(), "]}");
+    offset += t.nbytes();
+  }
+  header += "}";
+  header.append((8 - (8 + header.size()) % 8) % 8, ' ');
+  uint8_t length[8];
+  for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(header.size() >> (8 * i));
+  auto impl = std::make_unique<Impl>();
+  impl->path = path;
+  impl->tensors = std::move(tensors);
+  ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(path));
+  RETURN_IF_ERROR(out.Write(length, 8));
+  RETURN_IF_ERROR(out.Write(header.data(), header.size()));
+  impl->out.emplace(std::move(out));
+  return std::unique_ptr<SafetensorsStreamWriter>(new SafetensorsStreamWriter(std::move(impl)));
+}
+
+absl::Status SafetensorsStreamWriter::Append(const std::string& name, const at::Tensor& tensor) {
+  Impl& w = *impl_;
+  if (w.next >= w.tensors.size() || w.tensors[w.next].name != name) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        w.path, ": tensor '", name, "' appended out of order (expected ",
+        w.next < w.tensors.size() ? "'" + w.tensors[w.next].name + "'" : "no more tensors", ")"));
+  }
+  const TensorDecl& decl = w.tensors[w.next];
+  if (tensor.scalar_type() != decl.dtype || tensor.sizes().vec() != decl.shape) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(w.path, ": tensor '", name, "' is ", c10::toString(tensor.scalar_type()), " [",
+                     absl::StrJoin(tensor.sizes(), ", "), "] but was declared ",
+                     c10::toString(decl.dtype), " [", absl::StrJoin(decl.shape, ", "), "]"));
+  }
+  at::Tensor data = tensor.to(at::kCPU).contiguous();
+  RETURN_IF_ERROR(w.out->Write(data.data_ptr(), data.nbytes()));
+  ++w.next;
+  return absl::OkStatus();
+}
+
+absl::Status SafetensorsStreamWriter::Commit() {
+  Impl& w = *impl_;
+  if (w.next != w.tensors.size()) {
+    return absl::FailedPreconditionError(absl::StrCat(w.path, ": ", w.tensors.size() - w.next,
+                                                      " declared tensors were never appended"));
+  }
+  return w.out->Commit();
 }
 
 }  // namespace weft

@@ -65,4 +65,38 @@ absl::Status WriteSafetensors(const std::string& path,
                               const std::vector<std::pair<std::string, std::string>>& metadata = {
                                   {"format", "pt"}});
 
+/// A tensor a streaming writer will receive: its name, dtype and shape.
+struct TensorDecl {
+  std::string name;
+  at::ScalarType dtype = at::kFloat;
+  std::vector<int64_t> shape;
+  uint64_t nbytes() const;
+};
+
+/// Writes a safetensors file one tensor at a time, so the caller holds one
+/// tensor, not the file's: the header is written from the declarations,
+/// then Append takes the tensors in declaration order (data in that order;
+/// give tensors of one element size, or the larger first, to keep them
+/// aligned). Atomic like WriteSafetensors.
+///
+///   ASSIGN_OR_RETURN(auto w, SafetensorsStreamWriter::Create(path, decls));
+///   for (...) RETURN_IF_ERROR(w->Append(name, tensor));
+///   RETURN_IF_ERROR(w->Commit());
+class SafetensorsStreamWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<SafetensorsStreamWriter>> Create(
+      const std::string& path, std::vector<TensorDecl> tensors,
+      const std::vector<std::pair<std::string, std::string>>& metadata = {{"format", "pt"}});
+  ~SafetensorsStreamWriter();
+  /// The next declared tensor; name, dtype and shape must match.
+  absl::Status Append(const std::string& name, const at::Tensor& tensor);
+  /// After every declared tensor was appended.
+  absl::Status Commit();
+
+ private:
+  struct Impl;
+  explicit SafetensorsStreamWriter(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
 }  // namespace weft

@@ -506,64 +506,98 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(
 absl::Status ExportHuggingFace(const std::string& dir, const std::string& config_json,
                                const std::vector<std::pair<std::string, at::Tensor>>& params,
                                const std::vector<Placements>& all_shards, const DeviceMesh& mesh,
-                               int world_rank, const PipelineExport* pipeline) {
+                               int world_rank, const PipelineExport* pipeline,
+                               const std::function<at::Tensor(size_t)>& whole_local) {
   if (mesh.coordinate("dp") != 0) return absl::OkStatus();
-  if (HasAxis(mesh, "dp_shard") && mesh.coordinate("dp_shard") != 0) return absl::OkStatus();
-  // Who holds whole tensors after the tp gather: tp rank 0 of each stage.
-  const bool stage_lead = mesh["tp"].rank() == 0;
+  const bool shard_lead = !HasAxis(mesh, "dp_shard") || mesh.coordinate("dp_shard") == 0;
   ProcessGroup& tp = mesh["tp"];
-  std::vector<std::pair<std::string, at::Tensor>> full;
-  for (const auto& [name, local_param] : params) {
-    at::Tensor local = local_param.detach().to(at::kCPU);
-    const DTensorSpec* mine = nullptr;
-    if (!all_shards.empty()) {
-      auto it = all_shards[tp.rank()].find(name);
-      if (it != all_shards[tp.rank()].end() && IsSharded(it->second)) mine = &it->second;
+  const bool stage_lead = tp.rank() == 0;  // holds whole tensors after the tp gather
+  const bool pipelined =
+      pipeline != nullptr && pipeline->group != nullptr && pipeline->group->size() > 1;
+  const int my_stage = pipelined ? pipeline->group->rank() : 0;
+  const at::ScalarType dtype = params.empty() ? at::kFloat : params[0].second.scalar_type();
+  // Every tensor of the export in file order, and the pp rank that holds it.
+  struct Item {
+    std::string name;
+    std::vector<int64_t> shape;
+    int owner = 0;
+  };
+  std::vector<Item> items;
+  if (pipeline != nullptr) {
+    for (size_t q = 0; q < pipeline->tensors.size(); ++q) {
+      for (const auto& [name, shape] : pipeline->tensors[q]) {
+        items.push_back({name, shape, static_cast<int>(q)});
+      }
     }
-    if (mine == nullptr) {
-      if (stage_lead) full.emplace_back(name, local.contiguous());
+  } else {
+    for (const auto& [name, t] : params) {
+      std::vector<int64_t> shape = t.sizes().vec();
+      if (!all_shards.empty()) {
+        auto it = all_shards[tp.rank()].find(name);
+        if (it != all_shards[tp.rank()].end()) shape = it->second.global_shape;
+      }
+      items.push_back({name, shape, 0});
+    }
+  }
+  // Rank 0 writes one tensor at a time: no rank holds the whole model.
+  std::unique_ptr<CheckpointStreamWriter> writer;
+  if (world_rank == 0) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+    std::vector<TensorDecl> decls;
+    for (const Item& item : items) decls.push_back({item.name, dtype, item.shape});
+    ASSIGN_OR_RETURN(writer, CheckpointStreamWriter::Create(dir, std::move(decls)));
+  }
+  size_t mine = 0;  // the next of this rank's `params`
+  for (size_t j = 0; j < items.size(); ++j) {
+    const Item& item = items[j];
+    if (item.owner != my_stage) {
+      if (world_rank == 0) {  // another stage's tensor arrives whole
+        at::Tensor t = at::empty(item.shape, at::TensorOptions().dtype(dtype));
+        pipeline->group->Recv(t, item.owner, static_cast<int>(j));
+        RETURN_IF_ERROR(writer->Append(item.name, t));
+      }
       continue;
     }
-    // Shards may be uneven (torch.chunk): rank r's elements follow rank r-1's.
-    at::Tensor gathered = tp.AllGather(local.contiguous().view({-1}), 0);
+    const size_t i = mine++;
+    if (i >= params.size() || params[i].first != item.name) {
+      return absl::InternalError(absl::StrCat("export: this rank's tensor ", i, " is not '",
+                                              item.name, "' (the stages' lists disagree)"));
+    }
+    // The tp-local tensor (dp_shard gathers its pieces: collective).
+    at::Tensor local = (whole_local ? whole_local(i) : params[i].second).detach().to(at::kCPU);
+    if (!shard_lead) continue;
+    const DTensorSpec* spec = nullptr;
+    if (!all_shards.empty()) {
+      auto it = all_shards[tp.rank()].find(item.name);
+      if (it != all_shards[tp.rank()].end() && IsSharded(it->second)) spec = &it->second;
+    }
+    at::Tensor whole = local.contiguous();
+    if (spec != nullptr) {
+      // Shards may be uneven (torch.chunk): rank r's elements follow rank r-1's.
+      at::Tensor gathered = tp.AllGather(whole.view({-1}), 0);
+      if (!stage_lead) continue;
+      whole = at::zeros(spec->global_shape, local.options());
+      int64_t offset = 0;
+      for (int r = 0; r < tp.size(); ++r) {
+        const DTensorSpec& theirs = all_shards[r].at(item.name);
+        int64_t numel = 1;
+        for (int64_t d : theirs.local_shape) numel *= d;
+        at::Tensor part = gathered.narrow(0, offset, numel).view(theirs.local_shape);
+        offset += numel;
+        RETURN_IF_ERROR(PlaceShard(whole, part, theirs.ranges, item.name));
+      }
+    }
     if (!stage_lead) continue;
-    at::Tensor whole = at::zeros(mine->global_shape, local.options());
-    int64_t offset = 0;
-    for (int r = 0; r < tp.size(); ++r) {
-      const DTensorSpec& spec = all_shards[r].at(name);
-      int64_t numel = 1;
-      for (int64_t d : spec.local_shape) numel *= d;
-      at::Tensor part = gathered.narrow(0, offset, numel).view(spec.local_shape);
-      offset += numel;
-      RETURN_IF_ERROR(PlaceShard(whole, part, spec.ranges, name));
-    }
-    full.emplace_back(name, whole);
-  }
-  if (pipeline != nullptr && pipeline->group != nullptr && pipeline->group->size() > 1 &&
-      stage_lead) {
-    // Every stage's whole tensors go to pp rank 0, in the agreed order.
-    const ProcessGroup& pp = *pipeline->group;
-    if (pp.rank() != 0) {
-      for (size_t i = 0; i < full.size(); ++i) {
-        pp.Send(full[i].second.contiguous(), 0, static_cast<int>(i));
-      }
-      return absl::OkStatus();
-    }
-    const at::ScalarType dtype = params.empty() ? at::kFloat : params[0].second.scalar_type();
-    for (int q = 1; q < pp.size(); ++q) {
-      const auto& list = pipeline->tensors.at(q);
-      for (size_t i = 0; i < list.size(); ++i) {
-        at::Tensor t = at::empty(list[i].second, at::TensorOptions().dtype(dtype));
-        pp.Recv(t, q, static_cast<int>(i));
-        full.emplace_back(list[i].first, t);
-      }
+    if (world_rank == 0) {
+      RETURN_IF_ERROR(writer->Append(item.name, whole));
+    } else if (pipelined && my_stage != 0) {
+      pipeline->group->Send(whole, 0, static_cast<int>(j));
     }
   }
   if (world_rank != 0) return absl::OkStatus();
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
-  RETURN_IF_ERROR(WriteCheckpoint(dir, full));
+  RETURN_IF_ERROR(writer->Commit());
   return WriteTextFileAtomically(dir + "/config.json", config_json);
 }
 

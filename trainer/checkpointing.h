@@ -144,13 +144,17 @@ struct PipelineExport {
 };
 
 /// Gathers each parameter over the tp group of `mesh` (and from every
-/// pipeline stage, `pipeline`) and, on world rank 0,
+/// pipeline stage, `pipeline`; `whole_local(i)`, when set, gives params[i]'s
+/// tp-local tensor from its dp_shard pieces, collectively) one tensor at a
+/// time, and world rank 0 streams it into the files (peak memory: the
+/// largest tensor, not the model). On world rank 0 it
 /// writes `dir` as a Hugging Face checkpoint with `config_json` as its
 /// config.json. `all_shards[r]` are tp rank r's placements (empty at
 /// tp = 1). Collective over the tp group (ranks of dp index != 0 return at once).
 absl::Status ExportHuggingFace(const std::string& dir, const std::string& config_json,
                                const std::vector<std::pair<std::string, at::Tensor>>& params,
                                const std::vector<Placements>& all_shards, const DeviceMesh& mesh,
-                               int world_rank, const PipelineExport* pipeline = nullptr);
+                               int world_rank, const PipelineExport* pipeline = nullptr,
+                               const std::function<at::Tensor(size_t)>& whole_local = nullptr);
 
 }  // namespace weft

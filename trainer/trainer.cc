@@ -1124,31 +1124,41 @@ absl::Status Finish(Run& run, int64_t first_step) {
     Heartbeat::Get().Progress(run.step, "exporting the Hugging Face checkpoint");
     run.result.export_dir = c.output_dir + "/hf";
     std::vector<std::pair<std::string, at::Tensor>> exported;
+    std::vector<size_t> named_index;  // exported[k] is run.named[named_index[k]]
     for (size_t i = 0; i < run.named.size(); ++i) {
       const auto& [name, t] = run.named[i];
       if (name == "lm_head.weight" && model.config.tie_word_embeddings) continue;
-      exported.emplace_back(name, run.fsdp ? run.fsdp->Gather(i, t) : t);
+      exported.emplace_back(name, t);
+      named_index.push_back(i);
+    }
+    std::function<at::Tensor(size_t)> whole_local;
+    if (run.fsdp) {
+      whole_local = [&run, &named_index, &exported](size_t k) {
+        return run.fsdp->Gather(named_index[k], exported[k].second);
+      };
     }
     const at::ScalarType dtype = run.params.empty() ? at::kFloat : run.params[0].scalar_type();
     ASSIGN_OR_RETURN(std::string config_json, ExportedConfig(run.config_json, dtype));
     // With pipeline stages every pp rank sends its stages' tensors to the
     // first; each list is in named_parameters order, as `exported` is.
+    // (Without stages: one list, rank 0's; it gives the export's shapes.)
     PipelineExport pipeline;
-    if (run.dims->pp_enabled()) {
+    {
       pipeline.group = run.pp_group();
       pipeline.tensors.resize(run.dims->pp());
       std::set<std::string> listed;
       for (const auto& item : model.named_parameters()) {
         if (run.tied_head(item.key()) || !listed.insert(item.key()).second) continue;
-        const int rank = run.pipeline->RankOf(run.stages.StageOf(item.key()));
+        const int rank =
+            run.dims->pp_enabled() ? run.pipeline->RankOf(run.stages.StageOf(item.key())) : 0;
         const DTensorSpec* spec = ParameterPlacement(model, item.key());
         pipeline.tensors[rank].emplace_back(
             item.key(), spec != nullptr ? spec->global_shape : item.value().sizes().vec());
       }
     }
     RETURN_IF_ERROR(ExportHuggingFace(run.result.export_dir, config_json, exported,
-                                      run.all_placements, *run.mesh, run.runtime->rank(),
-                                      run.dims->pp_enabled() ? &pipeline : nullptr));
+                                      run.all_placements, *run.mesh, run.runtime->rank(), &pipeline,
+                                      whole_local));
     if (run.lead && !c.model_pretrained.empty()) {
       RETURN_IF_ERROR(CopyCompanionFiles(c.model_pretrained, run.result.export_dir));
     }
