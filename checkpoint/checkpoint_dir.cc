@@ -137,6 +137,26 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   return ckpt;
 }
 
+namespace {
+
+// model.safetensors.index.json: {"metadata": {"total_size": N}, "weight_map": {name: file}}.
+absl::Status WriteIndex(const std::string& dir, uint64_t total,
+                        const std::map<std::string, std::string>& weight_map) {
+  std::string index = absl::StrCat("{\n  \"metadata\": {\n    \"total_size\": ", total,
+                                   "\n  },\n  \"weight_map\": {");
+  bool first = true;
+  for (const auto& [tensor, file] : weight_map) {
+    absl::StrAppend(&index, first ? "\n" : ",\n", "    ", JsonQuote(tensor), ": ", JsonQuote(file));
+    first = false;
+  }
+  index += "\n  }\n}\n";
+  ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(absl::StrCat(dir, "/", kIndexName)));
+  RETURN_IF_ERROR(out.Write(index.data(), index.size()));
+  return out.Commit();
+}
+
+}  // namespace
+
 absl::Status WriteCheckpoint(const std::string& dir,
                              const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                              const WriteCheckpointOptions& options) {
@@ -164,17 +184,7 @@ absl::Status WriteCheckpoint(const std::string& dir,
     RETURN_IF_ERROR(WriteSafetensors(absl::StrCat(dir, "/", name), shards[i], options.metadata));
     for (const auto& [tensor, t] : shards[i]) weight_map[tensor] = name;
   }
-  std::string index = absl::StrCat("{\n  \"metadata\": {\n    \"total_size\": ", total,
-                                   "\n  },\n  \"weight_map\": {");
-  bool first = true;
-  for (const auto& [tensor, file] : weight_map) {
-    absl::StrAppend(&index, first ? "\n" : ",\n", "    ", JsonQuote(tensor), ": ", JsonQuote(file));
-    first = false;
-  }
-  index += "\n  }\n}\n";
-  ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(absl::StrCat(dir, "/", kIndexName)));
-  RETURN_IF_ERROR(out.Write(index.data(), index.size()));
-  return out.Commit();
+  return WriteIndex(dir, total, weight_map);
 }
 
 absl::StatusOr<std::unique_ptr<CheckpointStreamWriter>> CheckpointStreamWriter::Create(
@@ -240,17 +250,7 @@ absl::Status CheckpointStreamWriter::Commit() {
   for (size_t i = 0; i < shards_.size(); ++i) {
     for (const TensorDecl& t : shards_[i]) weight_map[t.name] = names_[i];
   }
-  std::string index = absl::StrCat("{\n  \"metadata\": {\n    \"total_size\": ", total_,
-                                   "\n  },\n  \"weight_map\": {");
-  bool first = true;
-  for (const auto& [tensor, file] : weight_map) {
-    absl::StrAppend(&index, first ? "\n" : ",\n", "    ", JsonQuote(tensor), ": ", JsonQuote(file));
-    first = false;
-  }
-  index += "\n  }\n}\n";
-  ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(absl::StrCat(dir_, "/", kIndexName)));
-  RETURN_IF_ERROR(out.Write(index.data(), index.size()));
-  return out.Commit();
+  return WriteIndex(dir_, total_, weight_map);
 }
 
 }  // namespace weft

@@ -58,6 +58,45 @@ at::Tensor SafetensorsFile::Get(const TensorEntry& entry) const {
       const_cast<uint8_t*>(bytes), entry.shape, [keep](void*) mutable { keep.reset(); }, options);
 }
 
+namespace {
+
+// A safetensors header for `entries` laid out in that order: 8 length
+// bytes, then the JSON padded with spaces to a multiple of 8.
+struct HeaderEntry {
+  std::string name;
+  std::string dtype;
+  std::vector<int64_t> shape;
+  uint64_t nbytes = 0;
+};
+
+std::string Header(const std::vector<HeaderEntry>& entries,
+                   const std::vector<std::pair<std::string, std::string>>& metadata) {
+  std::string json = "{";
+  if (!metadata.empty()) {
+    json += "\"__metadata__\":{";
+    for (size_t i = 0; i < metadata.size(); ++i) {
+      absl::StrAppend(&json, i ? "," : "", JsonQuote(metadata[i].first), ":",
+                      JsonQuote(metadata[i].second));
+    }
+    json += "}";
+  }
+  uint64_t offset = 0;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const HeaderEntry& e = entries[i];
+    absl::StrAppend(&json, (i || !metadata.empty()) ? "," : "", JsonQuote(e.name), ":{\"dtype\":\"",
+                    e.dtype, "\",\"shape\":[", absl::StrJoin(e.shape, ","), "],\"data_offsets\":[",
+                    offset, ",", offset + e.nbytes, "]}");
+    offset += e.nbytes;
+  }
+  json += "}";
+  json.append((8 - (8 + json.size()) % 8) % 8, ' ');
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((json.size() >> (8 * i)) & 0xff);
+  return out + json;
+}
+
+}  // namespace
+
 absl::Status WriteSafetensors(const std::string& path,
                               const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                               const std::vector<std::pair<std::string, std::string>>& metadata) {
@@ -85,31 +124,13 @@ absl::Status WriteSafetensors(const std::string& path,
     size_t ea = a.tensor.element_size(), eb = b.tensor.element_size();
     return ea != eb ? ea > eb : a.name < b.name;
   });
-  std::string header = "{";
-  if (!metadata.empty()) {
-    header += "\"__metadata__\":{";
-    for (size_t i = 0; i < metadata.size(); ++i) {
-      absl::StrAppend(&header, i ? "," : "", JsonQuote(metadata[i].first), ":",
-                      JsonQuote(metadata[i].second));
-    }
-    header += "}";
+  std::vector<HeaderEntry> entries;
+  for (const Item& item : items) {
+    entries.push_back({item.name, item.dtype, item.tensor.sizes().vec(),
+                       static_cast<uint64_t>(item.tensor.nbytes())});
   }
-  uint64_t offset = 0;
-  for (size_t i = 0; i < items.size(); ++i) {
-    uint64_t nbytes = items[i].tensor.nbytes();
-    absl::StrAppend(&header, (i || !metadata.empty()) ? "," : "", JsonQuote(items[i].name),
-                    ":{\"dtype\":\"", items[i].dtype, "\",\"shape\":[",
-                    absl::StrJoin(items[i].tensor.sizes(), ","), "],\"data_offsets\":[", offset,
-                    ",", offset + nbytes, "]}");
-    offset += nbytes;
-  }
-  header += "}";
-  header.append((8 - (8 + header.size()) % 8) % 8, ' ');
-  uint8_t length[8];
-  for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(header.size() >> (8 * i));
-
+  const std::string header = Header(entries, metadata);
   ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(path));
-  RETURN_IF_ERROR(out.Write(length, 8));
   RETURN_IF_ERROR(out.Write(header.data(), header.size()));
   for (const Item& item : items)
     RETURN_IF_ERROR(out.Write(item.tensor.data_ptr(), item.tensor.nbytes()));
@@ -137,37 +158,20 @@ absl::StatusOr<std::unique_ptr<SafetensorsStreamWriter>> SafetensorsStreamWriter
     const std::string& path, std::vector<TensorDecl> tensors,
     const std::vector<std::pair<std::string, std::string>>& metadata) {
   std::set<std::string> names;
-  std::string header = "{";
-  if (!metadata.empty()) {
-    header += "\"__metadata__\":{";
-    for (size_t i = 0; i < metadata.size(); ++i) {
-      absl::StrAppend(&header, i ? "," : "", JsonQuote(metadata[i].first), ":",
-                      JsonQuote(metadata[i].second));
-    }
-    header += "}";
-  }
-  uint64_t offset = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const TensorDecl& t = tensors[i];
+  std::vector<HeaderEntry> entries;
+  for (const TensorDecl& t : tensors) {
     if (t.name == "__metadata__" || !names.insert(t.name).second) {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ": tensor name '", t.name, "' is reserved or given twice"));
     }
     ASSIGN_OR_RETURN(std::string dtype, SafetensorsDtypeName(t.dtype));
-    absl::StrAppend(&header, (i || !metadata.empty()) ? "," : "", JsonQuote(t.name),
-                    ":{\"dtype\":\"", dtype, "\",\"shape\":[", absl::StrJoin(t.shape, ","),
-                    "],\"data_offsets\":[", offset, ",", offset + t.nbytes(), "]}");
-    offset += t.nbytes();
+    entries.push_back({t.name, dtype, t.shape, t.nbytes()});
   }
-  header += "}";
-  header.append((8 - (8 + header.size()) % 8) % 8, ' ');
-  uint8_t length[8];
-  for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(header.size() >> (8 * i));
+  const std::string header = Header(entries, metadata);
   auto impl = std::make_unique<Impl>();
   impl->path = path;
   impl->tensors = std::move(tensors);
   ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(path));
-  RETURN_IF_ERROR(out.Write(length, 8));
   RETURN_IF_ERROR(out.Write(header.data(), header.size()));
   impl->out.emplace(std::move(out));
   return std::unique_ptr<SafetensorsStreamWriter>(new SafetensorsStreamWriter(std::move(impl)));

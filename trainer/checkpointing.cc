@@ -429,78 +429,15 @@ std::string ParameterOf(const std::string& key) { return key.substr(key.find('.'
 absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(
     const std::string& dir, int tp, int tp_rank, const Placements* shards,
     const std::function<bool(const std::string& name)>& wanted) {
-  LoadedCheckpoint out;
-  ASSIGN_OR_RETURN(std::string json, ReadTextFile(dir + "/trainer_state.json"));
-  ASSIGN_OR_RETURN(out.state, TrainerState::FromJson(json, dir + "/trainer_state.json"));
-  const int saved_tp = out.state.tp, saved_pp = out.state.pp;
-  auto take = [&](const std::string& tensor, bool is_model) {
-    return !wanted || wanted(is_model ? tensor : ParameterOf(tensor));
-  };
-  if (saved_tp == tp) {
-    // Every stage's file of this tp rank (one file when saved without pp).
-    for (int p = 0; p < saved_pp; ++p) {
-      for (auto [kind, target, is_model] :
-           {std::tuple<const char*, std::map<std::string, at::Tensor>*, bool>{"model", &out.params,
-                                                                              true},
-            {"optimizer", &out.optimizer, false}}) {
-        ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(
-                                        dir + "/" + ShardFile(kind, tp_rank, tp, p, saved_pp)));
-        bool any = false;
-        for (const TensorEntry& e : file->tensors()) any = any || take(e.name, is_model);
-        if (!any) continue;
-        RETURN_IF_ERROR(VerifyChecksums(*file));
-        for (const TensorEntry& e : file->tensors()) {
-          if (take(e.name, is_model)) (*target)[e.name] = file->Get(e);
-        }
-      }
-    }
-    return out;
+  LoadLayout layout;
+  layout.tp = tp;
+  layout.tp_rank = tp_rank;
+  layout.wanted = wanted;
+  if (shards != nullptr) {
+    for (const auto& [name, spec] : *shards)
+      layout.targets[name] = {spec.global_shape, spec.ranges};
   }
-  // Another tp: assemble every wanted tensor from the saved ranks' shards
-  // (their slices are in the model files' metadata), then cut this rank's.
-  std::map<std::string, at::Tensor> full_params, full_optimizer;
-  for (int p = 0; p < saved_pp; ++p) {
-    for (int r = 0; r < saved_tp; ++r) {
-      ASSIGN_OR_RETURN(auto model, SafetensorsFile::Open(
-                                       dir + "/" + ShardFile("model", r, saved_tp, p, saved_pp)));
-      ASSIGN_OR_RETURN(
-          auto optimizer,
-          SafetensorsFile::Open(dir + "/" + ShardFile("optimizer", r, saved_tp, p, saved_pp)));
-      bool any = false;
-      for (const TensorEntry& e : model->tensors()) any = any || take(e.name, true);
-      if (!any) continue;
-      RETURN_IF_ERROR(VerifyChecksums(*model));
-      RETURN_IF_ERROR(VerifyChecksums(*optimizer));
-      ASSIGN_OR_RETURN(auto saved, ParseShards(*model));
-      for (auto [file, full, is_model] :
-           {std::tuple<const SafetensorsFile*, std::map<std::string, at::Tensor>*, bool>{
-                model.get(), &full_params, true},
-            {optimizer.get(), &full_optimizer, false}}) {
-        for (const TensorEntry& e : file->tensors()) {
-          if (!take(e.name, is_model)) continue;
-          const std::string param = is_model ? e.name : ParameterOf(e.name);
-          auto it = saved.find(param);
-          if (it == saved.end()) {
-            return absl::InvalidArgumentError(absl::StrCat(file->path(), ": tensor '", e.name,
-                                                           "' has no weft_shards entry for '",
-                                                           param, "'"));
-          }
-          at::Tensor part = file->Get(e);
-          auto [slot, fresh] = full->try_emplace(e.name);
-          if (fresh) slot->second = at::zeros(it->second.global_shape, part.options());
-          RETURN_IF_ERROR(PlaceShard(slot->second, part, it->second.slice, e.name));
-        }
-      }
-    }
-  }
-  auto cut = [&](const std::string& param, const at::Tensor& full) {
-    if (shards == nullptr) return full;
-    auto it = shards->find(param);
-    return it == shards->end() ? full : SliceTensor(full, it->second.ranges).contiguous();
-  };
-  for (auto& [name, full] : full_params) out.params[name] = cut(name, full);
-  for (auto& [name, full] : full_optimizer) out.optimizer[name] = cut(ParameterOf(name), full);
-  return out;
+  return LoadCheckpointSlices(dir, layout);
 }
 
 absl::Status ExportHuggingFace(const std::string& dir, const std::string& config_json,
