@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <stdexcept>
+#include <string>
 
 #include "base/slice.h"
 #include "parallel/backends.h"
@@ -68,6 +70,22 @@ int64_t NormalizeDim(const at::Tensor& t, int64_t dim) {
   return dim < 0 ? dim + rank : dim;
 }
 
+// Waits for a collective; a failure (a dead peer, a timeout) names the
+// operation and the group before the backend's own first line.
+void WaitOn(const c10::intrusive_ptr<c10d::Work>& work, const ProcessGroup& group, const char* op) {
+  try {
+    work->wait();
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    what = what.substr(0, what.find('\n'));
+    std::string ranks;
+    for (int r : group.ranks()) ranks += (ranks.empty() ? "" : ",") + std::to_string(r);
+    throw std::runtime_error("collective " + std::string(op) + " on group '" + group.name() +
+                             "' (global ranks " + ranks + ") failed: " + what +
+                             " (a member died or stopped; its own error says why)");
+  }
+}
+
 }  // namespace
 
 ProcessGroup::ProcessGroup(std::string name, std::vector<int> ranks, int group_rank,
@@ -101,7 +119,7 @@ void ProcessGroup::AllReduce(const at::Tensor& tensor, ReduceOp op) const {
   c10d::AllreduceOptions options;
   options.reduceOp = ToC10d(emulate_avg ? ReduceOp::kSum : op);
   std::vector<at::Tensor> buffers{tensor.is_contiguous() ? tensor : tensor.contiguous()};
-  backend.allreduce(buffers, options)->wait();
+  WaitOn(backend.allreduce(buffers, options), *this, "all-reduce");
   if (emulate_avg) {
     TORCH_CHECK(at::isFloatingType(tensor.scalar_type()), "ReduceOp::kAvg needs a floating ",
                 "tensor, got ", tensor.scalar_type());
@@ -116,7 +134,7 @@ at::Tensor ProcessGroup::AllGather(const at::Tensor& local, int64_t dim) const {
   if (size() == 1) return local.clone();
   at::Tensor mine = at::full({1}, local.size(dim), local.options().dtype(at::kLong));
   at::Tensor all = at::empty({size()}, mine.options());
-  BackendFor(local)._allgather_base(all, mine)->wait();
+  WaitOn(BackendFor(local)._allgather_base(all, mine), *this, "all-gather");
   all = all.cpu();
   std::vector<int64_t> sizes(all.data_ptr<int64_t>(), all.data_ptr<int64_t>() + size());
   return AllGather(local, dim, sizes);
@@ -136,7 +154,7 @@ at::Tensor ProcessGroup::AllGather(const at::Tensor& local, int64_t dim,
   std::vector<int64_t> shape = input.sizes().vec();
   shape[0] = rows * size();
   at::Tensor gathered = at::empty(shape, input.options());
-  if (rows > 0) BackendFor(local)._allgather_base(gathered, input)->wait();
+  if (rows > 0) WaitOn(BackendFor(local)._allgather_base(gathered, input), *this, "all-gather");
   bool even = std::all_of(sizes.begin(), sizes.end(), [&](int64_t s) { return s == rows; });
   if (!even) {
     std::vector<at::Tensor> parts;
@@ -160,7 +178,9 @@ at::Tensor ProcessGroup::ReduceScatter(const at::Tensor& input, int64_t dim, Red
   bool emulate_avg = op == ReduceOp::kAvg && !input.is_cuda();
   c10d::ReduceScatterOptions options;
   options.reduceOp = ToC10d(emulate_avg ? ReduceOp::kSum : op);
-  if (cap > 0) BackendFor(input)._reduce_scatter_base(out, padded, options)->wait();
+  if (cap > 0) {
+    WaitOn(BackendFor(input)._reduce_scatter_base(out, padded, options), *this, "reduce-scatter");
+  }
   if (emulate_avg) out.div_(size());
   out = out.narrow(0, 0, mine.length);
   return dim == 0 ? out.contiguous() : out.movedim(0, dim).contiguous();
@@ -172,7 +192,7 @@ void ProcessGroup::Broadcast(const at::Tensor& tensor, int src) const {
   c10d::BroadcastOptions options;
   options.rootRank = src;
   std::vector<at::Tensor> buffers{tensor.is_contiguous() ? tensor : tensor.contiguous()};
-  BackendFor(tensor).broadcast(buffers, options)->wait();
+  WaitOn(BackendFor(tensor).broadcast(buffers, options), *this, "broadcast");
   if (!buffers[0].is_same(tensor)) tensor.copy_(buffers[0]);
 }
 
@@ -181,7 +201,7 @@ void ProcessGroup::Send(const at::Tensor& tensor, int peer, int tag) const {
   CheckPeer(peer, "Send");
   TORCH_CHECK(peer != rank(), "Send to self on group ", name_);
   std::vector<at::Tensor> buffers{tensor.contiguous()};
-  BackendFor(tensor).send(buffers, peer, tag)->wait();
+  WaitOn(BackendFor(tensor).send(buffers, peer, tag), *this, "send");
 }
 
 void ProcessGroup::Recv(const at::Tensor& tensor, int peer, int tag) const {
@@ -189,7 +209,7 @@ void ProcessGroup::Recv(const at::Tensor& tensor, int peer, int tag) const {
   CheckPeer(peer, "Recv");
   TORCH_CHECK(peer != rank(), "Recv from self on group ", name_);
   std::vector<at::Tensor> buffers{tensor.is_contiguous() ? tensor : tensor.contiguous()};
-  BackendFor(tensor).recv(buffers, peer, tag)->wait();
+  WaitOn(BackendFor(tensor).recv(buffers, peer, tag), *this, "recv");
   if (!buffers[0].is_same(tensor)) tensor.copy_(buffers[0]);
 }
 
@@ -238,7 +258,7 @@ P2PWork ProcessGroup::IRecv(const at::Tensor& tensor, int peer, int tag) const {
 void ProcessGroup::Barrier() const {
   CollectiveTimer timer;
   if (size() == 1) return;
-  backends_->gloo->barrier(c10d::BarrierOptions())->wait();
+  WaitOn(backends_->gloo->barrier(c10d::BarrierOptions()), *this, "barrier");
 }
 
 double ProcessGroup::CollectiveSeconds() { return g_collective_ns.load() / 1e9; }

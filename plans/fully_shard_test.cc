@@ -71,5 +71,33 @@ TEST(FullyShard, PiecesGradientsAndFreedLayers) {
   }
 }
 
+// A rank that dies before the step: the other's all-gather fails at once
+// with one line naming the operation and the group, instead of hanging.
+TEST(FullyShard, ADeadPeerIsNamedByTheAllGather) {
+  testing::RankResults r = testing::RunRanks(2, [] {
+    auto rt = testing::InitCpuRuntime();
+    auto model = TinyLlama(false);
+    auto fsdp = FullyShard(*model, rt->world_group());
+    ASSERT_TRUE(fsdp.ok());
+    if (rt->rank() == 1) std::_Exit(0);
+    CausalLMInputs inputs;
+    inputs.input_ids = at::arange(8, at::kLong).view({1, 8});
+    try {
+      model->Forward(inputs);
+      ADD_FAILURE() << "the forward went through without its peer";
+    } catch (const std::runtime_error& e) {
+      const std::string what = e.what();
+      EXPECT_EQ(what.rfind("collective all-gather on group '" + rt->world().name() +
+                               "' (global ranks 0,1) failed: ",
+                           0),
+                0u)
+          << what;
+      EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+    }
+    std::_Exit(::testing::Test::HasFailure() ? 1 : 0);
+  });
+  EXPECT_TRUE(r.AllSucceeded()) << r.Describe();
+}
+
 }  // namespace
 }  // namespace weft
