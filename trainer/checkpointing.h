@@ -15,9 +15,14 @@
 // leaves the previous checkpoint intact (and the .tmp is ignored and
 // removed by the next save). The last `keep` checkpoints are kept.
 //
-// The export gathers every parameter's shards into the full tensor and
-// writes a consolidated Hugging Face directory (config.json, safetensors,
-// index) that transformers and `weft forward` load.
+// With dp_shard every rank of dp index 0 writes its pieces
+// (`...-shard00001-of-00002.safetensors`), each tensor's global slice in
+// `weft_shards`; resuming on another layout reads only the saved slices that
+// overlap each rank's own (LoadCheckpointSlices).
+//
+// The export gathers each parameter (pieces, tp shards, pipeline stages)
+// one at a time and streams it into a consolidated Hugging Face directory
+// (config.json, safetensors, index) that transformers and `weft forward` load.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -135,8 +140,9 @@ struct LoadLayout {
 absl::StatusOr<LoadedCheckpoint> LoadCheckpointSlices(const std::string& dir,
                                                       const LoadLayout& layout);
 
-/// With pipeline stages: what every pp rank exports, in order (each rank's
-/// own list is the order of its `params`), and the pp group.
+/// What every pp rank exports, in file order (each rank's own list is the
+/// order of its `params`; one list without stages), with global shapes, and
+/// the pp group (null without stages).
 struct PipelineExport {
   const ProcessGroup* group = nullptr;
   /// [pp rank]: (name, global shape) of each tensor it exports.
