@@ -13,6 +13,12 @@
 #include "parallel/backends.h"
 
 namespace weft {
+
+struct P2PWork::Impl {
+  c10::intrusive_ptr<c10d::Work> work;
+  at::Tensor tensor;  // kept alive until the transfer is done
+};
+
 namespace {
 
 std::atomic<int64_t> g_collective_ns{0};
@@ -143,25 +149,49 @@ at::Tensor ProcessGroup::AllGather(const at::Tensor& local, int64_t dim) const {
 at::Tensor ProcessGroup::AllGather(const at::Tensor& local, int64_t dim,
                                    const std::vector<int64_t>& sizes) const {
   CollectiveTimer timer;
+  return AllGatherStart(local, dim, sizes).Finish();
+}
+
+ProcessGroup::PendingAllGather ProcessGroup::AllGatherStart(
+    const at::Tensor& local, int64_t dim, const std::vector<int64_t>& sizes) const {
   dim = NormalizeDim(local, dim);
   TORCH_CHECK(static_cast<int>(sizes.size()) == size(), "AllGather on group ", name_, ": ",
               sizes.size(), " sizes for ", size(), " members");
   TORCH_CHECK(sizes[rank()] == local.size(dim), "AllGather on group ", name_, ": this member's ",
               "size along dim ", dim, " is ", local.size(dim), ", sizes[", rank(), "] says ",
               sizes[rank()]);
-  int64_t rows = *std::max_element(sizes.begin(), sizes.end());
-  at::Tensor input = FrontPadded(local, dim, rows);
+  PendingAllGather pending;
+  pending.group_ = this;
+  pending.sizes_ = sizes;
+  pending.dim_ = dim;
+  pending.rows_ = *std::max_element(sizes.begin(), sizes.end());
+  at::Tensor input = FrontPadded(local, dim, pending.rows_);
   std::vector<int64_t> shape = input.sizes().vec();
-  shape[0] = rows * size();
-  at::Tensor gathered = at::empty(shape, input.options());
-  if (rows > 0) WaitOn(BackendFor(local)._allgather_base(gathered, input), *this, "all-gather");
-  bool even = std::all_of(sizes.begin(), sizes.end(), [&](int64_t s) { return s == rows; });
+  shape[0] = pending.rows_ * size();
+  pending.gathered_ = at::empty(shape, input.options());
+  auto impl = std::make_shared<P2PWork::Impl>();
+  impl->tensor = input;  // kept alive until the collective is done
+  if (pending.rows_ > 0) {
+    impl->work = BackendFor(local)._allgather_base(pending.gathered_, input);
+    pending.work_ = P2PWork(std::move(impl));
+  }
+  return pending;
+}
+
+at::Tensor ProcessGroup::PendingAllGather::Finish() {
+  TORCH_CHECK(group_ != nullptr, "PendingAllGather::Finish without a started gather");
+  CollectiveTimer timer;
+  if (work_.valid()) WaitOn(work_.impl()->work, *group_, "all-gather");
+  const int n = group_->size();
+  at::Tensor gathered = gathered_;
+  bool even = std::all_of(sizes_.begin(), sizes_.end(), [&](int64_t s) { return s == rows_; });
   if (!even) {
     std::vector<at::Tensor> parts;
-    for (int i = 0; i < size(); ++i) parts.push_back(gathered.narrow(0, i * rows, sizes[i]));
+    for (int i = 0; i < n; ++i) parts.push_back(gathered.narrow(0, i * rows_, sizes_[i]));
     gathered = at::cat(parts, 0);
   }
-  return dim == 0 ? gathered : gathered.movedim(0, dim).contiguous();
+  group_ = nullptr;
+  return dim_ == 0 ? gathered : gathered.movedim(0, dim_).contiguous();
 }
 
 at::Tensor ProcessGroup::ReduceScatter(const at::Tensor& input, int64_t dim, ReduceOp op) const {
@@ -212,11 +242,6 @@ void ProcessGroup::Recv(const at::Tensor& tensor, int peer, int tag) const {
   WaitOn(BackendFor(tensor).recv(buffers, peer, tag), *this, "recv");
   if (!buffers[0].is_same(tensor)) tensor.copy_(buffers[0]);
 }
-
-struct P2PWork::Impl {
-  c10::intrusive_ptr<c10d::Work> work;
-  at::Tensor tensor;  // kept alive until the transfer is done
-};
 
 bool P2PWork::Wait(std::chrono::milliseconds timeout) const {
   TORCH_CHECK(impl_ != nullptr, "P2PWork::Wait on an empty work");

@@ -41,6 +41,7 @@ class P2PWork {
   /// Wait returned true. Throws when the peer's connection failed.
   bool Wait(std::chrono::milliseconds timeout) const;
   bool valid() const { return impl_ != nullptr; }
+  const std::shared_ptr<Impl>& impl() const { return impl_; }
 
  private:
   std::shared_ptr<Impl> impl_;
@@ -76,6 +77,26 @@ class ProcessGroup {
   /// (skips the size exchange). `sizes[i]` is member i's size.
   at::Tensor AllGather(const at::Tensor& local, int64_t dim,
                        const std::vector<int64_t>& sizes) const;
+
+  /// AllGather with known sizes, split in two: Start issues the collective
+  /// and returns at once (on Gloo it runs on the backend's thread, so the
+  /// caller computes meanwhile); Finish waits and returns the result. Every
+  /// member must Start its gathers in the same order.
+  class PendingAllGather {
+   public:
+    at::Tensor Finish();
+    bool valid() const { return work_.valid(); }
+
+   private:
+    friend class ProcessGroup;
+    const ProcessGroup* group_ = nullptr;
+    P2PWork work_;
+    at::Tensor gathered_;
+    std::vector<int64_t> sizes_;
+    int64_t rows_ = 0, dim_ = 0;
+  };
+  PendingAllGather AllGatherStart(const at::Tensor& local, int64_t dim,
+                                  const std::vector<int64_t>& sizes) const;
 
   /// Reduces `input` (the same shape on every member) and returns this
   /// member's torch.chunk of the result along `dim`.

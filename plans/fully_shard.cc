@@ -29,12 +29,18 @@ struct FullyShardedModel::Unit {
   bool reshard_after_forward = false;  // decoder layers: free after forward, regather for backward
   std::vector<at::Tensor> gathered;    // the whole tensors of the forward running now
   std::vector<at::Tensor> Pieces() const;
-  /// One coalesced all-gather of the pieces into whole tensors.
-  std::vector<at::Tensor> AllGather() const;
+  /// One coalesced all-gather of the pieces into whole tensors (a prefetched
+  /// one if Prefetch started it).
+  std::vector<at::Tensor> AllGather();
+  /// Starts this unit's all-gather now (the previous layer computes meanwhile).
+  void Prefetch();
+  ProcessGroup::PendingAllGather StartGather() const;
+  ProcessGroup::PendingAllGather prefetched;
+  Unit* next = nullptr;  // the next decoder layer in forward order
   /// Frees `tensors`' memory (autograd keeps the tensors, not the bytes).
   static void Free(const std::vector<at::Tensor>& tensors);
   /// Gathers again into the same tensors (before their backward).
-  void Regather(const std::vector<at::Tensor>& tensors) const;
+  void Regather(const std::vector<at::Tensor>& tensors);
 };
 
 namespace {
@@ -118,7 +124,7 @@ std::vector<at::Tensor> Unit::Pieces() const {
   return pieces;
 }
 
-std::vector<at::Tensor> Unit::AllGather() const {
+ProcessGroup::PendingAllGather Unit::StartGather() const {
   const int n = group->size();
   std::vector<at::Tensor> flat;
   for (const at::Tensor& p : Pieces()) flat.push_back(p.reshape({-1}));
@@ -130,7 +136,19 @@ std::vector<at::Tensor> Unit::AllGather() const {
     for (size_t d = 1; d < p.full_shape.size(); ++d) row *= p.full_shape[d];
     for (int r = 0; r < n; ++r) sizes[r] += ChunkOf(p.full_shape[0], n, r).length * row;
   }
-  at::Tensor everything = group->AllGather(local, 0, sizes);
+  return group->AllGatherStart(local, 0, sizes);
+}
+
+void Unit::Prefetch() {
+  if (!prefetched.valid()) prefetched = StartGather();
+}
+
+std::vector<at::Tensor> Unit::AllGather() {
+  const int n = group->size();
+  ProcessGroup::PendingAllGather pending =
+      prefetched.valid() ? std::move(prefetched) : StartGather();
+  prefetched = ProcessGroup::PendingAllGather();
+  at::Tensor everything = pending.Finish();
   // Rank r's buffer holds its piece of every parameter, in order.
   std::vector<std::vector<at::Tensor>> parts(params.size());
   int64_t offset = 0;
@@ -156,7 +174,7 @@ void Unit::Free(const std::vector<at::Tensor>& tensors) {
   }
 }
 
-void Unit::Regather(const std::vector<at::Tensor>& tensors) const {
+void Unit::Regather(const std::vector<at::Tensor>& tensors) {
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> fresh = AllGather();
   for (size_t k = 0; k < tensors.size(); ++k) {
@@ -294,6 +312,8 @@ absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
           GatherFunction::apply(at::TensorList(pieces), unit.get());
       unit->gathered = whole;
       Place(*unit, whole);
+      // The next layer's gather runs while this one computes.
+      if (unit->next != nullptr) unit->next->Prefetch();
     });
     unit->reshard_after_forward =
         options.reshard_after_forward && layer_units.count(unit->name) > 0;
@@ -312,11 +332,23 @@ absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
       });
     }
   }
+  // Decoder layers in forward order: each prefetches the next one's gather.
+  Unit* previous = nullptr;
+  for (auto& unit : out->units_) {
+    if (!layer_units.count(unit->name)) continue;
+    if (previous != nullptr) previous->next = unit.get();
+    previous = unit.get();
+  }
   return out;
 }
 
 void FullyShardedModel::Reshard() {
-  for (auto& unit : units_) Place(*unit, unit->placeholders);
+  for (auto& unit : units_) {
+    Place(*unit, unit->placeholders);
+    // A prefetch holds the pieces as they were: finish it and drop it.
+    if (unit->prefetched.valid()) unit->prefetched.Finish();
+    unit->prefetched = ProcessGroup::PendingAllGather();
+  }
 }
 
 at::Tensor FullyShardedModel::Gather(size_t index, const at::Tensor& piece) const {
