@@ -12,10 +12,13 @@
 // final norm and the head (a tied head shares the embedding's unit). Before
 // a unit runs forward, a pre-hook all-gathers its pieces in one collective
 // (a flat buffer, uneven pieces allowed) through an autograd function whose
-// backward reduce-scatters the gradients (in `reduce_dtype`, averaged over
-// the group, as data parallelism averages) into the pieces' gradients. The
-// gathered tensors serve the forward and the backward of the step; Reshard()
-// drops them (the trainer calls it after the optimizer step).
+// backward reduce-scatters the gradients (one collective per unit, in
+// `reduce_dtype`, averaged over the group as data parallelism averages) into
+// the pieces' gradients and frees the gathered memory. Each layer's pre-hook
+// also starts the next layer's all-gather, which runs while it computes.
+// With reshard_after_forward a layer's gathered memory is freed after its
+// forward too and refilled just before its backward. Reshard() drops what is
+// left (the trainer calls it after the optimizer step).
 //
 //   ASSIGN_OR_RETURN(auto fsdp, FullyShard(*model, mesh.group("dp_shard")));
 //   for (auto& [name, piece] : fsdp->parameters()) ...   // what the optimizer updates
