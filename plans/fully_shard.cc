@@ -36,7 +36,8 @@ struct FullyShardedModel::Unit {
   void Prefetch();
   ProcessGroup::PendingAllGather StartGather() const;
   ProcessGroup::PendingAllGather prefetched;
-  Unit* next = nullptr;  // the next decoder layer in forward order
+  Unit* next = nullptr;      // the next decoder layer in forward order
+  Unit* previous = nullptr;  // the one before (the next in backward)
   /// Frees `tensors`' memory (autograd keeps the tensors, not the bytes).
   static void Free(const std::vector<at::Tensor>& tensors);
   /// Gathers again into the same tensors (before their backward).
@@ -326,6 +327,8 @@ absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
         std::vector<at::Tensor> tensors = unit->gathered;
         output.register_hook([unit, tensors](at::Tensor grad) {
           unit->Regather(tensors);
+          // The layer before runs its backward next: gather it meanwhile.
+          if (unit->previous != nullptr) unit->previous->Prefetch();
           return grad;
         });
         Unit::Free(tensors);
@@ -337,6 +340,7 @@ absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
   for (auto& unit : out->units_) {
     if (!layer_units.count(unit->name)) continue;
     if (previous != nullptr) previous->next = unit.get();
+    unit->previous = previous;
     previous = unit.get();
   }
   return out;
