@@ -26,15 +26,11 @@ quiet_wait="${QUIET_WAIT:-900}"
 work=/tmp/weft-bench/train
 py=.venv/bin/python
 
-[[ -x bazel-bin/weft && -x bazel-bin/weftrun ]] || bazel build //:weft //:weftrun
-
 source bench/train_bench_lib.sh
-prepare_train_data "$work" "$py"
+bench_prepare "$work" "$py" "$steps" "$batch" "$seq"
 
 results="$work/results.jsonl"
 : >"$results"
-sets=(--set "model.config=$work/llama100m/config.json" --set "data.path=$work/tokens"
-  --set "train.steps=$steps" --set "train.global_batch=$batch" --set "data.seq_len=$seq")
 
 run_one() {  # name, then the command
   local name="$1"; shift

@@ -39,3 +39,12 @@ wait_quiet() {  # up to ${quiet_wait:-900} s
   done
   ((SECONDS - t0 <= 5)) || echo "  (waited $((SECONDS - t0))s for a quiet machine)" >&2
 }
+
+# The binaries, the data, and the --set flags every weft run of a benchmark
+# takes (the array `sets`).
+bench_prepare() {  # work dir, python, steps, global batch, seq len
+  [[ -x bazel-bin/weft && -x bazel-bin/weftrun ]] || bazel build //:weft //:weftrun
+  prepare_train_data "$1" "$2"
+  sets=(--set "model.config=$1/llama100m/config.json" --set "data.path=$1/tokens"
+    --set "train.steps=$3" --set "train.global_batch=$4" --set "data.seq_len=$5")
+}

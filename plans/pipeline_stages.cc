@@ -399,19 +399,12 @@ absl::StatusOr<Plan> ResolvePpPlanForConfig(const std::string& argument,
   if (from_config.ok() || from_config.status().code() != absl::StatusCode::kNotFound) {
     return from_config;
   }
-  ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(config_json));
-  std::vector<std::string> names;
-  for (const auto& [name, yaml] : ShippedPlans()) {
-    if (name == config.model_type) {
-      ASSIGN_OR_RETURN(Plan plan, ParsePlan(yaml, absl::StrCat("plans/", name, ".yaml")));
-      if (!plan.pp.empty()) return plan;
-    }
-    names.push_back(name);
+  auto shipped = ShippedPlanFor(config_json, /*pipeline=*/true);
+  if (absl::IsNotFound(shipped.status())) {
+    return absl::NotFoundError(absl::StrCat(
+        "--pp-plan auto: config.json has no base_model_pp_plan and ", shipped.status().message()));
   }
-  return absl::NotFoundError(absl::StrCat(
-      "--pp-plan auto: config.json has no base_model_pp_plan and weft ships no pp_plan for "
-      "model_type '",
-      config.model_type, "' (shipped: ", absl::StrJoin(names, ", "), ")"));
+  return shipped;
 }
 
 }  // namespace weft

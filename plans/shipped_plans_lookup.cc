@@ -31,16 +31,27 @@ absl::StatusOr<Plan> ResolvePlanForConfig(const std::string& argument,
   if (from_config.ok() || from_config.status().code() != absl::StatusCode::kNotFound) {
     return from_config;
   }
+  auto shipped = ShippedPlanFor(config_json, /*pipeline=*/false);
+  if (absl::IsNotFound(shipped.status())) {
+    return absl::NotFoundError(absl::StrCat(
+        "--tp-plan auto: config.json has no base_model_tp_plan and ", shipped.status().message()));
+  }
+  return shipped;
+}
+
+absl::StatusOr<Plan> ShippedPlanFor(const std::string& config_json, bool pipeline) {
   ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(config_json));
   std::vector<std::string> names;
   for (const auto& [name, yaml] : ShippedPlans()) {
-    if (name == config.model_type) return ParsePlan(yaml, absl::StrCat("plans/", name, ".yaml"));
+    if (name == config.model_type) {
+      ASSIGN_OR_RETURN(Plan plan, ParsePlan(yaml, absl::StrCat("plans/", name, ".yaml")));
+      if (!pipeline || !plan.pp.empty()) return plan;
+    }
     names.push_back(name);
   }
-  return absl::NotFoundError(absl::StrCat(
-      "--tp-plan auto: config.json has no base_model_tp_plan and weft ships no plan for "
-      "model_type '",
-      config.model_type, "' (shipped: ", absl::StrJoin(names, ", "), ")"));
+  return absl::NotFoundError(absl::StrCat("weft ships no ", pipeline ? "pp_plan" : "plan",
+                                          " for model_type '", config.model_type,
+                                          "' (shipped: ", absl::StrJoin(names, ", "), ")"));
 }
 
 }  // namespace weft
