@@ -11,8 +11,10 @@
 #include <set>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_cat.h"
 #include "base/slice.h"
+#include "base/status.h"
 
 namespace weft {
 
@@ -256,7 +258,9 @@ absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
   std::map<const void*, std::pair<size_t, size_t>> seen;  // tensor -> (unit, k)
   for (const auto& item : model.named_parameters()) {
     const std::string& name = item.key();
-    if (item.value().is_meta()) continue;  // another pipeline stage's
+    auto given = options.pieces.piece.find(name);
+    const bool read = given != options.pieces.piece.end();
+    if (item.value().is_meta() && !read) continue;  // another pipeline stage's
     const std::string module_name = name.substr(0, name.rfind('.'));
     const std::string local = name.substr(name.rfind('.') + 1);
     auto module = weft_modules.find(module_name);
@@ -264,7 +268,9 @@ absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
       return absl::InvalidArgumentError(
           absl::StrCat("fully_shard: parameter ", name, " is not held by a weft module"));
     }
-    const void* impl = item.value().unsafeGetTensorImpl();
+    // A tied weight is one tensor (in the model, or among the pieces read).
+    const void* impl =
+        read ? given->second.unsafeGetTensorImpl() : item.value().unsafeGetTensorImpl();
     if (auto tied = seen.find(impl); tied != seen.end()) {  // a tied weight: one piece
       made[tied->second.first]->slots[tied->second.second].emplace_back(module->second, local);
       continue;
@@ -288,15 +294,32 @@ absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
     FullyShardedModel::Param p;
     p.name = name;
     p.full_shape = whole.sizes().vec();
-    const ChunkSpan span = ChunkOf(whole.size(0), n, rank);
+    if (read) {
+      auto shape = options.pieces.full_shape.find(name);
+      if (shape != options.pieces.full_shape.end()) p.full_shape = shape->second;
+    }
+    const ChunkSpan span = ChunkOf(p.full_shape.at(0), n, rank);
     p.rows = span.length;
     p.offset = span.offset;
-    p.piece = whole.narrow(0, span.offset, span.length).clone().requires_grad_(true);
+    at::TensorOptions placeholder = whole.options().device(at::kMeta);
+    if (read) {
+      const at::Tensor& piece = given->second;
+      if (piece.dim() != static_cast<int64_t>(p.full_shape.size()) || piece.size(0) != p.rows) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "fully_shard: the piece read for ", name, " has shape [",
+            absl::StrJoin(piece.sizes(), ", "), "] (expected ", p.rows, " rows of [",
+            absl::StrJoin(p.full_shape, ", "), "] for rank ", rank, " of ", n, ")"));
+      }
+      p.piece = piece.detach().requires_grad_(true);
+      placeholder = placeholder.dtype(piece.scalar_type());
+    } else {
+      p.piece = whole.narrow(0, span.offset, span.length).clone().requires_grad_(true);
+    }
     out->params_.push_back(std::move(p));
     Unit& unit = *made[u];
     unit.params.push_back(out->params_.size() - 1);
     unit.slots.push_back({{module->second, local}});
-    unit.placeholders.push_back(at::empty(whole.sizes(), whole.options().device(at::kMeta)));
+    unit.placeholders.push_back(at::empty(out->params_.back().full_shape, placeholder));
     auto hook = model.gradient_hooks.find(name);
     unit.grad_hooks.push_back(hook == model.gradient_hooks.end() ? nullptr : hook->second);
     seen[impl] = {u, unit.params.size() - 1};
@@ -367,6 +390,69 @@ at::Tensor FullyShardedModel::Gather(size_t index, const at::Tensor& piece) cons
 at::Tensor FullyShardedModel::PieceOf(size_t index, const at::Tensor& whole) const {
   const Param& p = params_.at(index);
   return whole.narrow(0, p.offset, p.rows).contiguous();
+}
+
+Slice NarrowRows(const Slice& slice, const std::vector<int64_t>& shape, int64_t offset,
+                 int64_t length) {
+  Slice out = slice.empty() ? Slice(shape.size()) : slice;
+  if (out.empty()) return out;
+  const std::vector<Range> rows =
+      out[0].empty() ? std::vector<Range>{{0, shape.at(0)}} : out[0];
+  std::vector<Range> taken;
+  int64_t seen = 0;  // rows selected by the ranges before this one
+  for (const Range& r : rows) {
+    const int64_t begin = std::max(offset, seen);
+    const int64_t end = std::min(offset + length, seen + r.end - r.start);
+    if (begin < end) taken.push_back({r.start + begin - seen, r.start + end - seen});
+    seen += r.end - r.start;
+  }
+  if (taken.empty()) taken.push_back({rows.front().start, rows.front().start});
+  out[0] = std::move(taken);
+  return out;
+}
+
+absl::StatusOr<ShardedPieces> ReadPieces(const PieceSource& source, int parts, int index) {
+  ShardedPieces out;
+  std::map<std::string, Slice> slices;
+  {
+    ModelConfig config = source.config;
+    if (!source.dir.empty()) {
+      ASSIGN_OR_RETURN(config, LoadModelConfig(source.dir));
+    }
+    ASSIGN_OR_RETURN(std::shared_ptr<CausalLM> meta, CreateCausalLM(config, source.model_options));
+    for (const auto& item : meta->named_parameters()) {
+      const std::vector<int64_t> global = item.value().sizes().vec();
+      auto shard = source.tp_shards.find(item.key());
+      const bool sharded = shard != source.tp_shards.end();
+      const std::vector<int64_t> local = sharded ? shard->second.local_shape : global;
+      if (local.empty()) continue;  // a scalar: no dim 0 to cut (not in any model today)
+      const ChunkSpan span = ChunkOf(local[0], parts, index);
+      slices[item.key()] =
+          NarrowRows(sharded ? shard->second.slice : Slice{}, global, span.offset, span.length);
+      out.full_shape[item.key()] = local;
+    }
+  }
+  auto slice_of = [&slices](const std::string& name) {
+    auto it = slices.find(name);
+    return it == slices.end() ? Slice{} : it->second;
+  };
+  std::shared_ptr<CausalLM> holder;
+  if (!source.dir.empty()) {
+    LoadHooks hooks;
+    hooks.slice_of = slice_of;
+    hooks.keep = source.keep;
+    ASSIGN_OR_RETURN(holder, FromPretrained(source.dir, source.pretrained, hooks));
+  } else {
+    ASSIGN_OR_RETURN(holder, CreateCausalLM(source.config, source.model_options));
+    InitOptions init = source.init;
+    init.slice_of = slice_of;
+    init.keep = source.keep;
+    RETURN_IF_ERROR(InitializeWeights(*holder, init));
+  }
+  for (const auto& item : holder->named_parameters()) {
+    if (!item.value().is_meta()) out.piece[item.key()] = item.value().detach();
+  }
+  return out;
 }
 
 }  // namespace weft

@@ -28,6 +28,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -36,9 +38,20 @@
 #include "absl/status/statusor.h"
 #include "base/placement.h"
 #include "models/causal_lm.h"
+#include "models/init.h"
+#include "models/pretrained.h"
 #include "parallel/process_group.h"
+#include "plans/shard_spec.h"
 
 namespace weft {
+
+/// One rank's pieces, read before sharding so that no rank ever holds a whole
+/// parameter (ReadPieces), by Hugging Face name (a tied weight under both).
+struct ShardedPieces {
+  std::map<std::string, at::Tensor> piece;
+  /// Each parameter's whole (tp-local) shape, the pieces' dim 0 cut from it.
+  std::map<std::string, std::vector<int64_t>> full_shape;
+};
 
 struct FullyShardOptions {
   /// The dtype gradients are reduce-scattered in (float32 by default, as
@@ -51,6 +64,10 @@ struct FullyShardOptions {
   /// forward to backward (ZeRO-2-like, one gather per micro-batch). The
   /// embedding, the final norm and the head stay gathered through the step.
   bool reshard_after_forward = true;
+  /// Pieces read beforehand (ReadPieces): the model's parameters may then all
+  /// be on the meta device (built with LoadHooks::keep / InitOptions::keep
+  /// false); a meta parameter named here is sharded from its piece.
+  ShardedPieces pieces;
 };
 
 class FullyShardedModel {
@@ -97,5 +114,33 @@ class FullyShardedModel {
 absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
     CausalLM& model, std::shared_ptr<const ProcessGroup> group,
     const FullyShardOptions& options = {});
+
+/// Where ReadPieces reads from: a Hugging Face checkpoint `dir`, or, when it
+/// is empty, transformers' initialisation (`init`, the same values as a whole
+/// model's).
+struct PieceSource {
+  std::string dir;
+  PretrainedOptions pretrained;  // with dir
+  ModelConfig config;            // without dir
+  ModelOptions model_options;
+  InitOptions init;
+  /// This tp rank's shards (PlanShards); empty without tensor parallelism.
+  std::map<std::string, ShardSpec> tp_shards;
+  /// The parameters this rank holds (a pipeline stage's); unset: all.
+  std::function<bool(const std::string& name)> keep;
+};
+
+/// Reads (or initialises) only this rank's dim-0 piece `index` of `parts` of
+/// every kept parameter's (tp-local) tensor: peak memory is the pieces, not the
+/// model (at most one whole tensor while initialising). The result goes to
+/// FullyShardOptions::pieces.
+absl::StatusOr<ShardedPieces> ReadPieces(const PieceSource& source, int parts, int index);
+
+/// `slice` of a tensor of `shape` with dim 0 narrowed further to rows
+/// [offset, offset + length) of what it selects (its dim-0 ranges
+/// concatenated): an FSDP piece of a tensor-parallel shard. Never an empty
+/// dim-0 list (that would mean the whole dim): no rows is {start, start}.
+Slice NarrowRows(const Slice& slice, const std::vector<int64_t>& shape, int64_t offset,
+                 int64_t length);
 
 }  // namespace weft

@@ -99,6 +99,38 @@ TEST(FullyShard, InsidePipelineStagesEqualsOneProcess) {
             "or interleaved_1f1b with dp_shard)");
 }
 
+// Fine-tuning a Hugging Face checkpoint: each rank reads only its pieces
+// (ReadPieces), with TP (pieces of tp slices) and inside pipeline stages.
+TEST(FullyShard, FromAHuggingFaceCheckpointEqualsOneProcess) {
+  TrainConfig base = Tiny("fsdp_hf_base");
+  base.steps = 2;
+  ASSERT_EQ(RunAndGetLosses(1, base).size(), 2u);
+  auto tuned = [&](const std::string& name) {
+    TrainConfig c = Sharded(name, 1);
+    c.model_config.clear();
+    c.model_pretrained = base.output_dir + "/hf";
+    c.steps = 6;
+    c.micro_batch = 2;
+    return c;
+  };
+  const std::vector<double> want = RunAndGetLosses(1, tuned("fsdp_hf_ref"));
+  TrainConfig tp = tuned("fsdp_hf_tp2");
+  tp.dp_shard = 2;
+  tp.tp = 2;
+  ExpectSameLosses(want, RunAndGetLosses(4, tp), 6, kStepTolerance);
+  TrainConfig pp = tuned("fsdp_hf_pp2");
+  pp.dp_shard = 2;
+  pp.pp = 2;
+  pp.pp_microbatches = 2;
+  ExpectSameLosses(want, RunAndGetLosses(4, pp), 6, kStepTolerance);
+  TrainConfig three = tuned("fsdp_hf_3");  // uneven pieces
+  three.dp_shard = 3;
+  three.global_batch = 6;
+  TrainConfig three_ref = tuned("fsdp_hf_3_ref");
+  three_ref.global_batch = 6;
+  ExpectSameLosses(RunAndGetLosses(1, three_ref), RunAndGetLosses(3, three), 6, kStepTolerance);
+}
+
 TEST(FullyShard, ReshardingAndActivationCheckpointingChangeNothingAndBf16Trains) {
   TrainConfig plain = Sharded("fsdp_ac_off", 2), checkpointed = Sharded("fsdp_ac_on", 2);
   checkpointed.activation_checkpointing = true;

@@ -363,9 +363,12 @@ absl::Status PlanPipeline(Run& run, const ModelConfig& model_config,
 
 // 5b. The gates that run one stage at a time through the model's forward,
 // and FSDP's sharding over dp_shard.
-absl::Status GatePipeline(Run& run) {
+absl::Status GatePipeline(Run& run, const PieceSource& source) {
   if (run.dims->dp_shard_enabled()) {
     FullyShardOptions options;
+    // The model was built on meta: each rank reads only its pieces.
+    const ProcessGroup& shard_group = *run.mesh->group("dp_shard");
+    ASSIGN_OR_RETURN(options.pieces, ReadPieces(source, shard_group.size(), shard_group.rank()));
     options.reduce_dtype = run.c.reduce_dtype == "bfloat16" || run.c.reduce_dtype == "bf16"
                                ? at::kBFloat16
                                : at::kFloat;
@@ -410,6 +413,16 @@ absl::Status BuildModel(Run& run) {
       return run.my_stages.count(run.stages.StageOf(name)) > 0;
     };
   }
+  // With dp_shard the model's parameters stay on meta and each rank reads
+  // (or initialises) only its pieces of what it keeps (GatePipeline).
+  PieceSource pieces;
+  pieces.dir = dir;
+  pieces.pretrained = pretrained;
+  pieces.config = model_config;
+  pieces.model_options = model_options;
+  pieces.init = init;
+  pieces.keep = keep;
+  if (run.dims->dp_shard_enabled()) keep = [](const std::string&) { return false; };
   if (!run.dims->tp_enabled()) {
     if (c.loss_parallel) {
       return absl::InvalidArgumentError("parallel.loss_parallel needs parallel.tp > 1");
@@ -423,7 +436,7 @@ absl::Status BuildModel(Run& run) {
       init.keep = keep;
       RETURN_IF_ERROR(InitializeWeights(*run.model, init));
     }
-    return GatePipeline(run);
+    return GatePipeline(run, pieces);
   }
   ASSIGN_OR_RETURN(Plan plan, ResolvePlanForConfig(c.plan, run.config_json));
   TensorParallelOptions tp_options;
@@ -439,7 +452,12 @@ absl::Status BuildModel(Run& run) {
     ASSIGN_OR_RETURN(run.model, InitTensorParallel(model_config, model_options, init, plan,
                                                    run.mesh->group("tp"), tp_options));
   }
-  return GatePipeline(run);
+  if (run.dims->dp_shard_enabled()) {
+    ASSIGN_OR_RETURN(std::shared_ptr<CausalLM> meta, CreateCausalLM(model_config, model_options));
+    ASSIGN_OR_RETURN(pieces.tp_shards, PlanShards(*meta, plan, run.dims->tp(),
+                                                  run.mesh->group("tp")->rank(), tp_options.resolve));
+  }
+  return GatePipeline(run, pieces);
 }
 
 // 6. The parameters, once each, and the optimizer over them.
