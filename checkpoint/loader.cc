@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <malloc.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -244,6 +245,29 @@ int64_t PeakRssBytes() {
     if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
   }
   return -1;
+}
+
+int64_t CurrentRssBytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return -1;
+}
+
+PeakRssMeter::PeakRssMeter() {
+  ::malloc_trim(0);
+  std::ofstream reset("/proc/self/clear_refs");
+  reset << "5";  // resets VmHWM to VmRSS
+  reset.flush();
+  if (reset) start_ = CurrentRssBytes();
+}
+
+int64_t PeakRssMeter::Peak() const {
+  if (start_ < 0) return -1;
+  const int64_t peak = PeakRssBytes();
+  return peak < 0 ? -1 : std::max<int64_t>(0, peak - start_);
 }
 
 namespace {

@@ -83,4 +83,25 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const Checkpoint& checkpoint,
 /// The process's peak resident set size in bytes (VmHWM), or -1.
 int64_t PeakRssBytes();
 
+/// The process's resident set size now (VmRSS), or -1.
+int64_t CurrentRssBytes();
+
+/// Measures the peak resident memory of what runs between construction and
+/// Peak(): glibc's free heap memory is returned to the system first (or it
+/// would be reused unseen) and VmHWM is reset (/proc/self/clear_refs).
+///
+///   PeakRssMeter meter;
+///   Reshard();
+///   int64_t extra = meter.Peak();   // bytes above the resident set at the start
+class PeakRssMeter {
+ public:
+  PeakRssMeter();
+  /// The peak resident set since construction minus the resident set then,
+  /// or -1 where /proc does not allow it.
+  int64_t Peak() const;
+
+ private:
+  int64_t start_ = -1;
+};
+
 }  // namespace weft

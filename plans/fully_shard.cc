@@ -11,8 +11,8 @@
 #include <set>
 
 #include "absl/strings/numbers.h"
-#include "absl/strings/str_join.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "base/slice.h"
 #include "base/status.h"
 
@@ -305,10 +305,10 @@ absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
     if (read) {
       const at::Tensor& piece = given->second;
       if (piece.dim() != static_cast<int64_t>(p.full_shape.size()) || piece.size(0) != p.rows) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "fully_shard: the piece read for ", name, " has shape [",
-            absl::StrJoin(piece.sizes(), ", "), "] (expected ", p.rows, " rows of [",
-            absl::StrJoin(p.full_shape, ", "), "] for rank ", rank, " of ", n, ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("fully_shard: the piece read for ", name, " has shape [",
+                         absl::StrJoin(piece.sizes(), ", "), "] (expected ", p.rows, " rows of [",
+                         absl::StrJoin(p.full_shape, ", "), "] for rank ", rank, " of ", n, ")"));
       }
       p.piece = piece.detach().requires_grad_(true);
       placeholder = placeholder.dtype(piece.scalar_type());
@@ -396,8 +396,7 @@ Slice NarrowRows(const Slice& slice, const std::vector<int64_t>& shape, int64_t 
                  int64_t length) {
   Slice out = slice.empty() ? Slice(shape.size()) : slice;
   if (out.empty()) return out;
-  const std::vector<Range> rows =
-      out[0].empty() ? std::vector<Range>{{0, shape.at(0)}} : out[0];
+  const std::vector<Range> rows = out[0].empty() ? std::vector<Range>{{0, shape.at(0)}} : out[0];
   std::vector<Range> taken;
   int64_t seen = 0;  // rows selected by the ranges before this one
   for (const Range& r : rows) {

@@ -155,9 +155,9 @@ TEST(FullyShard, PiecesReadBeforeShardingEqualAWholeModelCut) {
       for (bool tied : {false, true}) {
         if (!dir.empty() && tied) continue;  // the fixture is untied
         testing::RankResults r = testing::RunRanks(n, [&] { CheckReadPieces(dir, tied); });
-        EXPECT_TRUE(r.AllSucceeded())
-            << n << " ranks, " << (dir.empty() ? "initialised" : dir) << (tied ? ", tied" : "")
-            << "\n" << r.Describe();
+        EXPECT_TRUE(r.AllSucceeded()) << n << " ranks, " << (dir.empty() ? "initialised" : dir)
+                                      << (tied ? ", tied" : "") << "\n"
+                                      << r.Describe();
       }
     }
   }

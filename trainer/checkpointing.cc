@@ -12,7 +12,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <numeric>
 #include <set>
 #include <sstream>
 #include <tuple>
@@ -83,6 +85,16 @@ std::string ChecksumsJson(const std::vector<std::pair<std::string, at::Tensor>>&
   return absl::StrCat("{", absl::StrJoin(items, ","), "}");
 }
 
+// Drops the pages of `e` (and of its neighbours on its first and last page)
+// from the process: this code never writes the private mapping, so a page
+// touched again is read back from the page cache.
+void DropPages(const SafetensorsFile& file, const TensorEntry& e) {
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t begin = (file.header().data_offset + e.begin) / page * page;
+  const size_t end = (file.header().data_offset + e.end + page - 1) / page * page;
+  file.mapping()->Release(begin, end - begin);
+}
+
 // Every tensor of `file` against its `weft_checksums` entry (files written
 // before checksums existed have none and pass).
 absl::Status VerifyChecksums(const SafetensorsFile& file) {
@@ -102,6 +114,7 @@ absl::Status VerifyChecksums(const SafetensorsFile& file) {
           absl::StrCat(file.path(), ": tensor '", e.name, "' has no weft_checksums entry"));
     }
     const std::string got = Checksum(file.Get(e));
+    DropPages(file, e);  // one tensor's pages at a time (a shard file can be large)
     if (got != want->text) {
       return absl::DataLossError(absl::StrCat(
           file.path(), ": tensor '", e.name, "' has checksum ", got, " but was saved with ",
@@ -631,6 +644,15 @@ void CopyOverlap(Target& target, const at::Tensor& part,
 
 }  // namespace
 
+int64_t LoadedCheckpoint::bytes() const {
+  int64_t total = 0;
+  for (const auto* tensors : {&params, &optimizer}) {
+    for (const auto& [name, t] : *tensors)
+      total += t.numel() * static_cast<int64_t>(t.element_size());
+  }
+  return total;
+}
+
 absl::StatusOr<LoadedCheckpoint> LoadCheckpointSlices(const std::string& dir,
                                                       const LoadLayout& layout) {
   LoadedCheckpoint out;
@@ -713,6 +735,11 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpointSlices(const std::string& dir,
               verified = true;
             }
             CopyOverlap(slot->second, file->Get(e), held);
+            DropPages(*file, e);  // a rank holds its slices and one saved part
+            out.largest_tensor_bytes = std::max<int64_t>(
+                out.largest_tensor_bytes,
+                std::accumulate(global.begin(), global.end(), int64_t{1}, std::multiplies<>()) *
+                    static_cast<int64_t>(c10::elementSize(e.dtype)));
           }
         }
       }

@@ -106,6 +106,10 @@ struct LoadedCheckpoint {
   TrainerState state;
   std::map<std::string, at::Tensor> params;
   std::map<std::string, at::Tensor> optimizer;
+  /// The bytes of the largest whole (global) tensor read from, and of what
+  /// this rank got: the bound on resharding's memory is their sum.
+  int64_t largest_tensor_bytes = 0;
+  int64_t bytes() const;
 };
 
 /// Reads `dir` for tp rank `tp_rank` of `tp`. A checkpoint saved with the

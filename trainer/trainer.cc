@@ -454,8 +454,9 @@ absl::Status BuildModel(Run& run) {
   }
   if (run.dims->dp_shard_enabled()) {
     ASSIGN_OR_RETURN(std::shared_ptr<CausalLM> meta, CreateCausalLM(model_config, model_options));
-    ASSIGN_OR_RETURN(pieces.tp_shards, PlanShards(*meta, plan, run.dims->tp(),
-                                                  run.mesh->group("tp")->rank(), tp_options.resolve));
+    ASSIGN_OR_RETURN(
+        pieces.tp_shards,
+        PlanShards(*meta, plan, run.dims->tp(), run.mesh->group("tp")->rank(), tp_options.resolve));
   }
   return GatePipeline(run, pieces);
 }
@@ -647,7 +648,17 @@ absl::Status Resume(Run& run) {
   layout.dp_shard_rank = run.fsdp ? run.fsdp->group().rank() : 0;
   for (auto& [name, slice] : HeldSlices(run)) layout.targets[saved_name(name)] = std::move(slice);
   layout.wanted = [&wanted](const std::string& name) { return wanted.count(name) > 0; };
+  const PeakRssMeter meter;
   ASSIGN_OR_RETURN(LoadedCheckpoint ckpt, LoadCheckpointSlices(*latest, layout));
+  // Resharding's own peak memory against its bound (what the rank got plus
+  // the largest tensor), from every rank; the log names the worst.
+  at::Tensor measured =
+      at::tensor({static_cast<double>(meter.Peak()), static_cast<double>(ckpt.bytes()),
+                  static_cast<double>(ckpt.largest_tensor_bytes)},
+                 at::kDouble);
+  measured = run.runtime->world_group()
+                 ->AllGather(measured.view({1, 3}).to(run.runtime->device()), 0)
+                 .cpu();
   RETURN_IF_ERROR(CheckResumable(c, *latest, ckpt.state.step));
   for (const auto& [name, tensor] : run.named) {
     if (saved_name(name) == name) continue;
@@ -681,6 +692,20 @@ absl::Status Resume(Run& run) {
             << mesh_text(ckpt.state.pp, ckpt.state.dp, ckpt.state.dp_shard, ckpt.state.tp) << " to "
             << mesh_text(run.dims->pp(), run.dims->dp(), run.dims->dp_shard(), run.dims->tp())
             << "\n";
+    int worst = 0;
+    auto excess = [&measured](int r) {
+      return measured[r][0].item<double>() - measured[r][1].item<double>() -
+             measured[r][2].item<double>();
+    };
+    for (int r = 1; r < measured.size(0); ++r) worst = excess(r) > excess(worst) ? r : worst;
+    if (measured[worst][0].item<double>() >= 0) {
+      run.log << absl::StrFormat(
+          "[train] resharding's peak memory, highest over its bound on rank %d: +%.2f MB "
+          "(its slices %.2f MB + the largest tensor %.2f MB = %.2f MB)\n",
+          worst, measured[worst][0].item<double>() / 1e6, measured[worst][1].item<double>() / 1e6,
+          measured[worst][2].item<double>() / 1e6,
+          (measured[worst][1].item<double>() + measured[worst][2].item<double>()) / 1e6);
+    }
   }
   if (!ckpt.state.rng_state_hex.empty()) RestoreRngState(ckpt.state.rng_state_hex);
   if (run.lead) run.log << "[train] resumed from " << *latest << " at step " << run.step << "\n";
