@@ -195,25 +195,47 @@ at::Tensor ProcessGroup::PendingAllGather::Finish() {
 }
 
 at::Tensor ProcessGroup::ReduceScatter(const at::Tensor& input, int64_t dim, ReduceOp op) const {
-  CollectiveTimer timer;
-  dim = NormalizeDim(input, dim);
-  int64_t n = input.size(dim);
-  ChunkSpan mine = ChunkOf(n, size(), rank());
-  if (size() == 1) return input.clone();
-  int64_t cap = ChunkCapacity(n, size());
+  return ReduceScatterStart(input, dim, op).Finish();
+}
+
+ProcessGroup::PendingReduceScatter ProcessGroup::ReduceScatterStart(const at::Tensor& input,
+                                                                    int64_t dim,
+                                                                    ReduceOp op) const {
+  PendingReduceScatter pending;
+  pending.group_ = this;
+  pending.dim_ = dim = NormalizeDim(input, dim);
+  const int64_t n = input.size(dim);
+  pending.length_ = ChunkOf(n, size(), rank()).length;
+  if (size() == 1) {
+    pending.out_ = input.movedim(dim, 0).clone();
+    return pending;
+  }
+  const int64_t cap = ChunkCapacity(n, size());
   at::Tensor padded = FrontPadded(input, dim, cap * size());
   std::vector<int64_t> shape = padded.sizes().vec();
   shape[0] = cap;
-  at::Tensor out = at::empty(shape, padded.options());
-  bool emulate_avg = op == ReduceOp::kAvg && !input.is_cuda();
+  pending.out_ = at::empty(shape, padded.options());
+  pending.divide_ = op == ReduceOp::kAvg && !input.is_cuda();
   c10d::ReduceScatterOptions options;
-  options.reduceOp = ToC10d(emulate_avg ? ReduceOp::kSum : op);
+  options.reduceOp = ToC10d(pending.divide_ ? ReduceOp::kSum : op);
   if (cap > 0) {
-    WaitOn(BackendFor(input)._reduce_scatter_base(out, padded, options), *this, "reduce-scatter");
+    auto impl = std::make_shared<P2PWork::Impl>();
+    impl->tensor = padded;  // kept alive until the collective is done
+    impl->work = BackendFor(input)._reduce_scatter_base(pending.out_, padded, options);
+    pending.work_ = P2PWork(std::move(impl));
   }
-  if (emulate_avg) out.div_(size());
-  out = out.narrow(0, 0, mine.length);
-  return dim == 0 ? out.contiguous() : out.movedim(0, dim).contiguous();
+  return pending;
+}
+
+at::Tensor ProcessGroup::PendingReduceScatter::Finish() {
+  TORCH_CHECK(group_ != nullptr, "PendingReduceScatter::Finish without a started reduce-scatter");
+  CollectiveTimer timer;
+  if (work_.valid()) WaitOn(work_.impl()->work, *group_, "reduce-scatter");
+  at::Tensor out = out_;
+  if (divide_) out.div_(group_->size());
+  out = out.narrow(0, 0, length_);
+  group_ = nullptr;
+  return dim_ == 0 ? out.contiguous() : out.movedim(0, dim_).contiguous();
 }
 
 void ProcessGroup::Broadcast(const at::Tensor& tensor, int src) const {

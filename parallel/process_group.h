@@ -103,6 +103,25 @@ class ProcessGroup {
   at::Tensor ReduceScatter(const at::Tensor& input, int64_t dim = 0,
                            ReduceOp op = ReduceOp::kSum) const;
 
+  /// ReduceScatter split in two like AllGatherStart: Start issues it and
+  /// returns at once, Finish waits and returns this member's chunk. Every
+  /// member must Start its collectives in the same order.
+  class PendingReduceScatter {
+   public:
+    at::Tensor Finish();
+    bool valid() const { return group_ != nullptr; }
+
+   private:
+    friend class ProcessGroup;
+    const ProcessGroup* group_ = nullptr;
+    P2PWork work_;
+    at::Tensor out_;
+    int64_t length_ = 0, dim_ = 0;
+    bool divide_ = false;
+  };
+  PendingReduceScatter ReduceScatterStart(const at::Tensor& input, int64_t dim = 0,
+                                          ReduceOp op = ReduceOp::kSum) const;
+
   /// In place: every member ends with `src`'s tensor (`src` is a group rank).
   void Broadcast(const at::Tensor& tensor, int src) const;
 

@@ -4,9 +4,11 @@
 #include <ATen/core/grad_mode.h>
 #include <c10/core/StorageImpl.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/engine.h>
 #include <torch/nn/modules/container/modulelist.h>
 
 #include <algorithm>
+#include <deque>
 #include <map>
 #include <set>
 
@@ -18,6 +20,18 @@
 
 namespace weft {
 
+// The units' reduce-scatters in flight, in the order they started.
+struct ReduceQueue {
+  struct Pending {
+    FullyShardedModel::Unit* unit;
+    ProcessGroup::PendingReduceScatter work;
+  };
+  std::deque<Pending> in_flight;
+  bool callback_queued = false;  // FinishAll runs when the backward pass ends
+  /// Waits for each and accumulates the unit's pieces' gradients.
+  void FinishAll();
+};
+
 struct FullyShardedModel::Unit {
   std::string name;
   std::vector<size_t> params;  // indices into FullyShardedModel::params_
@@ -28,6 +42,7 @@ struct FullyShardedModel::Unit {
   const std::vector<Param>* all = nullptr;
   std::vector<std::function<at::Tensor(const at::Tensor&)>> grad_hooks;  // per param, or empty
   at::ScalarType reduce_dtype = at::kFloat;
+  std::shared_ptr<ReduceQueue> reduces;  // shared by the model's units
   bool reshard_after_forward = false;  // decoder layers: free after forward, regather for backward
   std::vector<at::Tensor> gathered;    // the whole tensors of the forward running now
   std::vector<at::Tensor> Pieces() const;
@@ -100,26 +115,51 @@ class GatherFunction : public torch::autograd::Function<GatherFunction> {
         offset += part.numel();
       }
     }
-    at::Tensor mine = group.ReduceScatter(buffer.view({-1}), 0);  // [row]
-    torch::autograd::variable_list out;
+    // The reduce-scatter runs while the layers before this one compute their
+    // backward: the one in flight finishes when the next starts, and the last
+    // when this backward pass ends. The pieces' gradients are accumulated
+    // then, so autograd gets none from here.
+    ReduceQueue& queue = *unit->reduces;
+    queue.FinishAll();
+    queue.in_flight.push_back({unit, group.ReduceScatterStart(buffer.view({-1}), 0)});
+    if (!queue.callback_queued) {
+      queue.callback_queued = true;
+      torch::autograd::Engine::get_default_engine().queue_callback([q = unit->reduces] {
+        q->callback_queued = false;
+        q->FinishAll();
+      });
+    }
+    // This call's backward of the unit is done.
+    Unit::Free(ctx->saved_data["aliases"].toTensorVector());
+    return torch::autograd::variable_list(unit->params.size() + 1);  // + the unit pointer
+  }
+};
+
+}  // namespace
+
+void ReduceQueue::FinishAll() {
+  while (!in_flight.empty()) {
+    Unit* unit = in_flight.front().unit;
+    at::Tensor mine = in_flight.front().work.Finish();  // [row]
+    in_flight.pop_front();
+    const double n = unit->group->size();
     int64_t offset = 0;
     for (size_t k = 0; k < unit->params.size(); ++k) {
       const FullyShardedModel::Param& p = (*unit->all)[unit->params[k]];
       at::Tensor piece = mine.narrow(0, offset, p.piece.numel()).view(p.piece.sizes());
       offset += p.piece.numel();
-      piece = (piece / static_cast<double>(n)).to(p.piece.scalar_type());
+      piece = (piece / n).to(p.piece.scalar_type());
       // The tensor-parallel sums the engine registered on the parameter.
       if (unit->grad_hooks[k]) piece = unit->grad_hooks[k](piece);
-      out.push_back(piece);
+      at::Tensor& grad = const_cast<at::Tensor&>(p.piece).mutable_grad();
+      if (grad.defined()) {
+        grad.add_(piece);
+      } else {
+        grad = piece;  // a fresh tensor (the division made it)
+      }
     }
-    // This call's backward of the unit is done.
-    Unit::Free(ctx->saved_data["aliases"].toTensorVector());
-    out.push_back(at::Tensor());  // the unit pointer
-    return out;
   }
-};
-
-}  // namespace
+}
 
 std::vector<at::Tensor> Unit::Pieces() const {
   std::vector<at::Tensor> pieces;
@@ -256,6 +296,7 @@ absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
   for (size_t i = 0; i < units.size(); ++i) unit_index[units[i].first] = i;
   std::vector<std::shared_ptr<Unit>> made(units.size());
   std::map<const void*, std::pair<size_t, size_t>> seen;  // tensor -> (unit, k)
+  auto reduces = std::make_shared<ReduceQueue>();
   for (const auto& item : model.named_parameters()) {
     const std::string& name = item.key();
     auto given = options.pieces.piece.find(name);
@@ -288,6 +329,7 @@ absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
       made[u]->name = unit_name;
       made[u]->group = group;
       made[u]->reduce_dtype = options.reduce_dtype;
+      made[u]->reduces = reduces;
       made[u]->all = &out->params_;
     }
     const at::Tensor whole = item.value().detach();
