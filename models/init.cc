@@ -79,7 +79,8 @@ absl::Status InitializeWeights(CausalLM& model, const InitOptions& options) {
   if (model.config.tie_word_embeddings && done.count("model.embed_tokens.weight")) {
     for (auto& [prefix, module] : NamedWeftModules(model)) {
       if (prefix == "lm_head")
-        module->ReplaceParameter("weight", done.at("model.embed_tokens.weight"));
+        module->ReplaceParameter("weight", done.at("model.embed_tokens.weight"),
+                                 /*allow_new_shape=*/true);
     }
   }
   return absl::OkStatus();

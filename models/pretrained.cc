@@ -95,7 +95,7 @@ absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
   if (tie && loaded.tensors.count(kEmbed)) {
     at::Tensor embed = loaded.tensors.at(kEmbed);
     for (auto& [prefix, module] : NamedWeftModules(*model)) {
-      if (prefix == "lm_head") module->ReplaceParameter("weight", embed);
+      if (prefix == "lm_head") module->ReplaceParameter("weight", embed, /*allow_new_shape=*/true);
     }
   }
   return model;

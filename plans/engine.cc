@@ -104,12 +104,51 @@ absl::Status CheckModelWide(const std::map<std::string, ResolvedStyle>& styles,
     return absl::InvalidArgumentError(absl::StrCat("num_attention_heads ", c.num_attention_heads,
                                                    " is not divisible by tp ", tp));
   }
-  if (c.tie_word_embeddings && styles.count("lm_head.weight")) {
-    return absl::UnimplementedError(
-        "tie_word_embeddings with a sharded lm_head is not supported yet (remove lm_head from "
-        "the plan)");
-  }
   return absl::OkStatus();
+}
+
+// Tied embeddings under TP, as Megatron lays them out: the vocab-parallel
+// embedding (embedding_rowwise) and the column-parallel head (colwise or
+// colwise_gather_output) hold the same [V/tp, H] rows, so the one tensor
+// stays one shard and both uses' gradients add up in it. A plan that shards
+// one of the two gets the other's matching style; any other pair is refused.
+absl::Status TieEmbeddingShards(std::map<std::string, ResolvedStyle>& styles,
+                                const ModelConfig& c, const ModelNames& names) {
+  if (!c.tie_word_embeddings) return absl::OkStatus();
+  const std::string kHead = "lm_head.weight", kEmbed = "model.embed_tokens.weight";
+  auto head = styles.find(kHead), embed = styles.find(kEmbed);
+  const bool has_head = head != styles.end(), has_embed = embed != styles.end();
+  if (!has_head && !has_embed) return absl::OkStatus();
+  for (const std::string& name : {kHead, kEmbed}) {
+    if (!names.shapes.count(name)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tie_word_embeddings: the model has no parameter ", name,
+          " (expected lm_head.weight and model.embed_tokens.weight to share one shard)"));
+    }
+  }
+  auto head_ok = [](Style s) { return s == Style::kColwise || s == Style::kColwiseGatherOutput; };
+  if (has_head && !has_embed && head_ok(head->second.style)) {
+    styles[kEmbed] = {Style::kEmbeddingRowwise, head->second.key + " (tied)"};
+    return absl::OkStatus();
+  }
+  if (has_embed && !has_head && embed->second.style == Style::kEmbeddingRowwise) {
+    styles[kHead] = {Style::kColwiseGatherOutput, embed->second.key + " (tied)"};
+    return absl::OkStatus();
+  }
+  if (has_head && has_embed && head_ok(head->second.style) &&
+      embed->second.style == Style::kEmbeddingRowwise) {
+    return absl::OkStatus();
+  }
+  auto describe = [&](const std::string& what, bool has, const ResolvedStyle* style) {
+    return has ? absl::StrCat(what, " is ", StyleName(style->style), " (plan key '", style->key,
+                              "')")
+               : absl::StrCat(what, " is replicated");
+  };
+  return absl::InvalidArgumentError(absl::StrCat(
+      "tie_word_embeddings: ", describe("lm_head", has_head, has_head ? &head->second : nullptr),
+      " and ", describe("model.embed_tokens", has_embed, has_embed ? &embed->second : nullptr),
+      ", but tied they are one tensor (expected lm_head colwise or colwise_gather_output with "
+      "model.embed_tokens embedding_rowwise: one [vocab/tp, hidden] shard)"));
 }
 
 // A column-parallel layer's output is sharded on its last dim; the layer
@@ -533,6 +572,7 @@ absl::StatusOr<std::map<std::string, ShardSpec>> PlanShards(CausalLM& model, con
   std::vector<Region> regions;
   ASSIGN_OR_RETURN(Plan param_plan, ParameterPlan(plan, names, resolve, regions));
   ASSIGN_OR_RETURN(auto styles, ResolvePlan(param_plan, names.parameters, resolve));
+  RETURN_IF_ERROR(TieEmbeddingShards(styles, model.config, names));
   RETURN_IF_ERROR(CheckModelWide(styles, model.config, tp));
   const std::map<std::string, int64_t> expert_counts = ExpertCounts(names.parameters);
   std::map<std::string, ShardSpec> shards;

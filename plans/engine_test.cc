@@ -97,6 +97,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"tests/data/gen/qwen3", "plans/qwen3.yaml", 2},
                       Case{"tests/data/gen/phi3", "plans/phi3.yaml", 2},
                       Case{"tests/data/gen/mixtral", "plans/mixtral.yaml", 2},
+                      Case{"tests/data/gen/llama-tied", "plans/llama.yaml", 2},
+                      Case{"tests/data/gen/llama-tied", "plans/llama.yaml", 4},
                       Case{"tests/data/hf/llama", "tests/data/plans/llama_variant_a.yaml", 2},
                       Case{"tests/data/hf/llama", "tests/data/plans/llama_variant_a.yaml", 4},
                       Case{"tests/data/hf/llama", "tests/data/plans/llama_variant_b.yaml", 2}),
@@ -190,6 +192,67 @@ TEST(LossParallel, MatchesSingleProcessWithoutGatheringLogits) {
       EXPECT_TRUE(at::allclose(item.value().grad(), want, 1e-4, 1e-5))
           << item.key() << " max diff " << MaxDiff(item.value().grad(), want);
     }
+  });
+  EXPECT_TRUE(result.AllSucceeded()) << result.Describe();
+}
+
+// Tied embeddings under TP (Megatron's layout): the plan's colwise lm_head
+// brings model.embed_tokens along as embedding_rowwise, the two stay one
+// [V/tp, H] tensor, and with loss_parallel the logits are never gathered;
+// logits, loss and the summed gradient equal one process's.
+TEST(TiedEmbeddings, ShareOneVocabShardUnderLossParallel) {
+  RankResults result = RunRanks(2, [] {
+    auto rt = InitCpuRuntime();
+    ASSERT_TRUE(rt);
+    const std::string dir = "tests/data/gen/llama-tied";
+    PretrainedOptions options;
+    options.dtype = at::kFloat;
+    options.attn_implementation = "eager";
+    TensorParallelOptions tp_options;
+    tp_options.loss_parallel = true;
+    auto plan = LoadPlanFile("plans/llama.yaml");
+    ASSERT_TRUE(plan.ok());
+    auto sharded = FromPretrainedTensorParallel(dir, options, *plan, rt->world_group(), tp_options);
+    ASSERT_TRUE(sharded.ok()) << sharded.status();
+    auto params = (*sharded)->named_parameters();
+    EXPECT_TRUE(params["lm_head.weight"].is_same(params["model.embed_tokens.weight"]));
+    EXPECT_EQ(params["lm_head.weight"].sizes(), (at::IntArrayRef{64, 32}));
+    const DTensorSpec* embed = ParameterPlacement(**sharded, "model.embed_tokens.weight");
+    ASSERT_NE(embed, nullptr);
+    EXPECT_EQ(embed->ToString(), ParameterPlacement(**sharded, "lm_head.weight")->ToString());
+    auto full = FromPretrained(dir, options);
+    ASSERT_TRUE(full.ok());
+    auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
+    ASSERT_TRUE(ref.ok());
+    CausalLMInputs inputs;
+    inputs.input_ids = (*ref)->Get("input_ids").clone();
+    inputs.labels = inputs.input_ids.clone();
+    CausalLMOutput a = (*sharded)->Forward(inputs);
+    CausalLMOutput b = (*full)->Forward(inputs);
+    EXPECT_EQ(a.logits.size(2), 64);  // this rank's half of the vocab
+    EXPECT_LT(MaxDiff(a.logits, b.logits.narrow(2, 64 * rt->rank(), 64)), 1e-5);
+    EXPECT_LT(MaxDiff(a.loss, b.loss), 1e-5);
+    a.loss.backward();
+    b.loss.backward();
+    auto full_params = (*full)->named_parameters();
+    for (const auto& item : params) {
+      const at::Tensor& whole = full_params[item.key()];
+      at::Tensor want = MatchingSlice(whole.detach(), item.value().detach(), whole.grad());
+      EXPECT_TRUE(at::allclose(item.value().grad(), want, 1e-4, 1e-5))
+          << item.key() << " max diff " << MaxDiff(item.value().grad(), want);
+    }
+    // A pair that cannot share a shard is named.
+    auto bad = ParsePlan(
+        "tp_plan:\n  \"lm_head\": colwise\n  \"model.embed_tokens\": embedding_colwise\n",
+        "tied.yaml");
+    ASSERT_TRUE(bad.ok());
+    auto refused = FromPretrainedTensorParallel(dir, options, *bad, rt->world_group());
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.status().message(),
+              "tie_word_embeddings: lm_head is colwise (plan key 'lm_head') and "
+              "model.embed_tokens is embedding_colwise (plan key 'model.embed_tokens'), but tied "
+              "they are one tensor (expected lm_head colwise or colwise_gather_output with "
+              "model.embed_tokens embedding_rowwise: one [vocab/tp, hidden] shard)");
   });
   EXPECT_TRUE(result.AllSucceeded()) << result.Describe();
 }

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "base/text_file.h"
+#include "checkpoint/safetensors.h"
 #include "gtest/gtest.h"
 #include "tests/multiprocess.h"
 #include "trainer/checkpointing.h"
@@ -35,7 +36,6 @@ using train_testing::Fixture;
 using train_testing::kStepTolerance;
 using train_testing::RunAndGetLosses;
 using train_testing::RunJob;
-using train_testing::TempDir;
 using train_testing::Tiny;
 using train_testing::TrainError;
 
@@ -94,6 +94,58 @@ TEST(Trainer, TensorParallelWithLossParallelAndMicroBatches) {
   two.loss_parallel = true;
   std::vector<double> a = RunAndGetLosses(1, one), b = RunAndGetLosses(2, two);
   ExpectSameLosses(a, b, 8, kStepTolerance);
+}
+
+// Tied embeddings (Llama 3.2, Qwen2.5 small, Gemma) under TP with the auto
+// plan: one [V/tp, H] shard for the embedding and the head (Megatron's
+// layout), with and without loss_parallel and inside pipeline stages, equal
+// one process; the checkpoint resumes at tp 1 and the export holds the tensor
+// once, as transformers writes it.
+TEST(Trainer, TiedEmbeddingsUnderTensorParallelMatchOneProcess) {
+  const std::string dir = ::testing::TempDir() + "/tied_model";
+  fs::create_directories(dir);
+  std::ofstream(dir + "/config.json") << R"({
+  "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
+  "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+  "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+  "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "torch_dtype": "float32",
+  "tie_word_embeddings": true})";
+  auto tied = [&](const std::string& name) {
+    TrainConfig c = Tiny(name);
+    c.model_config = dir + "/config.json";
+    c.steps = 6;
+    return c;
+  };
+  TrainConfig one = tied("tied_tp1");
+  const std::vector<double> want = RunAndGetLosses(1, one);
+  TrainConfig two = tied("tied_tp2");
+  two.tp = 2;
+  two.checkpoint_every = 3;
+  ExpectSameLosses(want, RunAndGetLosses(2, two), 6, kStepTolerance);
+  TrainConfig loss_parallel = tied("tied_tp2_loss_parallel");
+  loss_parallel.tp = 2;
+  loss_parallel.loss_parallel = true;
+  ExpectSameLosses(want, RunAndGetLosses(2, loss_parallel), 6, kStepTolerance);
+  TrainConfig pp = tied("tied_pp2_tp2");
+  pp.tp = 2;
+  pp.pp = 2;
+  pp.micro_batch = 2;
+  pp.pp_microbatches = 4;
+  ExpectSameLosses(want, RunAndGetLosses(4, pp), 6, kStepTolerance);
+  // Saved at tp 2, resumed at tp 1 from step 3.
+  fs::remove_all(CheckpointDir(two.output_dir, 6));
+  TrainConfig resumed = two;
+  resumed.tp = 1;
+  resumed.resume = true;
+  std::vector<double> got = RunAndGetLosses(1, resumed);
+  ASSERT_EQ(got.size(), 3u);
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i + 3], kStepTolerance);
+  auto exported = SafetensorsFile::Open(two.output_dir + "/hf/model.safetensors");
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  EXPECT_EQ((*exported)->Find("lm_head.weight"), nullptr);
+  ASSERT_NE((*exported)->Find("model.embed_tokens.weight"), nullptr);
+  EXPECT_EQ((*exported)->Find("model.embed_tokens.weight")->shape,
+            (std::vector<int64_t>{256, 64}));
 }
 
 TEST(Trainer, DataParallelMatchesOneProcessWithTheWholeBatch) {
