@@ -1,5 +1,7 @@
 #include "models/config.h"
 
+#include <c10/util/Exception.h>
+
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -117,6 +119,79 @@ absl::Status ParseRopeScaling(const JsonValue* v, RopeScaling& out) {
 }
 
 }  // namespace
+
+absl::Status ParseRopeParameters(const JsonValue& params, double& rope_theta,
+                                 RopeScaling& scaling) {
+  RETURN_IF_ERROR(Double(params, "rope_theta", rope_theta));
+  return ParseRopeScaling(&params, scaling);
+}
+
+namespace {
+
+const JsonValue* Present(const ModelConfig& c, absl::string_view key) {
+  const JsonValue* v = c.json.Find(key);
+  return v == nullptr || v->type == JsonValue::Type::kNull ? nullptr : v;
+}
+
+[[noreturn]] void ThrowBad(absl::string_view key, const JsonValue& v, absl::string_view expected) {
+  TORCH_CHECK(false, std::string(Bad(key, v, expected).message()));
+}
+
+}  // namespace
+
+double ConfigNumber(const ModelConfig& c, absl::string_view key, double fallback) {
+  const JsonValue* v = Present(c, key);
+  if (v == nullptr) return fallback;
+  if (!v->is_number()) ThrowBad(key, *v, "a number");
+  return *v->AsDouble();
+}
+
+bool ConfigBool(const ModelConfig& c, absl::string_view key, bool fallback) {
+  const JsonValue* v = Present(c, key);
+  if (v == nullptr) return fallback;
+  if (v->type != JsonValue::Type::kBool) ThrowBad(key, *v, "true or false");
+  return v->boolean;
+}
+
+std::string ConfigString(const ModelConfig& c, absl::string_view key, const std::string& fallback) {
+  const JsonValue* v = Present(c, key);
+  if (v == nullptr) return fallback;
+  if (!v->is_string()) ThrowBad(key, *v, "a string");
+  return v->text;
+}
+
+std::vector<int64_t> ConfigInts(const ModelConfig& c, absl::string_view key,
+                                const std::vector<int64_t>& fallback) {
+  const JsonValue* v = Present(c, key);
+  if (v == nullptr) return fallback;
+  if (!v->is_array()) ThrowBad(key, *v, "a list of integers");
+  std::vector<int64_t> out;
+  for (const JsonValue& item : v->items) {
+    if (!item.is_number() || !item.AsUint64()) ThrowBad(key, item, "a list of integers");
+    out.push_back(static_cast<int64_t>(*item.AsUint64()));
+  }
+  return out;
+}
+
+std::vector<std::string> LayerTypes(const ModelConfig& c,
+                                    const std::function<std::string(int64_t layer)>& fallback) {
+  std::vector<std::string> out;
+  const JsonValue* v = Present(c, "layer_types");
+  if (v == nullptr) {
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) out.push_back(fallback(i));
+    return out;
+  }
+  TORCH_CHECK(v->is_array() && static_cast<int64_t>(v->items.size()) == c.num_hidden_layers,
+              "config.json: layer_types has ", v->is_array() ? v->items.size() : 0,
+              " entries (expected a list of num_hidden_layers ", c.num_hidden_layers, " strings)");
+  for (const JsonValue& item : v->items) {
+    if (!item.is_string() || (item.text != "full_attention" && item.text != "sliding_attention")) {
+      ThrowBad("layer_types", item, "full_attention or sliding_attention");
+    }
+    out.push_back(item.text);
+  }
+  return out;
+}
 
 absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text) {
   auto json = ParseJson(text);

@@ -12,6 +12,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -78,5 +79,28 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir);
 /// The scalar type config.json's torch_dtype names; error:
 /// `config.json: torch_dtype int8 is not supported (expected float32, ...)`.
 absl::StatusOr<at::ScalarType> ModelDtype(const ModelConfig& config);
+
+/// transformers 5's rope_parameters object, or one per-layer-type entry of
+/// it (Gemma 3's "full_attention" / "sliding_attention"): rope_theta (left
+/// as it is when absent) and the scaling.
+absl::Status ParseRopeParameters(const JsonValue& params, double& rope_theta, RopeScaling& scaling);
+
+// Keys one architecture reads beyond ModelConfig's. They throw a one-line
+// c10::Error naming the key, the value and what was expected: model
+// constructors run inside compute, where errors are exceptions.
+
+/// A number; `fallback` when absent or null.
+double ConfigNumber(const ModelConfig& c, absl::string_view key, double fallback);
+/// A boolean; `fallback` when absent or null.
+bool ConfigBool(const ModelConfig& c, absl::string_view key, bool fallback);
+/// A string; `fallback` when absent or null.
+std::string ConfigString(const ModelConfig& c, absl::string_view key, const std::string& fallback);
+/// A list of integers; `fallback` when absent or null.
+std::vector<int64_t> ConfigInts(const ModelConfig& c, absl::string_view key,
+                                const std::vector<int64_t>& fallback);
+/// config.json's layer_types ("full_attention" or "sliding_attention" per
+/// layer, as transformers 5 writes it), else `fallback(layer)` per layer.
+std::vector<std::string> LayerTypes(const ModelConfig& c,
+                                    const std::function<std::string(int64_t layer)>& fallback);
 
 }  // namespace weft

@@ -85,7 +85,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, Generated,
                          ::testing::Values("llama-padded", "llama-tied", "llama-rope-linear",
                                            "llama-rope-dynamic", "llama-rope-llama3",
                                            "llama-rope-yarn", "mistral-window", "qwen2-window",
-                                           "qwen3", "phi3", "mixtral"),
+                                           "qwen3", "phi3", "mixtral", "granite", "smollm3",
+                                           "olmo2", "gemma2", "gemma3"),
                          [](const auto& info) {
                            std::string name = info.param;
                            for (char& c : name)

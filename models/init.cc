@@ -54,10 +54,12 @@ absl::Status InitializeWeights(CausalLM& model, const InitOptions& options) {
         kind = kNormal;
       } else if (type == "RMSNorm") {
         kind = kOnes;
+      } else if (type == "GemmaRMSNorm") {
+        kind = kZeros;  // an offset: x * (1 + w)
       } else {
-        return absl::UnimplementedError(absl::StrCat("cannot initialise parameter '", name,
-                                                     "' of a module of type ", type,
-                                                     " (expected Linear, Embedding or RMSNorm)"));
+        return absl::UnimplementedError(
+            absl::StrCat("cannot initialise parameter '", name, "' of a module of type ", type,
+                         " (expected Linear, Embedding, RMSNorm or GemmaRMSNorm)"));
       }
       const std::vector<int64_t> shape = item.value().sizes().vec();
       at::Tensor full;

@@ -50,8 +50,10 @@ at::Tensor Embedding::forward(const at::Tensor& ids) {
   return Hooked({ids}, [this](const Tensors& in) { return at::embedding(weight, in[0]); });
 }
 
-RMSNorm::RMSNorm(int64_t dim, double eps_in, at::ScalarType dtype)
-    : Module("RMSNorm"), eps(eps_in) {
+RMSNorm::RMSNorm(int64_t dim, double eps_in, at::ScalarType dtype, NormWeight how_in)
+    : Module(how_in == NormWeight::kOnePlusInFloat32 ? "GemmaRMSNorm" : "RMSNorm"),
+      eps(eps_in),
+      how(how_in) {
   weight = register_parameter("weight", at::empty({dim}, Meta(dtype)));
 }
 
@@ -62,6 +64,14 @@ at::Tensor RMSNorm::forward(const at::Tensor& x) {
     at::Tensor h = in[0].to(at::kFloat);
     at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
     h = h * at::rsqrt(variance + eps);
+    switch (how) {
+      case NormWeight::kInFloat32:
+        return (weight.to(at::kFloat) * h).to(in[0].scalar_type());
+      case NormWeight::kOnePlusInFloat32:
+        return (h * (1.0 + weight.to(at::kFloat))).to(in[0].scalar_type());
+      case NormWeight::kAfterCast:
+        break;
+    }
     return weight * h.to(in[0].scalar_type());
   });
 }

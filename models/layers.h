@@ -57,13 +57,22 @@ class Embedding : public Module {
   void OnParametersReplaced() override;
 };
 
-/// transformers' RMSNorm: normalised in float32, cast back, then scaled.
+/// Where an RMSNorm applies its weight; the models differ in the last
+/// rounding. kAfterCast: Llama's (normalised in float32, cast back, then
+/// scaled). kInFloat32: OLMo 2's (scaled in float32, then cast).
+/// kOnePlusInFloat32: Gemma's, whose weight is an offset (x * (1 + w) in
+/// float32, then cast; initialised to zeros, module type "GemmaRMSNorm").
+enum class NormWeight { kAfterCast, kInFloat32, kOnePlusInFloat32 };
+
+/// transformers' RMSNorm: x / sqrt(mean(x^2) + eps), computed in float32,
+/// times its weight (see NormWeight).
 class RMSNorm : public Module {
  public:
-  RMSNorm(int64_t dim, double eps, at::ScalarType dtype);
+  RMSNorm(int64_t dim, double eps, at::ScalarType dtype, NormWeight how = NormWeight::kAfterCast);
   at::Tensor forward(const at::Tensor& x);
   at::Tensor weight;
   double eps;
+  NormWeight how;
 
  protected:
   void OnParametersReplaced() override;

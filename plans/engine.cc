@@ -112,8 +112,8 @@ absl::Status CheckModelWide(const std::map<std::string, ResolvedStyle>& styles,
 // colwise_gather_output) hold the same [V/tp, H] rows, so the one tensor
 // stays one shard and both uses' gradients add up in it. A plan that shards
 // one of the two gets the other's matching style; any other pair is refused.
-absl::Status TieEmbeddingShards(std::map<std::string, ResolvedStyle>& styles,
-                                const ModelConfig& c, const ModelNames& names) {
+absl::Status TieEmbeddingShards(std::map<std::string, ResolvedStyle>& styles, const ModelConfig& c,
+                                const ModelNames& names) {
   if (!c.tie_word_embeddings) return absl::OkStatus();
   const std::string kHead = "lm_head.weight", kEmbed = "model.embed_tokens.weight";
   auto head = styles.find(kHead), embed = styles.find(kEmbed);

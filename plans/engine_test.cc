@@ -10,6 +10,7 @@
 #include "parallel/device_mesh.h"
 #include "parallel/runtime.h"
 #include "plans/engine.h"
+#include "plans/shipped_plans.h"
 #include "plans/tp_testing.h"
 #include "tests/multiprocess.h"
 
@@ -26,7 +27,7 @@ using testing::RunRanks;
 void CheckModel(const std::string& dir, const std::string& plan_file) {
   auto rt = InitCpuRuntime();
   ASSERT_TRUE(rt);
-  auto plan = LoadPlanFile(plan_file);
+  auto plan = ResolvePlanArgument(plan_file, dir);  // a file or "auto"
   ASSERT_TRUE(plan.ok()) << plan.status();
   PretrainedOptions options;
   options.dtype = at::kFloat;
@@ -89,19 +90,25 @@ TEST_P(TensorParallel, MatchesSingleProcess) {
 
 INSTANTIATE_TEST_SUITE_P(
     Models, TensorParallel,
-    ::testing::Values(Case{"tests/data/hf/llama", "plans/llama.yaml", 2},
-                      Case{"tests/data/hf/llama", "plans/llama.yaml", 4},
-                      Case{"tests/data/hf/mistral", "plans/mistral.yaml", 2},
-                      Case{"tests/data/hf/qwen2", "plans/qwen2.yaml", 2},
-                      Case{"tests/data/hf/qwen2", "plans/qwen2.yaml", 4},
-                      Case{"tests/data/gen/qwen3", "plans/qwen3.yaml", 2},
-                      Case{"tests/data/gen/phi3", "plans/phi3.yaml", 2},
-                      Case{"tests/data/gen/mixtral", "plans/mixtral.yaml", 2},
-                      Case{"tests/data/gen/llama-tied", "plans/llama.yaml", 2},
-                      Case{"tests/data/gen/llama-tied", "plans/llama.yaml", 4},
-                      Case{"tests/data/hf/llama", "tests/data/plans/llama_variant_a.yaml", 2},
-                      Case{"tests/data/hf/llama", "tests/data/plans/llama_variant_a.yaml", 4},
-                      Case{"tests/data/hf/llama", "tests/data/plans/llama_variant_b.yaml", 2}),
+    ::testing::Values(
+        Case{"tests/data/hf/llama", "plans/llama.yaml", 2},
+        Case{"tests/data/hf/llama", "plans/llama.yaml", 4},
+        Case{"tests/data/hf/mistral", "plans/mistral.yaml", 2},
+        Case{"tests/data/hf/qwen2", "plans/qwen2.yaml", 2},
+        Case{"tests/data/hf/qwen2", "plans/qwen2.yaml", 4},
+        Case{"tests/data/gen/qwen3", "plans/qwen3.yaml", 2},
+        Case{"tests/data/gen/phi3", "plans/phi3.yaml", 2},
+        Case{"tests/data/gen/mixtral", "plans/mixtral.yaml", 2},
+        Case{"tests/data/gen/llama-tied", "plans/llama.yaml", 2},
+        Case{"tests/data/gen/llama-tied", "plans/llama.yaml", 4},
+        Case{"tests/data/gen/granite", "auto", 2}, Case{"tests/data/gen/granite", "auto", 4},
+        Case{"tests/data/gen/smollm3", "auto", 2}, Case{"tests/data/gen/smollm3", "auto", 4},
+        Case{"tests/data/gen/olmo2", "auto", 2}, Case{"tests/data/gen/olmo2", "auto", 4},
+        Case{"tests/data/gen/gemma2", "auto", 2}, Case{"tests/data/gen/gemma2", "auto", 4},
+        Case{"tests/data/gen/gemma3", "auto", 2}, Case{"tests/data/gen/gemma3", "auto", 4},
+        Case{"tests/data/hf/llama", "tests/data/plans/llama_variant_a.yaml", 2},
+        Case{"tests/data/hf/llama", "tests/data/plans/llama_variant_a.yaml", 4},
+        Case{"tests/data/hf/llama", "tests/data/plans/llama_variant_b.yaml", 2}),
     [](const auto& info) {
       std::string name = info.param.dir.substr(info.param.dir.rfind('/') + 1) + "_tp" +
                          std::to_string(info.param.tp);
@@ -242,9 +249,9 @@ TEST(TiedEmbeddings, ShareOneVocabShardUnderLossParallel) {
           << item.key() << " max diff " << MaxDiff(item.value().grad(), want);
     }
     // A pair that cannot share a shard is named.
-    auto bad = ParsePlan(
-        "tp_plan:\n  \"lm_head\": colwise\n  \"model.embed_tokens\": embedding_colwise\n",
-        "tied.yaml");
+    auto bad =
+        ParsePlan("tp_plan:\n  \"lm_head\": colwise\n  \"model.embed_tokens\": embedding_colwise\n",
+                  "tied.yaml");
     ASSERT_TRUE(bad.ok());
     auto refused = FromPretrainedTensorParallel(dir, options, *bad, rt->world_group());
     ASSERT_FALSE(refused.ok());

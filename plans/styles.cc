@@ -67,6 +67,16 @@ absl::Status SliceRows(const SliceInput& in, ShardSpec& shard) {
   return absl::OkStatus();
 }
 
+// Rows of a Linear whose output is gathered again (colwise_gather_output):
+// any torch.chunk of the rows works, so heads are neither kept whole nor
+// replicated (OLMo 2's k_proj with fewer KV heads than ranks gathers its
+// [kv_heads * head_dim] output exactly once).
+absl::Status SliceGatheredRows(const SliceInput& in, ShardSpec& shard) {
+  shard.slice.push_back(ChunkPart(0, in.shape[0], in.tp, in.rank));
+  if (IsWeight(in)) shard.slice.push_back({});
+  return absl::OkStatus();
+}
+
 // Columns (dim 1) of a Linear weight; the bias is replicated (added once).
 absl::Status SliceColumns(const SliceInput& in, ShardSpec& shard) {
   if (!IsWeight(in)) return absl::OkStatus();
@@ -319,7 +329,7 @@ StyleRule Rowwise() {
 StyleRule ColwiseGatherOutput() {
   StyleRule r(Style::kColwiseGatherOutput, "colwise_gather_output");
   r.alias = "colwise_rep";
-  r.slice = SliceRows;
+  r.slice = SliceGatheredRows;
   r.wire = WireColwiseGatherOutput;
   r.forward = "all-gather(output)";
   r.backward = "all-reduce(input grad)";
