@@ -283,8 +283,9 @@ TEST(Architectures, UnknownOneIsNamed) {
   ASSERT_FALSE(model.ok());
   EXPECT_EQ(model.status().message(),
             "config.json: architectures[0] is \"GPT2LMHeadModel\" (expected one of: "
-            "LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Phi3ForCausalLM, "
-            "Qwen2ForCausalLM, Qwen3ForCausalLM)");
+            "Gemma2ForCausalLM, Gemma3ForCausalLM, GraniteForCausalLM, LlamaForCausalLM, "
+            "MistralForCausalLM, MixtralForCausalLM, Olmo2ForCausalLM, Phi3ForCausalLM, "
+            "Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM)");
 }
 
 }  // namespace
