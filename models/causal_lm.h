@@ -57,6 +57,20 @@ struct ModelOptions {
   std::string attn_implementation = "sdpa";
 };
 
+/// How checkpoints that keep one tensor per expert store a fused parameter
+/// (transformers 5's weight converters, declared by the model file): the
+/// parameter `<prefix>.<fused>` is the stack over experts e of the
+/// concatenation along dim 0 of `<prefix>.<part>` for each part, with "{e}"
+/// in a part replaced by the expert's index. Loading reads only the rows and
+/// columns of each part a rank's slice needs.
+///
+///   {"mlp.experts.gate_up_proj",
+///    {"mlp.experts.{e}.gate_proj.weight", "mlp.experts.{e}.up_proj.weight"}}
+struct StackedExperts {
+  std::string fused;
+  std::vector<std::string> parts;
+};
+
 /// transformers' causal-LM loss: logits[:, :-1] against labels[:, 1:],
 /// cross-entropy in float32, ignore_index -100, mean over counted tokens.
 at::Tensor CausalLMLoss(const at::Tensor& logits, const at::Tensor& labels);
@@ -80,6 +94,9 @@ class CausalLM : public Module {
   /// elementwise over the gradient, so a wrapper that replaces the
   /// parameters (fully_shard) applies them to its own leaves.
   std::map<std::string, std::function<at::Tensor(const at::Tensor&)>> gradient_hooks;
+  /// The per-expert checkpoint layouts of fused parameters (empty: every
+  /// parameter is stored under its own name).
+  std::vector<StackedExperts> checkpoint_layouts;
 };
 
 /// Default positions of the new tokens: past..past+T-1, padding or not, as

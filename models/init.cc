@@ -50,7 +50,7 @@ absl::Status InitializeWeights(CausalLM& model, const InitOptions& options) {
       enum { kNormal, kZeros, kOnes } kind;
       if (item.key() == "bias") {
         kind = kZeros;
-      } else if (type == "Linear" || type == "Embedding") {
+      } else if (type == "Linear" || type == "Embedding" || type == "MoeExperts") {
         kind = kNormal;
       } else if (type == "RMSNorm") {
         kind = kOnes;
@@ -59,7 +59,7 @@ absl::Status InitializeWeights(CausalLM& model, const InitOptions& options) {
       } else {
         return absl::UnimplementedError(
             absl::StrCat("cannot initialise parameter '", name, "' of a module of type ", type,
-                         " (expected Linear, Embedding, RMSNorm or GemmaRMSNorm)"));
+                         " (expected Linear, Embedding, MoeExperts, RMSNorm or GemmaRMSNorm)"));
       }
       const std::vector<int64_t> shape = item.value().sizes().vec();
       at::Tensor full;

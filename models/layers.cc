@@ -76,6 +76,65 @@ at::Tensor RMSNorm::forward(const at::Tensor& x) {
   });
 }
 
+MoeExperts::MoeExperts(const MoeExpertsOptions& options) : Module("MoeExperts"), options_(options) {
+  const int64_t e = options.num_experts(), h = options.hidden_size(),
+                i = options.intermediate_size();
+  gate_up_proj =
+      register_parameter("gate_up_proj", at::empty({e, 2 * i, h}, Meta(options.dtype())));
+  down_proj = register_parameter("down_proj", at::empty({e, h, i}, Meta(options.dtype())));
+}
+
+void MoeExperts::OnParametersReplaced() {
+  auto params = named_parameters(/*recurse=*/false);
+  gate_up_proj = params["gate_up_proj"];
+  down_proj = params["down_proj"];
+}
+
+at::Tensor MoeExperts::forward(const at::Tensor& x, const at::Tensor& top_k_index,
+                               const at::Tensor& top_k_weights) {
+  return Hooked({x, top_k_index, top_k_weights}, [this](const Tensors& in) {
+    const at::Tensor &hidden = in[0], &index = in[1], &weights = in[2];
+    const int64_t n = hidden.size(0), k = index.size(1), experts = gate_up_proj.size(0);
+    // Local shapes: under tensor parallelism each rank holds a slice of the
+    // intermediate dim (gate | up halves and down's columns).
+    auto expert = [&](const at::Tensor& rows, int64_t e) {
+      std::vector<at::Tensor> gate_up = at::matmul(rows, gate_up_proj[e].t()).chunk(2, -1);
+      return at::matmul(Activation(options_.act(), gate_up[0]) * gate_up[1], down_proj[e].t());
+    };
+    at::Tensor out = at::zeros_like(hidden);
+    if (!options_.batched()) {  // transformers' loop, expert by expert
+      for (int64_t e = 0; e < experts; ++e) {
+        at::Tensor where = (index == e).nonzero();  // [hits, 2]: token, slot
+        if (where.size(0) == 0) continue;
+        at::Tensor token = where.select(1, 0), slot = where.select(1, 1);
+        at::Tensor y =
+            expert(hidden.index_select(0, token), e) * weights.index({token, slot}).unsqueeze(-1);
+        out.index_add_(0, token, y.to(out.scalar_type()));
+      }
+      return out;
+    }
+    // Batched: the N * k (token, expert) pairs grouped by expert, each group
+    // padded to the largest, then one matrix product per projection for all
+    // experts at once.
+    const at::Tensor flat = index.reshape({-1});
+    const at::Tensor order = at::argsort(flat, /*stable=*/true);
+    const at::Tensor sorted = flat.index_select(0, order);
+    const at::Tensor counts = at::bincount(flat, /*weights=*/{}, experts);
+    const int64_t capacity = n * k == 0 ? 0 : counts.max().item<int64_t>();
+    const at::Tensor starts = counts.cumsum(0) - counts;
+    const at::Tensor position = at::arange(n * k, flat.options()) - starts.index_select(0, sorted);
+    const at::Tensor token = order.div(k, "floor");
+    at::Tensor grouped = at::zeros({experts, capacity, hidden.size(1)}, hidden.options());
+    grouped = grouped.index_put({sorted, position}, hidden.index_select(0, token));
+    std::vector<at::Tensor> gate_up =
+        at::matmul(grouped, gate_up_proj.transpose(1, 2)).chunk(2, -1);
+    at::Tensor y = at::matmul(Activation(options_.act(), gate_up[0]) * gate_up[1],
+                              down_proj.transpose(1, 2));  // [E, C, H]
+    y = y.index({sorted, position}) * weights.reshape({-1}).index_select(0, order).unsqueeze(-1);
+    return out.index_add(0, token, y.to(out.scalar_type()));
+  });
+}
+
 at::Tensor Activation(const std::string& name, const at::Tensor& x) {
   if (name == "silu") return at::silu(x);
   if (name == "gelu") return at::gelu(x);

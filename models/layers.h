@@ -78,6 +78,45 @@ class RMSNorm : public Module {
   void OnParametersReplaced() override;
 };
 
+/// Options for `MoeExperts`.
+struct MoeExpertsOptions {
+  MoeExpertsOptions(int64_t num_experts, int64_t hidden_size, int64_t intermediate_size)
+      : num_experts_(num_experts),
+        hidden_size_(hidden_size),
+        intermediate_size_(intermediate_size) {}
+  TORCH_ARG(int64_t, num_experts);
+  TORCH_ARG(int64_t, hidden_size);
+  TORCH_ARG(int64_t, intermediate_size);
+  /// config.json's hidden_act for the gate.
+  TORCH_ARG(std::string, act) = "silu";
+  TORCH_ARG(at::ScalarType, dtype) = at::kFloat;
+  /// Batched matrix products over the experts (tokens grouped per expert,
+  /// padded to the largest group); false: one expert at a time, as
+  /// transformers' reference loop (for comparison).
+  TORCH_ARG(bool, batched) = true;
+};
+
+/// transformers 5's fused experts of a MoE block, as it holds them in memory:
+/// gate_up_proj [E, 2I, H] (each expert's gate rows, then its up rows) and
+/// down_proj [E, H, I]. forward(x [N, H], top_k_index [N, k], top_k_weights
+/// [N, k]) is sum over a token's k experts of weight * down(act(gate) * up).
+///
+///   auto experts = std::make_shared<MoeExperts>(MoeExpertsOptions(8, 2048, 768));
+///   at::Tensor y = experts->forward(x, index, weights);
+class MoeExperts : public Module {
+ public:
+  explicit MoeExperts(const MoeExpertsOptions& options);
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& top_k_index,
+                     const at::Tensor& top_k_weights);
+  at::Tensor gate_up_proj, down_proj;
+
+ protected:
+  void OnParametersReplaced() override;
+
+ private:
+  MoeExpertsOptions options_;
+};
+
 /// What a decoder layer and its attention take, by name. `Hooked` sees them
 /// as a list in this order (a hook may replace `hidden`, index 0).
 ///

@@ -285,7 +285,7 @@ TEST(Architectures, UnknownOneIsNamed) {
             "config.json: architectures[0] is \"GPT2LMHeadModel\" (expected one of: "
             "Gemma2ForCausalLM, Gemma3ForCausalLM, GraniteForCausalLM, LlamaForCausalLM, "
             "MistralForCausalLM, MixtralForCausalLM, Olmo2ForCausalLM, Phi3ForCausalLM, "
-            "Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM)");
+            "Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM, SmolLM3ForCausalLM)");
 }
 
 }  // namespace

@@ -35,6 +35,7 @@ struct ModelNames {
   std::vector<std::string> parameters;
   std::map<std::string, std::vector<int64_t>> shapes;
   std::set<std::string> weft_modules;    // modules that can carry hooks
+  std::set<std::string> fused_experts;   // MoeExperts modules (transformers 5's layout)
   std::vector<std::string> all_modules;  // every submodule (ModuleLists too)
 };
 
@@ -44,7 +45,10 @@ ModelNames NamesOf(CausalLM& model) {
     n.parameters.push_back(item.key());
     n.shapes[item.key()] = item.value().sizes().vec();
   }
-  for (auto& [name, module] : NamedWeftModules(model)) n.weft_modules.insert(name);
+  for (auto& [name, module] : NamedWeftModules(model)) {
+    n.weft_modules.insert(name);
+    if (module->name() == "MoeExperts") n.fused_experts.insert(name);
+  }
   for (const auto& item : model.named_modules("", /*include_self=*/false)) {
     n.all_modules.push_back(item.key());
   }
@@ -77,8 +81,10 @@ absl::StatusOr<Plan> ParameterPlan(const Plan& plan, const ModelNames& n,
       if (!MatchPattern(e.pattern, m)) continue;
       used = true;
       if (!names_module) continue;
-      // moe_tp_experts names the experts list; its MoE block combines them.
-      std::string hooked = n.weft_modules.count(m) ? m : ModuleOf(m);
+      // moe_tp_experts names the experts (a list, or fused experts); the MoE
+      // block holding them and their router combines them.
+      const bool experts = e.style == Style::kMoeTpExperts && n.fused_experts.count(m);
+      std::string hooked = n.weft_modules.count(m) && !experts ? m : ModuleOf(m);
       if (!n.weft_modules.count(hooked)) {
         return absl::InvalidArgumentError(absl::StrCat("plan key '", e.pattern, "' (",
                                                        StyleName(e.style), "): module ", m,

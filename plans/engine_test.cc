@@ -4,6 +4,7 @@
 // parameter equals the matching slice of the single-process gradient.
 #include <ATen/ATen.h>
 
+#include "absl/strings/str_cat.h"
 #include "checkpoint/safetensors.h"
 #include "gtest/gtest.h"
 #include "parallel/data_parallel.h"
@@ -260,6 +261,42 @@ TEST(TiedEmbeddings, ShareOneVocabShardUnderLossParallel) {
               "model.embed_tokens is embedding_colwise (plan key 'model.embed_tokens'), but tied "
               "they are one tensor (expected lm_head colwise or colwise_gather_output with "
               "model.embed_tokens embedding_rowwise: one [vocab/tp, hidden] shard)");
+  });
+  EXPECT_TRUE(result.AllSucceeded()) << result.Describe();
+}
+
+// transformers' Qwen3-MoE plan, verbatim, on the fused experts: each rank
+// holds every expert's share of the intermediate dim (gate_up_proj's halves
+// split, down_proj's input dim), read from per-expert checkpoint tensors, and
+// the router inside the all-reduced MoE block sums its gradients over tp.
+TEST(FusedExperts, ShardTheIntermediateDimAsTransformersPlanSays) {
+  RankResults result = RunRanks(2, [] {
+    auto rt = InitCpuRuntime();
+    ASSERT_TRUE(rt);
+    const std::string dir = "tests/data/gen/qwen3-moe";
+    auto plan = ResolvePlanArgument("auto", dir);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    PretrainedOptions options;
+    options.dtype = at::kFloat;
+    options.attn_implementation = "eager";
+    auto sharded = FromPretrainedTensorParallel(dir, options, *plan, rt->world_group());
+    ASSERT_TRUE(sharded.ok()) << sharded.status();
+    auto full = FromPretrained(dir, options);
+    ASSERT_TRUE(full.ok()) << full.status();
+    auto params = (*sharded)->named_parameters();
+    auto whole = (*full)->named_parameters();
+    const at::Tensor gate_up = params["model.layers.0.mlp.experts.gate_up_proj"];
+    EXPECT_EQ(gate_up.sizes(), (at::IntArrayRef{4, 16, 32}));  // [E, 2I/tp, H]
+    const int64_t i = 16, half = 8, r = rt->rank();
+    const at::Tensor full_gate_up = whole["model.layers.0.mlp.experts.gate_up_proj"];
+    EXPECT_TRUE(at::equal(gate_up.narrow(1, 0, half), full_gate_up.narrow(1, r * half, half)));
+    EXPECT_TRUE(
+        at::equal(gate_up.narrow(1, half, half), full_gate_up.narrow(1, i + r * half, half)));
+    EXPECT_EQ(params["model.layers.0.mlp.experts.down_proj"].sizes(),
+              (at::IntArrayRef{4, 32, 8}));  // [E, H, I/tp]
+    EXPECT_EQ(params["model.layers.0.mlp.gate.weight"].sizes(), (at::IntArrayRef{4, 32}));
+    EXPECT_EQ(ParameterPlacement(**sharded, "model.layers.0.mlp.experts.down_proj")->ToString(),
+              absl::StrCat("Shard(2) [4, 32, 16] -> [4, 32, 8] at [0, 0, ", 8 * r, "]"));
   });
   EXPECT_TRUE(result.AllSucceeded()) << result.Describe();
 }

@@ -30,7 +30,11 @@ absl::Status NotDivisible(const std::string& param, int dim, int64_t size, int t
                                                  ", not divisible by tp ", tp));
 }
 
-bool IsWeight(const SliceInput& in) { return LocalName(in.name) == "weight"; }
+// A weight, not a bias: named "weight", or fused experts' [E, out, in]
+// tensors (transformers 5's gate_up_proj, down_proj).
+bool IsWeight(const SliceInput& in) {
+  return LocalName(in.name) == "weight" || in.shape.size() >= 3;
+}
 
 // torch.chunk of [begin, begin + size) into `tp` parts: part `rank`.
 std::vector<Range> ChunkPart(int64_t begin, int64_t size, int tp, int rank) {
@@ -81,10 +85,13 @@ absl::Status SliceGatheredRows(const SliceInput& in, ShardSpec& shard) {
 absl::Status SliceColumns(const SliceInput& in, ShardSpec& shard) {
   if (!IsWeight(in)) return absl::OkStatus();
   const std::string module = ModuleOf(in.name);
-  if (HasHeads(module) && in.shape[1] % in.tp != 0) {
-    return NotDivisible(in.name, 1, in.shape[1], in.tp);
+  // The input dim: the last (a Linear's [out, in], fused experts' [E, out, in]).
+  const int dim = static_cast<int>(in.shape.size()) - 1;
+  if (HasHeads(module) && in.shape[dim] % in.tp != 0) {
+    return NotDivisible(in.name, dim, in.shape[dim], in.tp);
   }
-  shard.slice = {{}, ChunkPart(0, in.shape[1], in.tp, in.rank)};
+  shard.slice = Slice(in.shape.size());
+  shard.slice[dim] = ChunkPart(0, in.shape[dim], in.tp, in.rank);
   return absl::OkStatus();
 }
 
@@ -94,7 +101,10 @@ absl::Status SlicePacked(const SliceInput& in, ShardSpec& shard, bool rowwise) {
   const ModelConfig& c = *in.config;
   const std::string module = ModuleOf(in.name);
   if (rowwise && !IsWeight(in)) return absl::OkStatus();  // bias: replicated, added once
-  const int dim = rowwise ? 1 : 0;
+  // The output dim for colwise, the input dim for rowwise: dims 0 and 1 of a
+  // Linear's [out, in], 1 and 2 of fused experts' [E, out, in].
+  const int dims = static_cast<int>(in.shape.size());
+  const int dim = rowwise ? dims - 1 : std::max(0, dims - 2);
   if (static_cast<int>(in.shape.size()) <= dim) {
     return absl::InvalidArgumentError(absl::StrCat("module ", module, " parameter ",
                                                    LocalName(in.name), " has ", in.shape.size(),
@@ -120,12 +130,8 @@ absl::Status SlicePacked(const SliceInput& in, ShardSpec& shard, bool rowwise) {
     ranges.push_back(ChunkPart(begin, part, in.tp, in.rank)[0]);
     begin += part;
   }
-  if (rowwise) {
-    shard.slice = {{}, ranges};
-  } else {
-    shard.slice.push_back(ranges);
-    if (IsWeight(in)) shard.slice.push_back({});
-  }
+  shard.slice = Slice(in.shape.size());
+  shard.slice[dim] = ranges;
   return absl::OkStatus();
 }
 absl::Status SlicePackedRows(const SliceInput& in, ShardSpec& shard) {

@@ -16,7 +16,8 @@ double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
 at::Tensor MatchingSlice(const at::Tensor& full_value, const at::Tensor& local_value,
                          const at::Tensor& full_grad) {
   if (full_value.sizes() == local_value.sizes()) return full_grad;
-  int64_t dim = full_value.size(0) != local_value.size(0) ? 0 : 1;
+  int64_t dim = 0;  // the first dim the shard cut
+  while (dim + 1 < full_value.dim() && full_value.size(dim) == local_value.size(dim)) ++dim;
   std::vector<int64_t> index;
   for (int64_t i = 0; i < local_value.size(dim); ++i) {
     at::Tensor row = local_value.select(dim, i);

@@ -51,6 +51,8 @@ CASES = [
     case("qwen3", "Qwen3", head_dim=8),
     case("phi3", "Phi3", num_key_value_heads=2, pad_token_id=None),
     case("mixtral", "Mixtral", num_local_experts=4, num_experts_per_tok=2),
+    case("qwen3-moe", "Qwen3Moe", head_dim=8, num_experts=4, num_experts_per_tok=2,
+         moe_intermediate_size=16, norm_topk_prob=True, mlp_only_layers=[1]),
     case("granite", "Granite", embedding_multiplier=2.0, residual_multiplier=0.5,
          attention_multiplier=0.3, logits_scaling=4.0),
     case("smollm3", "SmolLM3", pad_token_id=None, bos_token_id=None, eos_token_id=None,
