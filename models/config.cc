@@ -108,6 +108,7 @@ absl::Status ParseRopeScaling(const JsonValue* v, RopeScaling& out) {
       Int(*v, "original_max_position_embeddings", out.original_max_position_embeddings, false));
   RETURN_IF_ERROR(Double(*v, "beta_fast", out.beta_fast));
   RETURN_IF_ERROR(Double(*v, "beta_slow", out.beta_slow));
+  RETURN_IF_ERROR(Bool(*v, "truncate", out.truncate));
   if (const JsonValue* a = v->Find("attention_factor"); a && a->is_number()) {
     out.attention_factor = *a->AsDouble();
   }

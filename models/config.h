@@ -34,6 +34,9 @@ struct RopeScaling {
   std::optional<double> attention_factor;
   double beta_fast = 32.0;
   double beta_slow = 1.0;
+  /// yarn: round the correction range outward to whole dims (transformers'
+  /// default; gpt-oss sets false).
+  bool truncate = true;
 };
 
 struct ModelConfig {

@@ -86,7 +86,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, Generated,
                                            "llama-rope-dynamic", "llama-rope-llama3",
                                            "llama-rope-yarn", "mistral-window", "qwen2-window",
                                            "qwen3", "phi3", "mixtral", "granite", "smollm3",
-                                           "olmo2", "gemma2", "gemma3", "qwen3-moe"),
+                                           "olmo2", "gemma2", "gemma3", "qwen3-moe", "gpt-oss"),
                          [](const auto& info) {
                            std::string name = info.param;
                            for (char& c : name)

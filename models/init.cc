@@ -6,6 +6,7 @@
 #include <map>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace weft {
@@ -48,8 +49,11 @@ absl::Status InitializeWeights(CausalLM& model, const InitOptions& options) {
       if (options.keep && !options.keep(name) && !tied_head_needs_it) continue;
       const std::string& type = module->name();
       enum { kNormal, kZeros, kOnes } kind;
-      if (item.key() == "bias") {
+      if (item.key() == "bias" ||
+          (type == "GptOssExperts" && absl::EndsWith(item.key(), "_bias"))) {
         kind = kZeros;
+      } else if (item.key() == "sinks" || type == "GptOssExperts") {
+        kind = kNormal;  // gpt-oss's attention sinks and experts, as transformers
       } else if (type == "Linear" || type == "Embedding" || type == "MoeExperts") {
         kind = kNormal;
       } else if (type == "RMSNorm") {

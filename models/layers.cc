@@ -169,8 +169,13 @@ RotaryEmbedding::RotaryEmbedding(const ModelConfig& config) : config_(config) {
     auto correction_dim = [&](double rotations) {
       return (dim * std::log(original / (rotations * 2 * M_PI))) / (2 * std::log(base));
     };
-    double low = std::max(std::floor(correction_dim(rs.beta_fast)), 0.0);
-    double high = std::min(std::ceil(correction_dim(rs.beta_slow)), static_cast<double>(dim - 1));
+    double low = correction_dim(rs.beta_fast), high = correction_dim(rs.beta_slow);
+    if (rs.truncate) {
+      low = std::floor(low);
+      high = std::ceil(high);
+    }
+    low = std::max(low, 0.0);
+    high = std::min(high, static_cast<double>(dim - 1));
     if (low == high) high += 0.001;
     at::Tensor ramp = ((at::arange(dim / 2, at::kFloat) - low) / (high - low)).clamp(0, 1);
     at::Tensor extrapolation_factor = 1 - ramp;

@@ -283,7 +283,8 @@ TEST(Architectures, UnknownOneIsNamed) {
   ASSERT_FALSE(model.ok());
   EXPECT_EQ(model.status().message(),
             "config.json: architectures[0] is \"GPT2LMHeadModel\" (expected one of: "
-            "Gemma2ForCausalLM, Gemma3ForCausalLM, GraniteForCausalLM, LlamaForCausalLM, "
+            "Gemma2ForCausalLM, Gemma3ForCausalLM, GptOssForCausalLM, GraniteForCausalLM, "
+            "LlamaForCausalLM, "
             "MistralForCausalLM, MixtralForCausalLM, Olmo2ForCausalLM, Phi3ForCausalLM, "
             "Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM, SmolLM3ForCausalLM)");
 }

@@ -128,7 +128,7 @@ TEST(ShippedPlans, ResolveAgainstTheirModels) {
 }
 
 TEST(ShippedPlans, CompiledInAndAuto) {
-  EXPECT_EQ(ShippedPlans().size(), 12u);
+  EXPECT_EQ(ShippedPlans().size(), 13u);
   auto plan = ResolvePlanArgument("auto", "tests/data/gen/phi3");  // no base_model_tp_plan
   ASSERT_TRUE(plan.ok()) << plan.status();
   EXPECT_EQ(plan->tp[0].pattern, "model.layers.*.self_attn.qkv_proj");
