@@ -453,11 +453,48 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(
   return LoadCheckpointSlices(dir, layout);
 }
 
+namespace {
+
+// One tensor of an export file: a parameter, or one expert's part of a fused
+// one (rows [row, row + rows) of expert `expert`).
+struct Written {
+  std::string name;
+  std::vector<int64_t> shape;
+  int64_t expert = -1, row = 0;
+};
+
+std::vector<Written> AsWritten(const std::string& name, const std::vector<int64_t>& shape,
+                               const std::vector<StackedExperts>& layouts) {
+  for (const StackedExperts& layout : layouts) {
+    const std::string suffix = "." + layout.fused;
+    if (shape.size() != 3 || name.size() <= suffix.size() ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0 ||
+        shape[1] % static_cast<int64_t>(layout.parts.size()) != 0) {
+      continue;
+    }
+    const std::string prefix = name.substr(0, name.size() - suffix.size());
+    const int64_t rows = shape[1] / static_cast<int64_t>(layout.parts.size());
+    std::vector<Written> out;
+    for (int64_t e = 0; e < shape[0]; ++e) {
+      for (size_t p = 0; p < layout.parts.size(); ++p) {
+        std::string part = layout.parts[p];
+        part.replace(part.find("{e}"), 3, std::to_string(e));
+        out.push_back({prefix + "." + part, {rows, shape[2]}, e, static_cast<int64_t>(p) * rows});
+      }
+    }
+    return out;
+  }
+  return {{name, shape}};
+}
+
+}  // namespace
+
 absl::Status ExportHuggingFace(const std::string& dir, const std::string& config_json,
                                const std::vector<std::pair<std::string, at::Tensor>>& params,
                                const std::vector<Placements>& all_shards, const DeviceMesh& mesh,
                                int world_rank, const PipelineExport* pipeline,
-                               const std::function<at::Tensor(size_t)>& whole_local) {
+                               const std::function<at::Tensor(size_t)>& whole_local,
+                               const std::vector<StackedExperts>& layouts) {
   if (mesh.coordinate("dp") != 0) return absl::OkStatus();
   const bool shard_lead = !HasAxis(mesh, "dp_shard") || mesh.coordinate("dp_shard") == 0;
   ProcessGroup& tp = mesh["tp"];
@@ -496,9 +533,20 @@ absl::Status ExportHuggingFace(const std::string& dir, const std::string& config
     fs::create_directories(dir, ec);
     if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
     std::vector<TensorDecl> decls;
-    for (const Item& item : items) decls.push_back({item.name, dtype, item.shape});
+    for (const Item& item : items) {
+      for (const Written& w : AsWritten(item.name, item.shape, layouts)) {
+        decls.push_back({w.name, dtype, w.shape});
+      }
+    }
     ASSIGN_OR_RETURN(writer, CheckpointStreamWriter::Create(dir, std::move(decls)));
   }
+  auto append = [&](const Item& item, const at::Tensor& whole) -> absl::Status {
+    for (const Written& w : AsWritten(item.name, item.shape, layouts)) {
+      RETURN_IF_ERROR(writer->Append(
+          w.name, w.expert < 0 ? whole : whole[w.expert].narrow(0, w.row, w.shape[0])));
+    }
+    return absl::OkStatus();
+  };
   size_t mine = 0;  // the next of this rank's `params`
   for (size_t j = 0; j < items.size(); ++j) {
     const Item& item = items[j];
@@ -506,7 +554,7 @@ absl::Status ExportHuggingFace(const std::string& dir, const std::string& config
       if (world_rank == 0) {  // another stage's tensor arrives whole
         at::Tensor t = at::empty(item.shape, at::TensorOptions().dtype(dtype));
         pipeline->group->Recv(t, item.owner, static_cast<int>(j));
-        RETURN_IF_ERROR(writer->Append(item.name, t));
+        RETURN_IF_ERROR(append(item, t));
       }
       continue;
     }
@@ -541,7 +589,7 @@ absl::Status ExportHuggingFace(const std::string& dir, const std::string& config
     }
     if (!stage_lead) continue;
     if (world_rank == 0) {
-      RETURN_IF_ERROR(writer->Append(item.name, whole));
+      RETURN_IF_ERROR(append(item, whole));
     } else if (pipelined && my_stage != 0) {
       pipeline->group->Send(whole, 0, static_cast<int>(j));
     }

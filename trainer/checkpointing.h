@@ -37,6 +37,7 @@
 
 #include "absl/status/statusor.h"
 #include "base/placement.h"
+#include "models/causal_lm.h"
 #include "trainer/data_loader.h"
 
 namespace weft {
@@ -161,10 +162,14 @@ struct PipelineExport {
 /// writes `dir` as a Hugging Face checkpoint with `config_json` as its
 /// config.json. `all_shards[r]` are tp rank r's placements (empty at
 /// tp = 1). Collective over the tp group (ranks of dp index != 0 return at once).
+/// A fused parameter with a per-expert `layouts` entry is written as
+/// transformers 5's save_pretrained writes it: one tensor per expert and part
+/// (dim 1 split equally among the parts).
 absl::Status ExportHuggingFace(const std::string& dir, const std::string& config_json,
                                const std::vector<std::pair<std::string, at::Tensor>>& params,
                                const std::vector<Placements>& all_shards, const DeviceMesh& mesh,
                                int world_rank, const PipelineExport* pipeline = nullptr,
-                               const std::function<at::Tensor(size_t)>& whole_local = nullptr);
+                               const std::function<at::Tensor(size_t)>& whole_local = nullptr,
+                               const std::vector<StackedExperts>& layouts = {});
 
 }  // namespace weft

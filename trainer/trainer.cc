@@ -1201,7 +1201,7 @@ absl::Status Finish(Run& run, int64_t first_step) {
     }
     RETURN_IF_ERROR(ExportHuggingFace(run.result.export_dir, config_json, exported,
                                       run.all_placements, *run.mesh, run.runtime->rank(), &pipeline,
-                                      whole_local));
+                                      whole_local, model.checkpoint_layouts));
     if (run.lead && !c.model_pretrained.empty()) {
       RETURN_IF_ERROR(CopyCompanionFiles(c.model_pretrained, run.result.export_dir));
     }

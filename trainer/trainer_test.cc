@@ -20,6 +20,7 @@
 #include "base/text_file.h"
 #include "checkpoint/safetensors.h"
 #include "gtest/gtest.h"
+#include "models/pretrained.h"
 #include "tests/multiprocess.h"
 #include "trainer/checkpointing.h"
 #include "trainer/train_config.h"
@@ -181,7 +182,27 @@ TEST(Trainer, MoeArchitecturesUnderTensorAndShardedDataParallelMatchOneProcess) 
       c.checkpoint_export = false;
       return c;
     };
-    const std::vector<double> want = RunAndGetLosses(1, run(name + "_one"));
+    TrainConfig one = run(name + "_one");
+    one.checkpoint_export = true;
+    const std::vector<double> want = RunAndGetLosses(1, one);
+    // The export is written as transformers' save_pretrained writes it (one
+    // tensor per expert for Qwen3-MoE) and loads back.
+    auto exported = SafetensorsFile::Open(one.output_dir + "/hf/model.safetensors");
+    ASSERT_TRUE(exported.ok()) << exported.status();
+    const bool per_expert = name == "qwen3_moe";
+    EXPECT_EQ((*exported)->Find("model.layers.0.mlp.experts.3.up_proj.weight") != nullptr,
+              per_expert);
+    EXPECT_EQ((*exported)->Find("model.layers.0.mlp.experts.gate_up_proj") != nullptr, !per_expert);
+    PretrainedOptions pretrained;
+    pretrained.dtype = at::kFloat;
+    auto reloaded = FromPretrained(one.output_dir + "/hf", pretrained);
+    ASSERT_TRUE(reloaded.ok()) << reloaded.status();
+    if (per_expert) {
+      EXPECT_TRUE(at::equal(
+          (*reloaded)->named_parameters()["model.layers.0.mlp.experts.gate_up_proj"][3].narrow(
+              0, 32, 32),
+          (*exported)->Get("model.layers.0.mlp.experts.3.up_proj.weight")));
+    }
     TrainConfig tp = run(name + "_tp2");
     tp.tp = 2;
     ExpectSameLosses(want, RunAndGetLosses(2, tp), 4, kStepTolerance);
