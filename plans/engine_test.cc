@@ -115,6 +115,7 @@ INSTANTIATE_TEST_SUITE_P(
                          std::to_string(info.param.tp);
       size_t variant = info.param.plan.find("variant_");
       if (variant != std::string::npos) name += "_" + info.param.plan.substr(variant, 9);
+      if (info.param.plan.find("expert_parallel") != std::string::npos) name += "_ep";
       for (char& ch : name)
         if (ch == '-') ch = '_';
       return name;

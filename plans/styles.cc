@@ -171,6 +171,20 @@ absl::Status SliceExperts(const SliceInput& in, ShardSpec& shard) {
   const std::string module = ModuleOf(in.name);
   std::string list;
   int64_t expert = 0;
+  if (in.shape.size() >= 2 && module.size() > 8 &&
+      module.compare(module.size() - 8, 8, ".experts") == 0 && !ExpertOf(in.name, &list, &expert)) {
+    // Fused experts ([E, ...], transformers 5): rank r holds its experts'
+    // rows of dim 0; the module's router indices are mapped to them
+    // (WireLocalExperts).
+    const int64_t experts = in.shape[0];
+    if (experts % in.tp != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("module ", module, " has ", experts,
+                                                     " experts, not divisible by tp ", in.tp));
+    }
+    shard.slice = Slice(in.shape.size());
+    shard.slice[0] = ChunkPart(0, experts, in.tp, in.rank);
+    return absl::OkStatus();
+  }
   if (!ExpertOf(in.name, &list, &expert) || in.shape.size() > 2) {
     return absl::InvalidArgumentError(
         absl::StrCat("module ", module, " parameter ", LocalName(in.name),
@@ -209,8 +223,9 @@ absl::Status SliceExperts(const SliceInput& in, ShardSpec& shard) {
 std::string ExpertsBlock(const std::string& parameter) {
   std::string list;
   int64_t expert = 0;
-  ExpertOf(parameter, &list, &expert);
-  return ModuleOf(list);  // the MoE block holding the experts list
+  // The MoE block holding the experts list, or the fused experts module.
+  if (!ExpertOf(parameter, &list, &expert)) return ModuleOf(ModuleOf(parameter));
+  return ModuleOf(list);
 }
 std::string RouterBlock(const std::string& parameter) { return ModuleOf(ModuleOf(parameter)); }
 
@@ -280,6 +295,23 @@ void WireEmbeddingRowwise(const WireInput& w) {
   w.module->AddPostHook([group, outside](Module&, const Module::Tensors&, at::Tensor& out) {
     out = ReduceFromGroup(out.masked_fill(outside->unsqueeze(-1), 0), *group);
     outside->reset();
+  });
+}
+
+// Expert parallelism on fused experts: this rank's module holds experts
+// [r * E_local, (r + 1) * E_local); (token, expert) pairs routed elsewhere keep
+// weight 0 on a local slot, so the block's all-reduce adds only real outputs
+// and the router's gradient here is this rank's part (ep_router sums it).
+void WireLocalExperts(const WireInput& w) {
+  if (w.module->name() != "MoeExperts") return;  // per-expert Linears need no remap
+  Module* module = w.module;
+  const int rank = w.group->rank();
+  module->AddPreHook([module, rank](Module&, Module::Tensors& in) {
+    const int64_t local = module->named_parameters(/*recurse=*/false)[0].value().size(0);
+    at::Tensor index = in.at(1) - rank * local;
+    const at::Tensor mine = index.ge(0).logical_and(index.lt(local));
+    in[1] = index.masked_fill(mine.logical_not(), 0);
+    in[2] = in[2] * mine.to(in[2].scalar_type());
   });
 }
 
@@ -515,6 +547,7 @@ StyleRule GroupedGemm() {
   StyleRule r(Style::kGroupedGemm, "grouped_gemm");
   r.region_of = ExpertsBlock;
   r.slice = SliceExperts;
+  r.wire_in_region = WireLocalExperts;
   r.doc = {"(experts' weights)",
            "stacked experts Shard(0): rank r holds experts [r·E/tp, (r+1)·E/tp) whole, others' as "
            "empty shards",
