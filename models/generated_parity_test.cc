@@ -15,25 +15,11 @@ double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
 }
 
-// transformers 5 keeps Mixtral's experts fused in memory
-// (mlp.experts.gate_up_proj [E, 2I, H] = w1 | w3, mlp.experts.down_proj [E, H, I]
-// = w2, mlp.gate = block_sparse_moe.gate); checkpoints and weft use the
-// per-expert names. Maps a weft name to its reference gradient.
+// The reference gradient of `name` (transformers' in-memory names, which
+// weft's are), or undefined when transformers reports a tied one once.
 at::Tensor ReferenceGrad(const SafetensorsFile& ref, const std::string& name) {
-  if (const TensorEntry* direct = ref.Find("grad." + name)) return ref.Get(*direct);
-  static const std::string kMoe = ".block_sparse_moe.";
-  size_t at = name.find(kMoe);
-  if (at == std::string::npos) return at::Tensor();
-  std::string prefix = "grad." + name.substr(0, at) + ".mlp.";
-  std::string rest = name.substr(at + kMoe.size());
-  if (rest == "gate.weight") return ref.Get(prefix + "gate.weight");
-  // rest: "experts.<e>.w<k>.weight"
-  size_t dot = rest.find('.', 8);
-  int expert = std::stoi(rest.substr(8, dot - 8));
-  std::string w = rest.substr(dot + 1, 2);
-  if (w == "w2") return ref.Get(prefix + "experts.down_proj")[expert];
-  at::Tensor gate_up = ref.Get(prefix + "experts.gate_up_proj")[expert];
-  return gate_up.chunk(2, 0)[w == "w1" ? 0 : 1];
+  const TensorEntry* direct = ref.Find("grad." + name);
+  return direct == nullptr ? at::Tensor() : ref.Get(*direct);
 }
 
 class Generated : public ::testing::TestWithParam<std::string> {};

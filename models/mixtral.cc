@@ -1,7 +1,9 @@
 // Mixtral (Mixtral 2 and 3): MixtralForCausalLM with transformers' module names.
 //
 // model.embed_tokens -> model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj,
-// post_attention_layernorm, mlp.{gate,up,down}_proj} -> model.norm -> lm_head.
+// post_attention_layernorm, mlp.{gate, experts.{gate_up_proj, down_proj}}} ->
+// model.norm -> lm_head, as transformers 5 holds them in memory; checkpoints
+// with the original block_sparse_moe names load through the layouts below.
 // The whole forward is in this file, top to bottom.
 #include <ATen/ATen.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -70,33 +72,9 @@ class MixtralAttention : public Module {
   AttentionFn attention_;  // resolved once, from ModelOptions::attn_implementation
 };
 
-class MixtralExpert : public Module {
- public:
-  MixtralExpert(const ModelConfig& c, const ModelOptions& o)
-      : Module("MixtralExpert"), act_(c.hidden_act) {
-    w1 = register_module(
-        "w1", std::make_shared<Linear>(
-                  LinearOptions(c.hidden_size, c.intermediate_size).bias(false).dtype(o.dtype)));
-    w2 = register_module(
-        "w2", std::make_shared<Linear>(
-                  LinearOptions(c.intermediate_size, c.hidden_size).bias(false).dtype(o.dtype)));
-    w3 = register_module(
-        "w3", std::make_shared<Linear>(
-                  LinearOptions(c.hidden_size, c.intermediate_size).bias(false).dtype(o.dtype)));
-  }
-
-  at::Tensor forward(const at::Tensor& x) {
-    return Hooked({x}, [this](const Tensors& in) {
-      return w2->forward(Activation(act_, w1->forward(in[0])) * w3->forward(in[0]));
-    });
-  }
-
-  std::shared_ptr<Linear> w1, w2, w3;
-
- private:
-  std::string act_;
-};
-
+// The MoE block (transformers 5's layout): mlp.gate, a softmax router whose
+// top-k weights are renormalised, over mlp.experts held fused (gate_up_proj =
+// each expert's w1 | w3, down_proj = its w2).
 class MixtralSparseMoeBlock : public Module {
  public:
   MixtralSparseMoeBlock(const ModelConfig& c, const ModelOptions& o)
@@ -110,36 +88,26 @@ class MixtralSparseMoeBlock : public Module {
     gate = register_module(
         "gate", std::make_shared<Linear>(
                     LinearOptions(c.hidden_size, num_experts_).bias(false).dtype(o.dtype)));
-    experts = register_module("experts", torch::nn::ModuleList());
-    for (int64_t e = 0; e < num_experts_; ++e) {
-      experts->push_back(std::make_shared<MixtralExpert>(c, o));
-    }
+    experts = register_module(
+        "experts", std::make_shared<MoeExperts>(
+                       MoeExpertsOptions(num_experts_, c.hidden_size, c.intermediate_size)
+                           .act(c.hidden_act)
+                           .dtype(o.dtype)));
   }
 
   at::Tensor forward(const at::Tensor& x) {
     return Hooked({x}, [this](const Tensors& in) {
-      const int64_t hidden = in[0].size(-1);
-      at::Tensor tokens = in[0].reshape({-1, hidden});
+      at::Tensor tokens = in[0].reshape({-1, in[0].size(-1)});
       at::Tensor router_logits = gate->forward(tokens);
       at::Tensor probs = at::softmax(router_logits, -1, at::kFloat);
       auto [weights, chosen] = probs.topk(top_k_, -1);
       weights = (weights / weights.sum(-1, /*keepdim=*/true)).to(tokens.scalar_type());
-      at::Tensor out = at::zeros_like(tokens);
-      for (int64_t e = 0; e < num_experts_; ++e) {
-        at::Tensor hits = (chosen == e).nonzero();  // [n, 2]: token, slot
-        if (hits.size(0) == 0) continue;
-        at::Tensor token_index = hits.select(1, 0);
-        at::Tensor weight = weights.index({token_index, hits.select(1, 1)}).unsqueeze(-1);
-        at::Tensor y =
-            experts->ptr<MixtralExpert>(e)->forward(tokens.index_select(0, token_index)) * weight;
-        out = out.index_add(0, token_index, y);
-      }
-      return out.view(in[0].sizes());
+      return experts->forward(tokens, chosen, weights).view(in[0].sizes());
     });
   }
 
   std::shared_ptr<Linear> gate;
-  torch::nn::ModuleList experts;  // MixtralExpert each
+  std::shared_ptr<MoeExperts> experts;
 
  private:
   int64_t num_experts_;
@@ -151,8 +119,7 @@ class MixtralDecoderLayer : public Module {
   MixtralDecoderLayer(const ModelConfig& c, const ModelOptions& o, int64_t layer)
       : Module("MixtralDecoderLayer") {
     self_attn = register_module("self_attn", std::make_shared<MixtralAttention>(c, o, layer));
-    block_sparse_moe =
-        register_module("block_sparse_moe", std::make_shared<MixtralSparseMoeBlock>(c, o));
+    mlp = register_module("mlp", std::make_shared<MixtralSparseMoeBlock>(c, o));
     input_layernorm = register_module(
         "input_layernorm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, o.dtype));
     post_attention_layernorm =
@@ -166,12 +133,12 @@ class MixtralDecoderLayer : public Module {
       const LayerInputs in = LayerInputs::From(list);
       at::Tensor h =
           in.hidden + self_attn->forward(in.WithHidden(input_layernorm->forward(in.hidden)), cache);
-      return h + block_sparse_moe->forward(post_attention_layernorm->forward(h));
+      return h + mlp->forward(post_attention_layernorm->forward(h));
     });
   }
 
   std::shared_ptr<MixtralAttention> self_attn;
-  std::shared_ptr<MixtralSparseMoeBlock> block_sparse_moe;
+  std::shared_ptr<MixtralSparseMoeBlock> mlp;
   std::shared_ptr<RMSNorm> input_layernorm, post_attention_layernorm;
 };
 
@@ -217,12 +184,18 @@ class MixtralModel : public Module {
   int64_t sliding_window_;
 };
 
-// Copied from models/llama.cc LlamaForCausalLM with Llama->Mixtral
 class MixtralForCausalLM : public CausalLM {
  public:
   MixtralForCausalLM(const ModelConfig& c, const ModelOptions& o)
       : CausalLM("MixtralForCausalLM", c, o) {
     model = register_module("model", std::make_shared<MixtralModel>(c, o));
+    // Checkpoints keep Mixtral's original names, one tensor per expert
+    // (transformers 5 converts them the same way).
+    checkpoint_layouts = {
+        {"mlp.experts.gate_up_proj",
+         {"block_sparse_moe.experts.{e}.w1.weight", "block_sparse_moe.experts.{e}.w3.weight"}},
+        {"mlp.experts.down_proj", {"block_sparse_moe.experts.{e}.w2.weight"}},
+        {"mlp.gate.weight", {"block_sparse_moe.gate.weight"}}};
     lm_head = register_module(
         "lm_head", std::make_shared<Linear>(
                        LinearOptions(c.hidden_size, c.vocab_size).bias(false).dtype(o.dtype)));

@@ -27,6 +27,7 @@ struct Stacked {
   std::string local;
   std::vector<std::vector<std::string>> sources;  // [expert][part]
   std::vector<int64_t> part_rows;                 // each part's dim 0
+  bool per_expert = true;  // false: a 2-D parameter concatenated (or renamed) from its parts
 };
 
 // Whether `name` (shape [E, R, C], absent from the checkpoint) is stored
@@ -41,6 +42,40 @@ absl::StatusOr<std::optional<Stacked>> FindStacked(const Checkpoint& ckpt, const
       continue;
     }
     const std::string prefix = name.substr(0, name.size() - suffix.size());
+    // Parts without "{e}": a 2-D parameter stored as its parts (a rename when
+    // there is one), read as a single "expert".
+    const bool per_expert = layout.parts[0].find("{e}") != std::string::npos;
+    if (!per_expert && shape.size() == 2) {
+      Stacked renamed;
+      renamed.name = name;
+      renamed.per_expert = false;
+      std::vector<std::string> sources;
+      int64_t rows = 0;
+      for (const std::string& part : layout.parts) {
+        const std::string source = prefix + "." + part;
+        const Checkpoint::Located* at = ckpt.Find(source);
+        if (at == nullptr) {
+          return absl::NotFoundError(
+              absl::StrCat(dir, ": the checkpoint has neither '", name, "' nor '", source, "'"));
+        }
+        const std::vector<int64_t>& got = at->entry->shape;
+        if (got.size() != 2 || got[1] != shape[1]) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(dir, ": tensor '", source, "' has shape [", absl::StrJoin(got, ", "),
+                           "] (expected [rows, ", shape[1], "], part of ", name, ")"));
+        }
+        renamed.part_rows.push_back(got[0]);
+        rows += got[0];
+        sources.push_back(source);
+      }
+      if (rows != shape[0]) {
+        return absl::InvalidArgumentError(absl::StrCat(dir, ": the parts of '", name, "' have ",
+                                                       rows, " rows in all (expected ", shape[0],
+                                                       ")"));
+      }
+      renamed.sources.push_back(std::move(sources));
+      return std::optional<Stacked>(std::move(renamed));
+    }
     if (shape.size() != 3) {
       return absl::InvalidArgumentError(absl::StrCat("parameter '", name, "' has shape [",
                                                      absl::StrJoin(shape, ", "),
@@ -89,8 +124,11 @@ absl::StatusOr<std::optional<Stacked>> FindStacked(const Checkpoint& ckpt, const
 // Reads this rank's slice of a fused parameter from its per-expert parts
 // (only the rows and columns the slice needs) and stacks it.
 absl::StatusOr<at::Tensor> LoadStacked(const Checkpoint& ckpt, const Stacked& stacked,
-                                       const Slice& slice, at::ScalarType dtype, c10::Device device,
+                                       const Slice& given, at::ScalarType dtype, c10::Device device,
                                        const LoadOptions& load_options) {
+  // A 2-D parameter is read as the one expert of a [1, rows, columns] stack.
+  Slice slice = given;
+  if (!stacked.per_expert && !slice.empty()) slice.insert(slice.begin(), std::vector<Range>{});
   const int64_t experts = static_cast<int64_t>(stacked.sources.size());
   std::vector<int64_t> expert_ids;
   if (slice.empty() || slice[0].empty()) {
@@ -142,7 +180,8 @@ absl::StatusOr<at::Tensor> LoadStacked(const Checkpoint& ckpt, const Stacked& st
     }
     stack.push_back(at::cat(parts, 0));
   }
-  return at::stack(stack, 0);  // a fresh tensor: the parts' memory goes with `loaded`
+  at::Tensor out = at::stack(stack, 0);  // a fresh tensor: the parts' memory goes with `loaded`
+  return stacked.per_expert ? out : out[0];
 }
 
 }  // namespace

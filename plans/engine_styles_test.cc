@@ -149,24 +149,23 @@ TEST(Placements, ShardReplicateAndRanges) {
   EXPECT_EQ(down.ranges[1][1].end, 96);
 
   auto ep =
-      ShardsOf("tests/data/gen/mixtral", "tests/data/plans/mixtral_expert_parallel.yaml", 2, 0);
-  EXPECT_EQ(ep.at("model.layers.0.block_sparse_moe.experts.3.w1.weight").dtensor.ToString(),
-            "Shard(0) [64, 32] -> [0, 32] at [0, 0] expert 3 on rank 1");
-  EXPECT_EQ(ep.at("model.layers.0.block_sparse_moe.experts.3.w2.weight").local_shape,
-            (std::vector<int64_t>{32, 0}));
-  EXPECT_EQ(ep.at("model.layers.0.block_sparse_moe.experts.1.w2.weight").local_shape,
-            (std::vector<int64_t>{32, 64}));
-  const ShardSpec& router = ep.at("model.layers.0.block_sparse_moe.gate.weight");
-  EXPECT_EQ(router.region, "model.layers.0.block_sparse_moe");
+      ShardsOf("tests/data/gen/mixtral", "tests/data/plans/mixtral_expert_parallel.yaml", 2, 1);
+  EXPECT_EQ(ep.at("model.layers.0.mlp.experts.gate_up_proj").dtensor.ToString(),
+            "Shard(0) [4, 128, 32] -> [2, 128, 32] at [2, 0, 0]");  // experts 2 and 3
+  EXPECT_EQ(ep.at("model.layers.0.mlp.experts.down_proj").local_shape,
+            (std::vector<int64_t>{2, 32, 64}));
+  const ShardSpec& router = ep.at("model.layers.0.mlp.gate.weight");
+  EXPECT_EQ(router.region, "model.layers.0.mlp");
   EXPECT_EQ(router.dtensor.grad, Placement::Partial());
 
   auto tp_experts =
       ShardsOf("tests/data/gen/mixtral", "tests/data/plans/mixtral_moe_tp_experts.yaml", 2, 0);
-  const ShardSpec& gate = tp_experts.at("model.layers.1.block_sparse_moe.gate.weight");
+  const ShardSpec& gate = tp_experts.at("model.layers.1.mlp.gate.weight");
   EXPECT_EQ(gate.style, Style::kReplicatedWithGradAllreduce);  // implied by the region
-  EXPECT_EQ(gate.key, "model.layers.*.block_sparse_moe.experts");
-  EXPECT_EQ(tp_experts.at("model.layers.1.block_sparse_moe.experts.0.w2.weight").region,
-            "model.layers.1.block_sparse_moe");
+  EXPECT_EQ(gate.key, "model.layers.*.mlp.experts");
+  EXPECT_EQ(tp_experts.at("model.layers.1.mlp.experts.down_proj").region, "model.layers.1.mlp");
+  EXPECT_EQ(tp_experts.at("model.layers.1.mlp.experts.gate_up_proj").local_shape,
+            (std::vector<int64_t>{4, 64, 32}));  // each half of 2 x 64 rows split
 
   auto uneven = ShardsOf("tests/data/hf/llama", "tests/data/plans/llama_uneven.yaml", 3, 2);
   EXPECT_EQ(uneven.at("model.embed_tokens.weight").dtensor.ToString(),
@@ -240,10 +239,9 @@ TEST(Validation, NewStylesErrors) {
                       "tp_plan:\n  \"model.layers.*.mlp.down_proj\": packed_rowwise\n", 3),
             "module model.layers.0.mlp.down_proj parameter weight dim 1 has size 64, not "
             "divisible by tp 3");
-  EXPECT_EQ(
-      PlanError("tests/data/gen/mixtral",
-                "tp_plan:\n  \"model.layers.*.block_sparse_moe.experts.*.w1\": grouped_gemm\n", 3),
-      "module model.layers.0.block_sparse_moe.experts has 4 experts, not divisible by tp 3");
+  EXPECT_EQ(PlanError("tests/data/gen/mixtral",
+                      "tp_plan:\n  \"model.layers.*.mlp.experts.gate_up_proj\": grouped_gemm\n", 3),
+            "module model.layers.0.mlp.experts has 4 experts, not divisible by tp 3");
   EXPECT_EQ(PlanError("tests/data/hf/llama",
                       "tp_plan:\n  \"model.layers.*.mlp.down_proj\": sequence_parallel\n", 2),
             "module model.layers.0.mlp.down_proj parameter weight has shape [64, 128] "

@@ -67,7 +67,8 @@ struct SliceInput {
   const ModelConfig* config = nullptr;
   int tp = 1;
   int rank = 0;
-  /// Experts lists ("model.layers.0.block_sparse_moe.experts") -> experts.
+  /// Experts lists of per-expert modules ("model.layers.0.mlp.experts", with
+  /// experts.<e> inside) -> experts.
   const std::map<std::string, int64_t>* expert_counts = nullptr;
 };
 

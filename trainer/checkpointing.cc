@@ -455,8 +455,9 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpointDir(
 
 namespace {
 
-// One tensor of an export file: a parameter, or one expert's part of a fused
-// one (rows [row, row + rows) of expert `expert`).
+// One tensor of an export file: a parameter (expert -1), one expert's part of
+// a fused one (rows [row, row + shape[0]) of expert `expert`), or a 2-D
+// parameter's part (expert -2: its rows [row, row + shape[0])).
 struct Written {
   std::string name;
   std::vector<int64_t> shape;
@@ -467,6 +468,21 @@ std::vector<Written> AsWritten(const std::string& name, const std::vector<int64_
                                const std::vector<StackedExperts>& layouts) {
   for (const StackedExperts& layout : layouts) {
     const std::string suffix = "." + layout.fused;
+    if (layout.parts[0].find("{e}") == std::string::npos) {  // concatenated or renamed
+      if (shape.size() != 2 || name.size() <= suffix.size() ||
+          name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0 ||
+          shape[0] % static_cast<int64_t>(layout.parts.size()) != 0) {
+        continue;
+      }
+      const std::string prefix = name.substr(0, name.size() - suffix.size());
+      const int64_t rows = shape[0] / static_cast<int64_t>(layout.parts.size());
+      std::vector<Written> out;
+      for (size_t p = 0; p < layout.parts.size(); ++p) {
+        out.push_back(
+            {prefix + "." + layout.parts[p], {rows, shape[1]}, -2, static_cast<int64_t>(p) * rows});
+      }
+      return out;
+    }
     if (shape.size() != 3 || name.size() <= suffix.size() ||
         name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0 ||
         shape[1] % static_cast<int64_t>(layout.parts.size()) != 0) {
@@ -542,8 +558,10 @@ absl::Status ExportHuggingFace(const std::string& dir, const std::string& config
   }
   auto append = [&](const Item& item, const at::Tensor& whole) -> absl::Status {
     for (const Written& w : AsWritten(item.name, item.shape, layouts)) {
-      RETURN_IF_ERROR(writer->Append(
-          w.name, w.expert < 0 ? whole : whole[w.expert].narrow(0, w.row, w.shape[0])));
+      at::Tensor part = whole;
+      if (w.expert >= 0) part = whole[w.expert].narrow(0, w.row, w.shape[0]);
+      if (w.expert == -2) part = whole.narrow(0, w.row, w.shape[0]);  // a 2-D part
+      RETURN_IF_ERROR(writer->Append(w.name, part));
     }
     return absl::OkStatus();
   };
