@@ -65,6 +65,18 @@ TEST_P(Generated, MatchesTransformers) {
   options.max_new_tokens = 8;
   options.eos_token_id = -1;  // transformers ran without eos
   EXPECT_TRUE(at::equal(Generate(**model, generated.narrow(1, 0, 8), options), generated));
+  // The KV cache changes nothing: 12 tokens cached, then 4 more (past every
+  // sliding window), give the logits a full re-forward gives.
+  KVCache cache;
+  CausalLMInputs step;
+  step.input_ids = generated.narrow(1, 0, 12);
+  step.cache = &cache;
+  (*model)->Forward(step);
+  step.input_ids = generated.narrow(1, 12, 4);
+  at::Tensor cached = (*model)->Forward(step).logits;
+  CausalLMInputs full;
+  full.input_ids = generated;
+  EXPECT_LT(MaxDiff(cached, (*model)->Forward(full).logits.narrow(1, 12, 4)), 1e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, Generated,
