@@ -67,4 +67,17 @@ absl::StatusOr<std::shared_ptr<CausalLM>> CreateCausalLM(const ModelConfig& conf
   }
 }
 
+const StackedExperts* LayoutFor(const std::vector<StackedExperts>& layouts, const std::string& name,
+                                std::string* prefix) {
+  for (const StackedExperts& layout : layouts) {
+    const std::string suffix = "." + layout.fused;
+    if (name.size() > suffix.size() &&
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      if (prefix != nullptr) *prefix = name.substr(0, name.size() - suffix.size());
+      return &layout;
+    }
+  }
+  return nullptr;
+}
+
 }  // namespace weft

@@ -71,6 +71,11 @@ struct StackedExperts {
   std::vector<std::string> parts;
 };
 
+/// The layout whose `fused` name `name` ends with (after a dot), and in
+/// `prefix` the module path before it; nullptr when none does.
+const StackedExperts* LayoutFor(const std::vector<StackedExperts>& layouts, const std::string& name,
+                                std::string* prefix);
+
 /// transformers' causal-LM loss: logits[:, :-1] against labels[:, 1:],
 /// cross-entropy in float32, ignore_index -100, mean over counted tokens.
 at::Tensor CausalLMLoss(const at::Tensor& logits, const at::Tensor& labels);

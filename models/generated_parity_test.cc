@@ -3,6 +3,9 @@
 // architectures the shared fixtures lack. Same tolerances as parity_test.
 #include <ATen/ATen.h>
 
+#include <filesystem>
+
+#include "base/text_file.h"
 #include "checkpoint/safetensors.h"
 #include "gtest/gtest.h"
 #include "models/generate.h"
@@ -77,6 +80,56 @@ TEST_P(Generated, MatchesTransformers) {
   CausalLMInputs full;
   full.input_ids = generated;
   EXPECT_LT(MaxDiff(cached, (*model)->Forward(full).logits.narrow(1, 12, 4)), 1e-5);
+}
+
+// Bad input in what the new architectures read is one line naming it: a
+// config value of the wrong type, a per-expert checkpoint missing an expert
+// or holding a part of the wrong shape.
+TEST(Architectures, BadConfigValuesAndPerExpertCheckpointsAreNamed) {
+  auto config = ParseModelConfig(R"({"architectures": ["GraniteForCausalLM"],
+      "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
+      "num_attention_heads": 2, "vocab_size": 8, "attention_multiplier": "big"})");
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto model = CreateCausalLM(*config, {});
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().message(),
+            "config.json: attention_multiplier is \"big\" (expected a number)");
+
+  const std::string src = "tests/data/gen/qwen3-moe";
+  auto file = SafetensorsFile::Open(src + "/model.safetensors");
+  ASSERT_TRUE(file.ok());
+  const std::string config_json = ReadTextFile(src + "/config.json").value_or("");
+  auto write = [&](const std::string& dir, const std::string& drop, const std::string& cut) {
+    std::filesystem::create_directories(dir);
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (const TensorEntry& e : (*file)->tensors()) {
+      if (e.name == drop) continue;
+      at::Tensor t = (*file)->Get(e);
+      tensors.emplace_back(e.name, e.name == cut ? t.narrow(0, 0, 8).contiguous() : t);
+    }
+    ASSERT_TRUE(WriteSafetensors(dir + "/model.safetensors", tensors).ok());
+    ASSERT_TRUE(WriteTextFileAtomically(dir + "/config.json", config_json).ok());
+  };
+  PretrainedOptions options;
+  options.dtype = at::kFloat;
+  const std::string missing = ::testing::TempDir() + "/moe_missing";
+  write(missing, "model.layers.0.mlp.experts.3.up_proj.weight", "");
+  auto a = FromPretrained(missing, options);
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().message(),
+            missing +
+                ": the checkpoint has neither 'model.layers.0.mlp.experts.gate_up_proj' nor "
+                "'model.layers.0.mlp.experts.3.up_proj.weight' (expert 3 of its per-expert "
+                "layout)");
+  const std::string cut = ::testing::TempDir() + "/moe_cut";
+  write(cut, "", "model.layers.0.mlp.experts.2.down_proj.weight");
+  auto b = FromPretrained(cut, options);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().message(),
+            cut +
+                ": tensor 'model.layers.0.mlp.experts.2.down_proj.weight' has shape [8, 16] "
+                "(expected [rows, 16], one part of model.layers.0.mlp.experts.down_proj "
+                "[4, 32, 16])");
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, Generated,

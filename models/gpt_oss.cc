@@ -122,25 +122,14 @@ class GptOssExperts : public Module {
                      const at::Tensor& top_k_weights) {
     return Hooked({x, top_k_index, top_k_weights}, [this](const Tensors& in) {
       const at::Tensor &hidden = in[0], &index = in[1], &weights = in[2];
-      const int64_t n = hidden.size(0), k = index.size(1), experts = gate_up_proj.size(0);
-      const at::Tensor flat = index.reshape({-1});
-      const at::Tensor order = at::argsort(flat, /*stable=*/true);
-      const at::Tensor sorted = flat.index_select(0, order);
-      const at::Tensor counts = at::bincount(flat, /*weights=*/{}, experts);
-      const int64_t capacity = n * k == 0 ? 0 : counts.max().item<int64_t>();
-      const at::Tensor starts = counts.cumsum(0) - counts;
-      const at::Tensor position =
-          at::arange(n * k, flat.options()) - starts.index_select(0, sorted);
-      const at::Tensor token = order.div(k, "floor");
-      at::Tensor grouped = at::zeros({experts, capacity, hidden.size(1)}, hidden.options());
-      grouped = grouped.index_put({sorted, position}, hidden.index_select(0, token));
-      at::Tensor gate_up = at::matmul(grouped, gate_up_proj) + gate_up_proj_bias.unsqueeze(1);
+      const ExpertGroups groups = ExpertGroups::Of(index, gate_up_proj.size(0));
+      at::Tensor gate_up =
+          at::matmul(groups.Gather(hidden), gate_up_proj) + gate_up_proj_bias.unsqueeze(1);
       at::Tensor gate = gate_up.slice(-1, 0, c10::nullopt, 2).clamp_max(limit_);
       at::Tensor up = gate_up.slice(-1, 1, c10::nullopt, 2).clamp(-limit_, limit_);
       at::Tensor glu = gate * at::sigmoid(gate * alpha_);
       at::Tensor y = at::matmul((up + 1) * glu, down_proj) + down_proj_bias.unsqueeze(1);
-      y = y.index({sorted, position}) * weights.reshape({-1}).index_select(0, order).unsqueeze(-1);
-      return at::zeros_like(hidden).index_add(0, token, y.to(hidden.scalar_type()));
+      return groups.Combine(y, weights, hidden);
     });
   }
 

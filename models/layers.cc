@@ -94,7 +94,7 @@ at::Tensor MoeExperts::forward(const at::Tensor& x, const at::Tensor& top_k_inde
                                const at::Tensor& top_k_weights) {
   return Hooked({x, top_k_index, top_k_weights}, [this](const Tensors& in) {
     const at::Tensor &hidden = in[0], &index = in[1], &weights = in[2];
-    const int64_t n = hidden.size(0), k = index.size(1), experts = gate_up_proj.size(0);
+    const int64_t experts = gate_up_proj.size(0);
     // Local shapes: under tensor parallelism each rank holds a slice of the
     // intermediate dim (gate | up halves and down's columns).
     auto expert = [&](const at::Tensor& rows, int64_t e) {
@@ -113,26 +113,43 @@ at::Tensor MoeExperts::forward(const at::Tensor& x, const at::Tensor& top_k_inde
       }
       return out;
     }
-    // Batched: the N * k (token, expert) pairs grouped by expert, each group
-    // padded to the largest, then one matrix product per projection for all
-    // experts at once.
-    const at::Tensor flat = index.reshape({-1});
-    const at::Tensor order = at::argsort(flat, /*stable=*/true);
-    const at::Tensor sorted = flat.index_select(0, order);
-    const at::Tensor counts = at::bincount(flat, /*weights=*/{}, experts);
-    const int64_t capacity = n * k == 0 ? 0 : counts.max().item<int64_t>();
-    const at::Tensor starts = counts.cumsum(0) - counts;
-    const at::Tensor position = at::arange(n * k, flat.options()) - starts.index_select(0, sorted);
-    const at::Tensor token = order.div(k, "floor");
-    at::Tensor grouped = at::zeros({experts, capacity, hidden.size(1)}, hidden.options());
-    grouped = grouped.index_put({sorted, position}, hidden.index_select(0, token));
+    // Batched: the (token, expert) pairs grouped by expert, one matrix
+    // product per projection for all experts at once.
+    const ExpertGroups groups = ExpertGroups::Of(index, experts);
     std::vector<at::Tensor> gate_up =
-        at::matmul(grouped, gate_up_proj.transpose(1, 2)).chunk(2, -1);
+        at::matmul(groups.Gather(hidden), gate_up_proj.transpose(1, 2)).chunk(2, -1);
     at::Tensor y = at::matmul(Activation(options_.act(), gate_up[0]) * gate_up[1],
                               down_proj.transpose(1, 2));  // [E, C, H]
-    y = y.index({sorted, position}) * weights.reshape({-1}).index_select(0, order).unsqueeze(-1);
-    return out.index_add(0, token, y.to(out.scalar_type()));
+    return groups.Combine(y, weights, hidden);
   });
+}
+
+ExpertGroups ExpertGroups::Of(const at::Tensor& top_k_index, int64_t experts) {
+  ExpertGroups g;
+  g.experts = experts;
+  g.k = top_k_index.size(-1);
+  const at::Tensor flat = top_k_index.reshape({-1});
+  g.order = at::argsort(flat, /*stable=*/true);
+  g.expert = flat.index_select(0, g.order);
+  const at::Tensor counts = at::bincount(flat, /*weights=*/{}, experts);
+  g.capacity = flat.numel() == 0 ? 0 : counts.max().item<int64_t>();
+  const at::Tensor starts = counts.cumsum(0) - counts;
+  g.position = at::arange(flat.numel(), flat.options()) - starts.index_select(0, g.expert);
+  g.token = g.order.div(g.k, "floor");
+  return g;
+}
+
+at::Tensor ExpertGroups::Gather(const at::Tensor& x) const {
+  at::Tensor grouped = at::zeros({experts, capacity, x.size(1)}, x.options());
+  return grouped.index_put({expert, position}, x.index_select(0, token));
+}
+
+at::Tensor ExpertGroups::Combine(const at::Tensor& y, const at::Tensor& top_k_weights,
+                                 const at::Tensor& like) const {
+  at::Tensor rows = y.index({expert, position}) *
+                    top_k_weights.reshape({-1}).index_select(0, order).unsqueeze(-1);
+  at::Tensor out = at::zeros({like.size(0), y.size(-1)}, like.options());
+  return out.index_add(0, token, rows.to(like.scalar_type()));
 }
 
 at::Tensor Activation(const std::string& name, const at::Tensor& x) {

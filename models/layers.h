@@ -78,6 +78,30 @@ class RMSNorm : public Module {
   void OnParametersReplaced() override;
 };
 
+/// A top-k routing's (token, expert) pairs grouped by expert, for running all
+/// experts as batched matrix products: each expert's tokens are one row
+/// group of an [E, capacity, H] tensor (capacity: the largest group, the
+/// rest zero padding).
+///
+///   ExpertGroups groups = ExpertGroups::Of(top_k_index, num_experts);
+///   at::Tensor y = at::matmul(groups.Gather(x), w);          // [E, C, out]
+///   at::Tensor out = groups.Combine(y, top_k_weights, x);    // [N, out]
+struct ExpertGroups {
+  static ExpertGroups Of(const at::Tensor& top_k_index, int64_t experts);
+  /// x's rows [N, H] placed in their experts' groups: [E, capacity, H].
+  at::Tensor Gather(const at::Tensor& x) const;
+  /// Each token's sum over its pairs of weight * y[expert, row], [N, out],
+  /// in `like`'s dtype.
+  at::Tensor Combine(const at::Tensor& y, const at::Tensor& top_k_weights,
+                     const at::Tensor& like) const;
+
+  int64_t experts = 0, capacity = 0, k = 1;
+  at::Tensor order;     // the pairs (flat index n * k + slot) sorted by expert
+  at::Tensor expert;    // each sorted pair's expert
+  at::Tensor position;  // and its row in that expert's group
+  at::Tensor token;     // and its token
+};
+
 /// Options for `MoeExperts`.
 struct MoeExpertsOptions {
   MoeExpertsOptions(int64_t num_experts, int64_t hidden_size, int64_t intermediate_size)

@@ -35,13 +35,10 @@ struct Stacked {
 absl::StatusOr<std::optional<Stacked>> FindStacked(const Checkpoint& ckpt, const CausalLM& model,
                                                    const std::string& dir, const std::string& name,
                                                    const std::vector<int64_t>& shape) {
-  for (const StackedExperts& layout : model.checkpoint_layouts) {
-    const std::string suffix = "." + layout.fused;
-    if (name.size() <= suffix.size() ||
-        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) {
-      continue;
-    }
-    const std::string prefix = name.substr(0, name.size() - suffix.size());
+  std::string prefix;
+  const StackedExperts* found = LayoutFor(model.checkpoint_layouts, name, &prefix);
+  if (found != nullptr) {
+    const StackedExperts& layout = *found;
     // Parts without "{e}": a 2-D parameter stored as its parts (a rename when
     // there is one), read as a single "expert".
     const bool per_expert = layout.parts[0].find("{e}") != std::string::npos;

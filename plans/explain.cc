@@ -123,12 +123,7 @@ absl::StatusOr<Table> Tabulate(const ExplainOptions& c, const Inputs& in) {
     const std::string& name = item.key();
     // A fused parameter the checkpoint keeps per expert (or renamed) loads
     // through the model's checkpoint_layouts.
-    bool laid_out = false;
-    for (const StackedExperts& layout : in.model->checkpoint_layouts) {
-      const std::string suffix = "." + layout.fused;
-      laid_out |= name.size() > suffix.size() &&
-                  name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-    }
+    const bool laid_out = LayoutFor(in.model->checkpoint_layouts, name, nullptr) != nullptr;
     if (in.checkpoint != nullptr && in.checkpoint->Find(name) == nullptr && !laid_out &&
         !(name == "lm_head.weight" && in.config.tie_word_embeddings)) {
       return absl::InvalidArgumentError(

@@ -466,41 +466,26 @@ struct Written {
 
 std::vector<Written> AsWritten(const std::string& name, const std::vector<int64_t>& shape,
                                const std::vector<StackedExperts>& layouts) {
-  for (const StackedExperts& layout : layouts) {
-    const std::string suffix = "." + layout.fused;
-    if (layout.parts[0].find("{e}") == std::string::npos) {  // concatenated or renamed
-      if (shape.size() != 2 || name.size() <= suffix.size() ||
-          name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0 ||
-          shape[0] % static_cast<int64_t>(layout.parts.size()) != 0) {
-        continue;
-      }
-      const std::string prefix = name.substr(0, name.size() - suffix.size());
-      const int64_t rows = shape[0] / static_cast<int64_t>(layout.parts.size());
-      std::vector<Written> out;
-      for (size_t p = 0; p < layout.parts.size(); ++p) {
-        out.push_back(
-            {prefix + "." + layout.parts[p], {rows, shape[1]}, -2, static_cast<int64_t>(p) * rows});
-      }
-      return out;
-    }
-    if (shape.size() != 3 || name.size() <= suffix.size() ||
-        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0 ||
-        shape[1] % static_cast<int64_t>(layout.parts.size()) != 0) {
-      continue;
-    }
-    const std::string prefix = name.substr(0, name.size() - suffix.size());
-    const int64_t rows = shape[1] / static_cast<int64_t>(layout.parts.size());
-    std::vector<Written> out;
-    for (int64_t e = 0; e < shape[0]; ++e) {
-      for (size_t p = 0; p < layout.parts.size(); ++p) {
-        std::string part = layout.parts[p];
-        part.replace(part.find("{e}"), 3, std::to_string(e));
-        out.push_back({prefix + "." + part, {rows, shape[2]}, e, static_cast<int64_t>(p) * rows});
-      }
-    }
-    return out;
+  std::string prefix;
+  const StackedExperts* layout = LayoutFor(layouts, name, &prefix);
+  if (layout == nullptr) return {{name, shape}};
+  const int64_t parts = static_cast<int64_t>(layout->parts.size());
+  const bool per_expert = layout->parts[0].find("{e}") != std::string::npos;
+  // [E, rows, C] per expert, or [rows, C] concatenated or renamed; dim
+  // "rows" split equally among the parts.
+  if (shape.size() != (per_expert ? 3u : 2u) || shape[per_expert ? 1 : 0] % parts != 0) {
+    return {{name, shape}};
   }
-  return {{name, shape}};
+  const int64_t rows = shape[per_expert ? 1 : 0] / parts, columns = shape.back();
+  std::vector<Written> out;
+  for (int64_t e = 0; e < (per_expert ? shape[0] : 1); ++e) {
+    for (int64_t p = 0; p < parts; ++p) {
+      std::string part = layout->parts[p];
+      if (per_expert) part.replace(part.find("{e}"), 3, std::to_string(e));
+      out.push_back({prefix + "." + part, {rows, columns}, per_expert ? e : -2, p * rows});
+    }
+  }
+  return out;
 }
 
 }  // namespace
