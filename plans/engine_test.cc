@@ -166,90 +166,73 @@ TEST(DataAndTensorParallel, TwoByTwoMesh) {
   EXPECT_TRUE(result.AllSucceeded()) << result.Describe();
 }
 
+// With loss_parallel on `dir` (a 2-rank job): the logits stay sharded (each
+// rank's half of the vocab); the loss (one ignored label too) and every
+// gradient slice equal the single-process ones. Returns the sharded model.
+std::shared_ptr<CausalLM> CompareLossParallel(const std::string& dir, const std::string& plan_file,
+                                              std::shared_ptr<ProcessGroup> group) {
+  const int rank = group->rank();
+  PretrainedOptions options;
+  options.dtype = at::kFloat;
+  options.attn_implementation = "eager";
+  TensorParallelOptions tp_options;
+  tp_options.loss_parallel = true;
+  auto plan = LoadPlanFile(plan_file);
+  EXPECT_TRUE(plan.ok()) << plan.status();
+  auto sharded = FromPretrainedTensorParallel(dir, options, *plan, group, tp_options);
+  EXPECT_TRUE(sharded.ok()) << sharded.status();
+  if (!sharded.ok()) return nullptr;
+  auto full = FromPretrained(dir, options);
+  auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
+  CausalLMInputs inputs;
+  inputs.input_ids = (*ref)->Get("input_ids").clone();
+  inputs.labels = inputs.input_ids.clone();
+  inputs.labels.index_put_({0, 3}, -100);  // an ignored token too
+  CausalLMOutput a = (*sharded)->Forward(inputs);
+  CausalLMOutput b = (*full)->Forward(inputs);
+  const int64_t half = b.logits.size(2) / 2;
+  EXPECT_EQ(a.logits.size(2), half);  // this rank's half of the vocab
+  EXPECT_LT(MaxDiff(a.logits, b.logits.narrow(2, half * rank, half)), 1e-5);
+  EXPECT_LT(MaxDiff(a.loss, b.loss), 1e-5);
+  a.loss.backward();
+  b.loss.backward();
+  auto full_params = (*full)->named_parameters();
+  for (const auto& item : (*sharded)->named_parameters()) {
+    const at::Tensor& whole = full_params[item.key()];
+    at::Tensor want = MatchingSlice(whole.detach(), item.value().detach(), whole.grad());
+    EXPECT_TRUE(at::allclose(item.value().grad(), want, 1e-4, 1e-5))
+        << item.key() << " max diff " << MaxDiff(item.value().grad(), want);
+  }
+  return *sharded;
+}
+
 // loss_parallel: the logits stay sharded; the loss and every gradient slice
 // still equal the single-process ones.
 TEST(LossParallel, MatchesSingleProcessWithoutGatheringLogits) {
   RankResults result = RunRanks(2, [] {
     auto rt = InitCpuRuntime();
     ASSERT_TRUE(rt);
-    const std::string dir = "tests/data/hf/qwen2";
-    PretrainedOptions options;
-    options.dtype = at::kFloat;
-    options.attn_implementation = "eager";
-    TensorParallelOptions tp_options;
-    tp_options.loss_parallel = true;
-    auto plan = LoadPlanFile("plans/qwen2.yaml");
-    auto sharded = FromPretrainedTensorParallel(dir, options, *plan, rt->world_group(), tp_options);
-    ASSERT_TRUE(sharded.ok()) << sharded.status();
-    auto full = FromPretrained(dir, options);
-    auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
-    CausalLMInputs inputs;
-    inputs.input_ids = (*ref)->Get("input_ids").clone();
-    inputs.labels = inputs.input_ids.clone();
-    inputs.labels.index_put_({0, 3}, -100);  // an ignored token too
-    CausalLMOutput a = (*sharded)->Forward(inputs);
-    CausalLMOutput b = (*full)->Forward(inputs);
-    EXPECT_EQ(a.logits.size(2), 128);  // this rank's half of the vocab
-    EXPECT_LT(MaxDiff(a.logits, b.logits.narrow(2, 128 * rt->rank(), 128)), 1e-5);
-    EXPECT_LT(MaxDiff(a.loss, b.loss), 1e-5);
-    a.loss.backward();
-    b.loss.backward();
-    auto full_params = (*full)->named_parameters();
-    for (const auto& item : (*sharded)->named_parameters()) {
-      const at::Tensor& whole = full_params[item.key()];
-      at::Tensor want = MatchingSlice(whole.detach(), item.value().detach(), whole.grad());
-      EXPECT_TRUE(at::allclose(item.value().grad(), want, 1e-4, 1e-5))
-          << item.key() << " max diff " << MaxDiff(item.value().grad(), want);
-    }
+    CompareLossParallel("tests/data/hf/qwen2", "plans/qwen2.yaml", rt->world_group());
   });
   EXPECT_TRUE(result.AllSucceeded()) << result.Describe();
 }
 
-// Tied embeddings under TP (Megatron's layout): the plan's colwise lm_head
-// brings model.embed_tokens along as embedding_rowwise, the two stay one
-// [V/tp, H] tensor, and with loss_parallel the logits are never gathered;
-// logits, loss and the summed gradient equal one process's.
 TEST(TiedEmbeddings, ShareOneVocabShardUnderLossParallel) {
   RankResults result = RunRanks(2, [] {
     auto rt = InitCpuRuntime();
     ASSERT_TRUE(rt);
     const std::string dir = "tests/data/gen/llama-tied";
-    PretrainedOptions options;
-    options.dtype = at::kFloat;
-    options.attn_implementation = "eager";
-    TensorParallelOptions tp_options;
-    tp_options.loss_parallel = true;
-    auto plan = LoadPlanFile("plans/llama.yaml");
-    ASSERT_TRUE(plan.ok());
-    auto sharded = FromPretrainedTensorParallel(dir, options, *plan, rt->world_group(), tp_options);
-    ASSERT_TRUE(sharded.ok()) << sharded.status();
-    auto params = (*sharded)->named_parameters();
+    std::shared_ptr<CausalLM> sharded =
+        CompareLossParallel(dir, "plans/llama.yaml", rt->world_group());
+    ASSERT_NE(sharded, nullptr);
+    auto params = sharded->named_parameters();
     EXPECT_TRUE(params["lm_head.weight"].is_same(params["model.embed_tokens.weight"]));
     EXPECT_EQ(params["lm_head.weight"].sizes(), (at::IntArrayRef{64, 32}));
-    const DTensorSpec* embed = ParameterPlacement(**sharded, "model.embed_tokens.weight");
+    const DTensorSpec* embed = ParameterPlacement(*sharded, "model.embed_tokens.weight");
     ASSERT_NE(embed, nullptr);
-    EXPECT_EQ(embed->ToString(), ParameterPlacement(**sharded, "lm_head.weight")->ToString());
-    auto full = FromPretrained(dir, options);
-    ASSERT_TRUE(full.ok());
-    auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
-    ASSERT_TRUE(ref.ok());
-    CausalLMInputs inputs;
-    inputs.input_ids = (*ref)->Get("input_ids").clone();
-    inputs.labels = inputs.input_ids.clone();
-    CausalLMOutput a = (*sharded)->Forward(inputs);
-    CausalLMOutput b = (*full)->Forward(inputs);
-    EXPECT_EQ(a.logits.size(2), 64);  // this rank's half of the vocab
-    EXPECT_LT(MaxDiff(a.logits, b.logits.narrow(2, 64 * rt->rank(), 64)), 1e-5);
-    EXPECT_LT(MaxDiff(a.loss, b.loss), 1e-5);
-    a.loss.backward();
-    b.loss.backward();
-    auto full_params = (*full)->named_parameters();
-    for (const auto& item : params) {
-      const at::Tensor& whole = full_params[item.key()];
-      at::Tensor want = MatchingSlice(whole.detach(), item.value().detach(), whole.grad());
-      EXPECT_TRUE(at::allclose(item.value().grad(), want, 1e-4, 1e-5))
-          << item.key() << " max diff " << MaxDiff(item.value().grad(), want);
-    }
+    EXPECT_EQ(embed->ToString(), ParameterPlacement(*sharded, "lm_head.weight")->ToString());
+    PretrainedOptions options;
+    options.dtype = at::kFloat;
     // A pair that cannot share a shard is named.
     auto bad =
         ParsePlan("tp_plan:\n  \"lm_head\": colwise\n  \"model.embed_tokens\": embedding_colwise\n",
