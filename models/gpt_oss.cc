@@ -106,7 +106,7 @@ class GptOssAttention : public Module {
 class GptOssExperts : public Module {
  public:
   GptOssExperts(const ModelConfig& c, const ModelOptions& o)
-      : Module("GptOssExperts"),
+      : Module("MoeExperts"),  // the fused-experts contract (models/layers.h)
         alpha_(ConfigNumber(c, "swiglu_alpha", 1.702)),
         limit_(ConfigNumber(c, "swiglu_limit", 7.0)) {
     const int64_t e = static_cast<int64_t>(ConfigNumber(c, "num_local_experts", 128)),

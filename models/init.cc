@@ -49,11 +49,10 @@ absl::Status InitializeWeights(CausalLM& model, const InitOptions& options) {
       if (options.keep && !options.keep(name) && !tied_head_needs_it) continue;
       const std::string& type = module->name();
       enum { kNormal, kZeros, kOnes } kind;
-      if (item.key() == "bias" ||
-          (type == "GptOssExperts" && absl::EndsWith(item.key(), "_bias"))) {
-        kind = kZeros;
-      } else if (item.key() == "sinks" || type == "GptOssExperts") {
-        kind = kNormal;  // gpt-oss's attention sinks and experts, as transformers
+      if (item.key() == "bias" || (type == "MoeExperts" && absl::EndsWith(item.key(), "_bias"))) {
+        kind = kZeros;  // biases, gpt-oss's experts' too (as transformers)
+      } else if (item.key() == "sinks") {
+        kind = kNormal;  // gpt-oss's attention sinks, as transformers
       } else if (type == "Linear" || type == "Embedding" || type == "MoeExperts") {
         kind = kNormal;
       } else if (type == "RMSNorm") {

@@ -120,6 +120,12 @@ struct MoeExpertsOptions {
   TORCH_ARG(bool, batched) = true;
 };
 
+/// Module type "MoeExperts" is a contract the plan engine relies on: fused
+/// experts whose forward takes (x [N, H], top_k_index [N, k], top_k_weights
+/// [N, k]) and whose parameters all have the experts on dim 0 (expert
+/// parallelism slices dim 0 and remaps the indices). gpt-oss's experts, laid
+/// out differently, keep that contract too.
+///
 /// transformers 5's fused experts of a MoE block, as it holds them in memory:
 /// gate_up_proj [E, 2I, H] (each expert's gate rows, then its up rows) and
 /// down_proj [E, H, I]. forward(x [N, H], top_k_index [N, k], top_k_weights
