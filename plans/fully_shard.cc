@@ -490,8 +490,15 @@ absl::StatusOr<ShardedPieces> ReadPieces(const PieceSource& source, int parts, i
     init.keep = source.keep;
     RETURN_IF_ERROR(InitializeWeights(*holder, init));
   }
+  // A tied weight stays one tensor under both names (FullyShard ties by identity).
+  std::map<const void*, at::Tensor> detached;
   for (const auto& item : holder->named_parameters()) {
-    if (!item.value().is_meta()) out.piece[item.key()] = item.value().detach();
+    if (item.value().is_meta()) continue;
+    auto it = detached.find(item.value().unsafeGetTensorImpl());
+    if (it == detached.end()) {
+      it = detached.emplace(item.value().unsafeGetTensorImpl(), item.value().detach()).first;
+    }
+    out.piece[item.key()] = it->second;
   }
   return out;
 }

@@ -128,6 +128,12 @@ TEST(Trainer, TiedEmbeddingsUnderTensorParallelMatchOneProcess) {
   loss_parallel.tp = 2;
   loss_parallel.loss_parallel = true;
   ExpectSameLosses(want, RunAndGetLosses(2, loss_parallel), 6, kStepTolerance);
+  TrainConfig fsdp = tied("tied_dp_shard2");
+  fsdp.dp_shard = 2;
+  {
+    SCOPED_TRACE("dp_shard 2");
+    ExpectSameLosses(want, RunAndGetLosses(2, fsdp), 6, kStepTolerance);
+  }
   TrainConfig pp = tied("tied_pp2_tp2");
   pp.tp = 2;
   pp.pp = 2;
@@ -150,10 +156,11 @@ TEST(Trainer, TiedEmbeddingsUnderTensorParallelMatchOneProcess) {
 }
 
 // The architectures beyond Llama train under the same parallelisms: the MoEs
-// (Qwen3-MoE, Mixtral, experts fused) and gpt-oss (sinks, biased experts) from
-// transformers' initialisation, at TP=2 with their auto plans and at
-// dp_shard=2 (the fused experts cut on dim 0), equal one process step by step.
-TEST(Trainer, MoeArchitecturesUnderTensorAndShardedDataParallelMatchOneProcess) {
+// (Qwen3-MoE, Mixtral, experts fused), gpt-oss (sinks, biased experts) and
+// Gemma 2 (scaled, tied embeddings; soft-capping) from transformers'
+// initialisation, at TP=2 with their auto plans, at dp_shard=2 (fused experts
+// cut on dim 0) and at PP=2, equal one process step by step.
+TEST(Trainer, NewArchitecturesUnderTensorPipelineAndShardedDataParallelMatchOneProcess) {
   const std::map<std::string, std::string> configs = {
       {"qwen3_moe", R"({"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
         "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -166,6 +173,13 @@ TEST(Trainer, MoeArchitecturesUnderTensorAndShardedDataParallelMatchOneProcess) 
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "num_local_experts": 4,
         "num_experts_per_tok": 2, "torch_dtype": "float32"})"},
+      {"gemma2", R"({"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2",
+        "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+        "max_position_embeddings": 128, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "query_pre_attn_scalar": 16, "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0, "sliding_window": 8, "tie_word_embeddings": true,
+        "hidden_activation": "gelu_pytorch_tanh", "torch_dtype": "float32"})"},
       {"gpt_oss", R"({"architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss",
         "vocab_size": 256, "hidden_size": 64, "intermediate_size": 32, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
@@ -194,8 +208,9 @@ TEST(Trainer, MoeArchitecturesUnderTensorAndShardedDataParallelMatchOneProcess) 
     // tensor per expert for Qwen3-MoE) and loads back.
     auto exported = SafetensorsFile::Open(one.output_dir + "/hf/model.safetensors");
     ASSERT_TRUE(exported.ok()) << exported.status();
-    const bool per_expert = name != "gpt_oss";  // gpt-oss checkpoints are fused
-    EXPECT_EQ((*exported)->Find("model.layers.0.mlp.experts.gate_up_proj") != nullptr, !per_expert);
+    const bool per_expert = name != "gpt_oss" && name != "gemma2";  // these are stored fused
+    EXPECT_EQ((*exported)->Find("model.layers.0.mlp.experts.gate_up_proj") != nullptr,
+              name == "gpt_oss");
     if (name == "qwen3_moe") {
       EXPECT_NE((*exported)->Find("model.layers.0.mlp.experts.3.up_proj.weight"), nullptr);
     }
@@ -216,10 +231,22 @@ TEST(Trainer, MoeArchitecturesUnderTensorAndShardedDataParallelMatchOneProcess) 
     }
     TrainConfig tp = run(name + "_tp2");
     tp.tp = 2;
-    ExpectSameLosses(want, RunAndGetLosses(2, tp), 4, kStepTolerance);
+    {
+      SCOPED_TRACE("tp 2");
+      ExpectSameLosses(want, RunAndGetLosses(2, tp), 4, kStepTolerance);
+    }
     TrainConfig sharded = run(name + "_dp_shard2");
     sharded.dp_shard = 2;
-    ExpectSameLosses(want, RunAndGetLosses(2, sharded), 4, kStepTolerance);
+    {
+      SCOPED_TRACE("dp_shard 2");
+      ExpectSameLosses(want, RunAndGetLosses(2, sharded), 4, kStepTolerance);
+    }
+    TrainConfig pipelined = run(name + "_pp2");  // the model's own forward, one stage each
+    pipelined.pp = 2;
+    pipelined.micro_batch = 2;
+    pipelined.pp_microbatches = 4;
+    SCOPED_TRACE("pp 2");
+    ExpectSameLosses(want, RunAndGetLosses(2, pipelined), 4, kStepTolerance);
   }
 }
 
