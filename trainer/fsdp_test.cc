@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/text_file.h"
+#include "checkpoint/safetensors.h"
 #include "gtest/gtest.h"
 #include "trainer/checkpointing.h"
 #include "trainer/train_config.h"
@@ -173,6 +174,21 @@ TEST(FullyShard, CheckpointsResumeOnAnotherMesh) {
     ASSERT_TRUE(fs::exists(step4 + file)) << file;
     EXPECT_LT(fs::file_size(step4 + file), 300000u) << file;  // the whole model is 0.43 MB
     EXPECT_GT(fs::file_size(step4 + file), 180000u) << file;
+  }
+  // And its own optimizer state: AdamW's moments of its pieces only.
+  for (int r = 0; r < 2; ++r) {
+    auto opt = SafetensorsFile::Open(
+        absl::StrCat(step4, "/optimizer-tp00000-of-00001-shard0000", r, "-of-00002.safetensors"));
+    ASSERT_TRUE(opt.ok()) << opt.status();
+    const TensorEntry* embed = (*opt)->Find("exp_avg.model.embed_tokens.weight");
+    ASSERT_NE(embed, nullptr);
+    EXPECT_EQ(embed->shape, (std::vector<int64_t>{128, 64})) << "rank " << r;  // of [256, 64]
+    int64_t numel = 0;
+    for (const TensorEntry& e : (*opt)->tensors()) {
+      if (e.name.rfind("exp_avg.", 0) == 0) numel += e.nbytes() / 4;
+    }
+    EXPECT_LT(numel, 60000) << "rank " << r;  // the model has 0.11M parameters
+    EXPECT_GT(numel, 50000) << "rank " << r;
   }
   for (auto [ranks, dp_shard, tp] : {std::tuple<int, int, int>{1, 1, 1}, {2, 1, 2}, {4, 4, 1}}) {
     SCOPED_TRACE(absl::StrCat("dp_shard ", dp_shard, " tp ", tp));
