@@ -393,7 +393,7 @@ absl::Status BuildModel(Run& run) {
   // dp_shard on the CPU frees and regathers every layer each step; glibc's
   // dynamic mmap threshold would keep those blocks in its heap after the
   // first free (a 124.7M Llama at dp_shard 2 peaked 44 % above the estimate).
-  // A fixed 8 MiB threshold returns them (within 15 %, bench/README.md); an
+  // A fixed 8 MiB threshold returns them (+16 % instead, bench/README.md); an
   // explicit MALLOC_MMAP_THRESHOLD_ wins.
   if (run.dims->dp_shard_enabled() && run.runtime->device().is_cpu() &&
       std::getenv("MALLOC_MMAP_THRESHOLD_") == nullptr) {
