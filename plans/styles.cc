@@ -307,6 +307,8 @@ void WireLocalExperts(const WireInput& w) {
   Module* module = w.module;
   const int rank = w.group->rank();
   module->AddPreHook([module, rank](Module&, Module::Tensors& in) {
+    // Read at each call: with dp_shard the module is built on meta with the
+    // global shapes and holds the rank's experts only once gathered.
     const int64_t local = module->named_parameters(/*recurse=*/false)[0].value().size(0);
     at::Tensor index = in.at(1) - rank * local;
     const at::Tensor mine = index.ge(0).logical_and(index.lt(local));
