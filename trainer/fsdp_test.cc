@@ -23,6 +23,7 @@ namespace {
 namespace fs = std::filesystem;
 using train_testing::ExpectSameLosses;
 using train_testing::kStepTolerance;
+using train_testing::ModelConfigFile;
 using train_testing::RunAndGetLosses;
 using train_testing::Tiny;
 using train_testing::TrainError;
@@ -210,15 +211,13 @@ TEST(FullyShard, CheckpointsResumeOnAnotherMesh) {
 // within what the rank gets plus the largest tensor, for a 3.3M-parameter
 // Llama (40 MB of checkpoint with the optimizer state) saved at dp_shard 2.
 TEST(FullyShard, ReshardingPeakMemoryIsTheRanksSlicesPlusTheLargestTensor) {
-  const std::string dir = ::testing::TempDir() + "/fsdp_memory_model";
-  fs::create_directories(dir);
-  std::ofstream(dir + "/config.json") << R"({
+  const std::string config = ModelConfigFile("fsdp_memory_model", R"({
   "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
   "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4,
   "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
-  "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "torch_dtype": "float32"})";
+  "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "torch_dtype": "float32"})");
   TrainConfig c = Sharded("fsdp_memory", 2);
-  c.model_config = dir + "/config.json";
+  c.model_config = config;
   c.steps = 2;
   c.checkpoint_every = 2;
   ASSERT_EQ(RunAndGetLosses(2, c).size(), 2u);

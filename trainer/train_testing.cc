@@ -19,6 +19,13 @@ std::string TempDir() {
   return base ? base : "/tmp";
 }
 
+std::string ModelConfigFile(const std::string& name, const std::string& config_json) {
+  const std::string dir = TempDir() + "/" + name;
+  fs::create_directories(dir);
+  std::ofstream(dir + "/config.json") << config_json;
+  return dir + "/config.json";
+}
+
 std::string Fixture(int layers) {
   std::string d = TempDir() + (layers == 2 ? std::string("/trainer_fixture")
                                            : absl::StrCat("/trainer_fixture_", layers));

@@ -21,6 +21,10 @@ std::string TempDir();
 /// makes another) and a text whose bytes are easy to learn (text.txt).
 std::string Fixture(int layers = 2);
 
+/// Writes `config_json` as TempDir()/name/config.json and returns its path
+/// (TrainConfig::model_config) for tests of other model shapes.
+std::string ModelConfigFile(const std::string& name, const std::string& config_json);
+
 /// 8 steps of a global batch of 8 x 32 bytes on CPU, output under TempDir()/name.
 TrainConfig Tiny(const std::string& name, int layers = 2);
 

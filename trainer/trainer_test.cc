@@ -36,6 +36,7 @@ using testing::RunRanks;
 using train_testing::ExpectSameLosses;
 using train_testing::Fixture;
 using train_testing::kStepTolerance;
+using train_testing::ModelConfigFile;
 using train_testing::RunAndGetLosses;
 using train_testing::RunJob;
 using train_testing::Tiny;
@@ -104,17 +105,15 @@ TEST(Trainer, TensorParallelWithLossParallelAndMicroBatches) {
 // one process; the checkpoint resumes at tp 1 and the export holds the tensor
 // once, as transformers writes it.
 TEST(Trainer, TiedEmbeddingsUnderTensorParallelMatchOneProcess) {
-  const std::string dir = ::testing::TempDir() + "/tied_model";
-  fs::create_directories(dir);
-  std::ofstream(dir + "/config.json") << R"({
+  const std::string config = ModelConfigFile("tied_model", R"({
   "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
   "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
   "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
   "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "torch_dtype": "float32",
-  "tie_word_embeddings": true})";
+  "tie_word_embeddings": true})");
   auto tied = [&](const std::string& name) {
     TrainConfig c = Tiny(name);
-    c.model_config = dir + "/config.json";
+    c.model_config = config;
     c.steps = 6;
     return c;
   };
@@ -191,12 +190,10 @@ TEST(Trainer, NewArchitecturesUnderTensorPipelineAndShardedDataParallelMatchOneP
           "original_max_position_embeddings": 32}, "torch_dtype": "float32"})"}};
   for (const auto& [name, json] : configs) {
     SCOPED_TRACE(name);
-    const std::string dir = ::testing::TempDir() + "/arch_" + name;
-    fs::create_directories(dir);
-    std::ofstream(dir + "/config.json") << json;
+    const std::string config = ModelConfigFile("arch_" + name, json);
     auto run = [&](const std::string& out) {
       TrainConfig c = Tiny(out);
-      c.model_config = dir + "/config.json";
+      c.model_config = config;
       c.steps = 4;
       c.checkpoint_export = false;
       return c;
