@@ -65,6 +65,11 @@ struct DTensorSpec {
   /// Ranks of the axis holding this same data: the axis size for Replicate,
   /// 1 for a shard, tp / num_key_value_heads for a replicated KV head.
   int replicas = 1;
+  /// Where only some rows are replicated (a packed q | k | v whose KV heads
+  /// are replicated over tp / num_key_value_heads ranks): those local rows of
+  /// dim 0, held by `replicas` ranks; the other rows are this rank's alone.
+  /// Empty: `replicas` holds for every element.
+  std::vector<Range> replicated_rows;
   int64_t expert = -1;  // grouped_gemm: the expert's index
   int owner = -1;       // grouped_gemm: the rank holding the expert
   /// "Shard(0) [64, 64] -> [32, 64] at [32, 0]".

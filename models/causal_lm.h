@@ -95,10 +95,13 @@ class CausalLM : public Module {
   /// (the plan engine records them, plans/engine.h); empty for a whole model.
   std::map<std::string, DTensorSpec> placements;
   /// The gradient transforms the plan engine registered on parameters (sums
-  /// over the tp ranks sharing a replicated parameter or KV head), by name:
-  /// elementwise over the gradient, so a wrapper that replaces the
-  /// parameters (fully_shard) applies them to its own leaves.
-  std::map<std::string, std::function<at::Tensor(const at::Tensor&)>> gradient_hooks;
+  /// over the tp ranks sharing a replicated parameter or KV head), by name.
+  /// Each maps a gradient whose first row is row `first_row` of the
+  /// parameter to its transformed value, row by row, so a wrapper that
+  /// replaces the parameters by dim-0 pieces (fully_shard) applies them to
+  /// its own leaves.
+  std::map<std::string, std::function<at::Tensor(const at::Tensor& grad, int64_t first_row)>>
+      gradient_hooks;
   /// The per-expert checkpoint layouts of fused parameters (empty: every
   /// parameter is stored under its own name).
   std::vector<StackedExperts> checkpoint_layouts;

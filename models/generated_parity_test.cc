@@ -136,8 +136,9 @@ INSTANTIATE_TEST_SUITE_P(Cases, Generated,
                          ::testing::Values("llama-padded", "llama-tied", "llama-rope-linear",
                                            "llama-rope-dynamic", "llama-rope-llama3",
                                            "llama-rope-yarn", "mistral-window", "qwen2-window",
-                                           "qwen3", "phi3", "mixtral", "granite", "smollm3",
-                                           "olmo2", "gemma2", "gemma3", "qwen3-moe", "gpt-oss"),
+                                           "qwen3", "phi3", "phi3-mqa", "mixtral", "granite",
+                                           "smollm3", "olmo2", "gemma2", "gemma3", "qwen3-moe",
+                                           "gpt-oss"),
                          [](const auto& info) {
                            std::string name = info.param;
                            for (char& c : name)

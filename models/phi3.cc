@@ -37,19 +37,17 @@ class Phi3Attention : public Module {
     return Hooked(inputs.List(), [this, cache](const Tensors& list) {
       const LayerInputs in = LayerInputs::From(list);
       const int64_t b = in.hidden.size(0), t = in.hidden.size(1);
-      // Head counts come from the projections' outputs, so a sharded
-      // projection (fewer local heads) needs no change here.
-      // q | k | v along the last dim; the split follows this projection's
-      // own output width, in the ratio heads : kv_heads : kv_heads.
+      // Head counts come from the projections' widths, so a sharded
+      // projection (fewer local heads) needs no change here: q | k | v along
+      // the last dim, q as wide as o_proj's input (the attention output has
+      // the queries' heads), k and v splitting the rest.
       at::Tensor qkv = qkv_proj->forward(in.hidden);
-      const int64_t unit = qkv.size(-1) / (heads_ + 2 * kv_heads_);
-      at::Tensor q = qkv.narrow(-1, 0, heads_ * unit).view({b, t, -1, head_dim_}).transpose(1, 2);
-      at::Tensor k = qkv.narrow(-1, heads_ * unit, kv_heads_ * unit)
-                         .view({b, t, -1, head_dim_})
-                         .transpose(1, 2);
-      at::Tensor v = qkv.narrow(-1, (heads_ + kv_heads_) * unit, kv_heads_ * unit)
-                         .view({b, t, -1, head_dim_})
-                         .transpose(1, 2);
+      const int64_t q_width = o_proj->weight.size(1);
+      const int64_t kv_width = (qkv.size(-1) - q_width) / 2;
+      at::Tensor q = qkv.narrow(-1, 0, q_width).view({b, t, -1, head_dim_}).transpose(1, 2);
+      at::Tensor k = qkv.narrow(-1, q_width, kv_width).view({b, t, -1, head_dim_}).transpose(1, 2);
+      at::Tensor v =
+          qkv.narrow(-1, q_width + kv_width, kv_width).view({b, t, -1, head_dim_}).transpose(1, 2);
       q = RotaryEmbedding::Apply(q, in.cos, in.sin);
       k = RotaryEmbedding::Apply(k, in.cos, in.sin);
       if (cache != nullptr) std::tie(k, v) = cache->Update(layer_, k, v);

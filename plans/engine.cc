@@ -308,6 +308,7 @@ void FillDTensor(ShardSpec& s, int tp, int rank) {
   t.replicas = p.kind == Placement::Kind::kReplicate ? tp
                : s.kv_head >= 0                      ? tp / static_cast<int>(s.kv_heads)
                                                      : 1;
+  if (s.kv_head >= 0) t.replicated_rows = s.kv_rows;
   const bool partial = RuleOf(s.style).grad_allreduce || s.kv_head >= 0;
   t.grad = partial ? Placement::Partial() : p;
 }
@@ -523,28 +524,44 @@ void RegisterGradHooks(CausalLM& model, const std::map<std::string, ShardSpec>& 
     const StyleRule& rule = RuleOf(shard.style);
     const bool region_bias =
         !shard.region.empty() && LocalName(item.key()) == "bias" && rule.row_parallel;
-    std::function<at::Tensor(const at::Tensor&)> hook;
+    std::function<at::Tensor(const at::Tensor&, int64_t)> hook;
     if (rule.grad_allreduce || region_bias) {
-      hook = [group](const at::Tensor& grad) {
+      hook = [group](const at::Tensor& grad, int64_t) {
         at::Tensor sum = grad.clone();
         group->AllReduce(sum);
         return sum;
       };
     } else if (shard.kv_head >= 0) {
       const int64_t head = shard.kv_head, heads = shard.kv_heads;
-      hook = [group, head, heads](const at::Tensor& grad) {
+      const std::vector<Range> rows = shard.kv_rows;
+      hook = [group, head, heads, rows](const at::Tensor& grad, int64_t first_row) {
         // Each rank's grad covers only its query heads' use of the KV head:
         // sum over the ranks sharing it (slots of a [heads, ...] buffer).
-        std::vector<int64_t> shape = grad.sizes().vec();
-        shape.insert(shape.begin(), heads);
-        at::Tensor buffer = at::zeros(shape, grad.options());
-        buffer[head].copy_(grad);
-        group->AllReduce(buffer);
-        return buffer[head].clone();
+        // A packed q | k | v sums only its k and v rows (the ranks sharing
+        // the head hold the same rows at the same places, so the same
+        // pieces reach this collective on each).
+        auto sum_shared = [&](const at::Tensor& shared) {
+          std::vector<int64_t> shape = shared.sizes().vec();
+          shape.insert(shape.begin(), heads);
+          at::Tensor buffer = at::zeros(shape, shared.options());
+          buffer[head].copy_(shared);
+          group->AllReduce(buffer);
+          return buffer[head];
+        };
+        if (rows.empty()) return sum_shared(grad).clone();
+        at::Tensor out = grad.clone();
+        for (const Range& r : rows) {
+          const int64_t begin = std::max(r.start, first_row);
+          const int64_t end = std::min(r.end, first_row + grad.size(0));
+          if (begin >= end) continue;
+          at::Tensor part = out.narrow(0, begin - first_row, end - begin);
+          part.copy_(sum_shared(part));
+        }
+        return out;
       };
     }
     if (!hook) continue;
-    item.value().register_hook([hook](at::Tensor grad) { return hook(grad); });
+    item.value().register_hook([hook](at::Tensor grad) { return hook(grad, 0); });
     model.gradient_hooks[item.key()] = hook;
   }
 }

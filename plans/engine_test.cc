@@ -99,6 +99,10 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"tests/data/hf/qwen2", "plans/qwen2.yaml", 4},
         Case{"tests/data/gen/qwen3", "plans/qwen3.yaml", 2},
         Case{"tests/data/gen/phi3", "plans/phi3.yaml", 2},
+        // Packed q | k | v with fewer KV heads than ranks: replicated KV rows.
+        Case{"tests/data/gen/phi3", "plans/phi3.yaml", 4},
+        Case{"tests/data/gen/phi3-mqa", "plans/phi3.yaml", 2},
+        Case{"tests/data/gen/phi3-mqa", "plans/phi3.yaml", 4},
         Case{"tests/data/gen/mixtral", "plans/mixtral.yaml", 2},
         Case{"tests/data/gen/llama-tied", "plans/llama.yaml", 2},
         Case{"tests/data/gen/llama-tied", "plans/llama.yaml", 4},

@@ -40,7 +40,7 @@ struct FullyShardedModel::Unit {
   std::vector<at::Tensor> placeholders;  // meta, one per param
   std::shared_ptr<const ProcessGroup> group;
   const std::vector<Param>* all = nullptr;
-  std::vector<std::function<at::Tensor(const at::Tensor&)>> grad_hooks;  // per param, or empty
+  std::vector<std::function<at::Tensor(const at::Tensor&, int64_t)>> grad_hooks;  // or empty
   at::ScalarType reduce_dtype = at::kFloat;
   std::shared_ptr<ReduceQueue> reduces;  // shared by the model's units
   bool reshard_after_forward = false;  // decoder layers: free after forward, regather for backward
@@ -150,7 +150,7 @@ void ReduceQueue::FinishAll() {
       offset += p.piece.numel();
       piece = (piece / n).to(p.piece.scalar_type());
       // The tensor-parallel sums the engine registered on the parameter.
-      if (unit->grad_hooks[k]) piece = unit->grad_hooks[k](piece);
+      if (unit->grad_hooks[k]) piece = unit->grad_hooks[k](piece, p.offset);
       at::Tensor& grad = const_cast<at::Tensor&>(p.piece).mutable_grad();
       if (grad.defined()) {
         grad.add_(piece);

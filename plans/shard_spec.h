@@ -27,6 +27,9 @@ struct ShardSpec {
   std::vector<int64_t> local_shape;   // this rank's shape
   int64_t kv_head = -1;               // KV head replicated on this rank, or -1
   int64_t kv_heads = 0;
+  /// With kv_head: the local rows holding it (a packed q | k | v's k and v
+  /// parts); empty: every row (k_proj, v_proj).
+  std::vector<Range> kv_rows;
   /// The module whose output is all-reduced for this parameter (gather,
   /// moe_tp_experts, grouped_gemm, ep_router: the MoE block), or empty. Inside
   /// a region, sharded modules add no collectives of their own.

@@ -113,12 +113,34 @@ absl::Status SlicePacked(const SliceInput& in, ShardSpec& shard, bool rowwise) {
   const int64_t d = c.head_dim;
   std::vector<int64_t> parts;
   if (!rowwise && absl::EndsWith(module, "qkv_proj")) {
-    parts = {c.num_attention_heads * d, c.num_key_value_heads * d, c.num_key_value_heads * d};
-    if (c.num_key_value_heads % in.tp != 0) {
+    const int64_t kv = c.num_key_value_heads, q = c.num_attention_heads * d;
+    if (in.shape[dim] != q + 2 * kv * d) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "module ", module, ": num_key_value_heads ", c.num_key_value_heads,
-          " is not divisible by tp ", in.tp, " (packed q | k | v cannot replicate KV heads)"));
+          "module ", module, " parameter ", LocalName(in.name), " has ", in.shape[dim],
+          " rows (expected (num_attention_heads + 2 * num_key_value_heads) * head_dim = ",
+          q + 2 * kv * d, ")"));
     }
+    if (kv < in.tp) {
+      // Fewer KV heads than ranks: rank r's query heads use KV head
+      // r / (tp / kv), so its k and v rows are that head's (replicated), as
+      // SliceRows does for unpacked k_proj and v_proj.
+      if (in.tp % kv != 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "module ", module, ": tp ", in.tp, " is larger than num_key_value_heads ", kv,
+            " and not a multiple of it (expected tp to divide or be a multiple of it)"));
+      }
+      if (q % in.tp != 0) return NotDivisible(in.name, dim, q, in.tp);
+      const int64_t head = in.rank / (in.tp / kv), local_q = q / in.tp;
+      shard.kv_heads = kv;
+      shard.kv_head = head;
+      shard.kv_rows = {{local_q, local_q + 2 * d}};
+      shard.slice = Slice(in.shape.size());
+      shard.slice[dim] = {ChunkPart(0, q, in.tp, in.rank)[0],
+                          {q + head * d, q + (head + 1) * d},
+                          {q + kv * d + head * d, q + kv * d + (head + 1) * d}};
+      return absl::OkStatus();
+    }
+    parts = {q, kv * d, kv * d};
   } else {
     if (in.shape[dim] % 2 != 0) return NotDivisible(in.name, dim, in.shape[dim], 2);
     parts = {in.shape[dim] / 2, in.shape[dim] / 2};

@@ -50,6 +50,8 @@ CASES = [
          max_window_layers=1),
     case("qwen3", "Qwen3", head_dim=8),
     case("phi3", "Phi3", num_key_value_heads=2, pad_token_id=None),
+    # One KV head: packed q | k | v at tp 2 and 4 replicates it.
+    case("phi3-mqa", "Phi3", num_key_value_heads=1, pad_token_id=None),
     case("mixtral", "Mixtral", num_local_experts=4, num_experts_per_tok=2),
     case("qwen3-moe", "Qwen3Moe", head_dim=8, num_experts=4, num_experts_per_tok=2,
          moe_intermediate_size=16, norm_topk_prob=True, mlp_only_layers=[1]),

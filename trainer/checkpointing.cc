@@ -630,12 +630,38 @@ at::Tensor Select(const at::Tensor& t, int64_t dim, const std::vector<int64_t>& 
   return t.index_select(dim, at::tensor(positions, at::kLong));
 }
 
+// Per dim, positions in a target (ascending): a product of index sets.
+using Box = std::vector<std::vector<int64_t>>;
+
 struct Target {
   at::Tensor tensor;
   std::vector<std::vector<int64_t>> index;  // global indices per dim
-  int64_t covered = 0;
-  std::set<std::string> sources;  // saved slices applied (replicas save the same one)
+  std::vector<Box> covered;                 // the positions each saved slice wrote
+  std::set<std::string> sources;            // saved slices applied (replicas save the same one)
 };
+
+// Whether the union of `boxes` covers every position of `shape` from dim
+// `d` on. Saved slices may overlap in part (a packed q | k | v's replicated
+// KV rows are saved by every rank sharing the head), so elements are not
+// counted: positions of dim d are grouped by the boxes holding them and
+// each group is checked over the remaining dims.
+bool Covers(const std::vector<int64_t>& shape, size_t d, const std::vector<const Box*>& boxes) {
+  if (d == shape.size()) return !boxes.empty();
+  std::set<std::vector<size_t>> checked;
+  for (int64_t i = 0; i < shape[d]; ++i) {
+    std::vector<size_t> holding;
+    for (size_t b = 0; b < boxes.size(); ++b) {
+      const std::vector<int64_t>& at = (*boxes[b])[d];
+      if (std::binary_search(at.begin(), at.end(), i)) holding.push_back(b);
+    }
+    if (holding.empty()) return false;
+    if (!checked.insert(holding).second) continue;
+    std::vector<const Box*> sub;
+    for (size_t b : holding) sub.push_back(boxes[b]);
+    if (!Covers(shape, d + 1, sub)) return false;
+  }
+  return true;
+}
 
 std::string SliceKey(const Slice& slice) {
   std::string key;
@@ -669,9 +695,7 @@ void CopyOverlap(Target& target, const at::Tensor& part,
     block = Select(block, static_cast<int64_t>(d), from[d]);
     for (size_t i = 1; i < to[d].size(); ++i) runs = runs && to[d][i] == to[d][0] + (int64_t)i;
   }
-  int64_t n = 1;
-  for (size_t d = 0; d < dims; ++d) n *= static_cast<int64_t>(to[d].size());
-  target.covered += dims == 0 ? 1 : n;
+  target.covered.push_back(to);
   if (dims == 0) {
     target.tensor.copy_(block);
     return;
@@ -801,10 +825,12 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpointSlices(const std::string& dir,
                                                                                       &out.params},
         {&optimizer, &out.optimizer}}) {
     for (auto& [name, target] : *targets) {
-      if (target.covered != target.tensor.numel()) {
+      std::vector<const Box*> boxes;
+      for (const Box& box : target.covered) boxes.push_back(&box);
+      if (!Covers(target.tensor.sizes().vec(), 0, boxes)) {
         return absl::DataLossError(absl::StrCat(
-            dir, ": the saved slices cover ", target.covered, " of the ", target.tensor.numel(),
-            " elements of '", name, "' this rank needs (expected every element once)"));
+            dir, ": the saved slices do not cover all ", target.tensor.numel(), " elements of '",
+            name, "' this rank needs (expected every element saved by some rank)"));
       }
       (*into)[name] = target.tensor;
     }

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -114,26 +115,51 @@ double LearningRate(const ScheduleOptions& o, int64_t step) {
   return o.lr * (factor * (1 - o.min_lr_ratio) + o.min_lr_ratio);
 }
 
-double ClipGradNorm(const std::vector<at::Tensor>& params, const std::vector<int>& replication,
-                    const ProcessGroup* group, double max_norm,
-                    const std::vector<const ProcessGroup*>& more_groups) {
+double ClipGradNorm(const std::vector<at::Tensor>& params,
+                    const std::vector<GradCopies>& replication, const ProcessGroup* group,
+                    double max_norm, const std::vector<const ProcessGroup*>& more_groups) {
   at::NoGradGuard no_grad;
-  std::vector<at::Tensor> grads;
-  std::vector<double> weights;  // 1 / replication
+  std::vector<at::Tensor> grads;  // to scale
+  std::vector<at::Tensor> parts;  // to measure: gradients, or their row ranges
+  std::vector<double> weights;    // per part: 1 / copies
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& g = params[i].grad();
     if (!g.defined()) continue;
     grads.push_back(g);
-    weights.push_back(1.0 / static_cast<double>(replication[i]));
+    const GradCopies& r = replication[i];
+    if (r.rows.empty()) {
+      parts.push_back(g);
+      weights.push_back(1.0 / static_cast<double>(r.copies));
+      continue;
+    }
+    // Rows [start, end) held by r.copies ranks, the rows between by one.
+    int64_t row = 0;
+    for (const Range& shared : r.rows) {
+      const int64_t start = std::clamp<int64_t>(shared.start, row, g.size(0));
+      const int64_t end = std::clamp<int64_t>(shared.end, start, g.size(0));
+      if (start > row) {
+        parts.push_back(g.narrow(0, row, start - row));
+        weights.push_back(1.0);
+      }
+      if (end > start) {
+        parts.push_back(g.narrow(0, start, end - start));
+        weights.push_back(1.0 / static_cast<double>(r.copies));
+      }
+      row = end;
+    }
+    if (row < g.size(0)) {
+      parts.push_back(g.narrow(0, row, g.size(0) - row));
+      weights.push_back(1.0);
+    }
   }
   at::Tensor sum = at::zeros({1}, at::kDouble);
-  if (!grads.empty()) {
+  if (!parts.empty()) {
     // One fused pass: each gradient's norm (fp32 at least), their squares summed in
     // double (as clip_grad_norm_'s foreach path, without the double copies).
-    const at::ScalarType type = grads[0].scalar_type();
+    const at::ScalarType type = parts[0].scalar_type();
     const bool low = type == at::kBFloat16 || type == at::kHalf;
     std::vector<at::Tensor> norms =
-        at::_foreach_norm(grads, 2, low ? c10::optional<at::ScalarType>(at::kFloat) : c10::nullopt);
+        at::_foreach_norm(parts, 2, low ? c10::optional<at::ScalarType>(at::kFloat) : c10::nullopt);
     at::Tensor squares = at::stack(norms).to(at::kCPU, at::kDouble).pow(2);
     sum += (squares * at::tensor(weights, at::kDouble)).sum();
   }

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "base/slice.h"
 #include "parallel/process_group.h"
 
 namespace weft {
@@ -86,6 +87,20 @@ struct ScheduleOptions {
 /// (get_linear_schedule_with_warmup, down to min_lr_ratio) or constant.
 double LearningRate(const ScheduleOptions& options, int64_t step);
 
+/// How many ranks of a group hold identical copies of a gradient: `copies`
+/// for every element, or, where `rows` is set, for those rows of dim 0 only,
+/// the other rows being this rank's alone (a packed q | k | v whose KV heads
+/// are replicated: base/placement.h's replicated_rows).
+///
+///   GradCopies all(2);                  // every element held twice
+///   GradCopies kv(2, {{16, 24}});       // rows 16..23 twice, the rest once
+struct GradCopies {
+  GradCopies(int copies = 1, std::vector<Range> rows = {})  // NOLINT: an int converts
+      : copies(copies), rows(std::move(rows)) {}
+  int copies;
+  std::vector<Range> rows;
+};
+
 /// The global L2 norm of the gradients of `params` over the tensor-parallel
 /// `group`, counting every parameter once: `replication[i]` is how many
 /// ranks of `group` hold identical copies of params[i]'s gradient (the group
@@ -95,8 +110,8 @@ double LearningRate(const ScheduleOptions& options, int64_t step);
 /// `more_groups` add their members' squares: the other pipeline stages' (a
 /// tied embedding held by two stages counts 2 in `replication`), the other
 /// dp_shard ranks' pieces.
-double ClipGradNorm(const std::vector<at::Tensor>& params, const std::vector<int>& replication,
-                    const ProcessGroup* group, double max_norm,
-                    const std::vector<const ProcessGroup*>& more_groups = {});
+double ClipGradNorm(const std::vector<at::Tensor>& params,
+                    const std::vector<GradCopies>& replication, const ProcessGroup* group,
+                    double max_norm, const std::vector<const ProcessGroup*>& more_groups = {});
 
 }  // namespace weft

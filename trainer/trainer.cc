@@ -151,7 +151,7 @@ struct Run {
   std::vector<Placements> all_placements;
   std::vector<std::pair<std::string, at::Tensor>> named;
   std::vector<at::Tensor> params;
-  std::vector<int> replication;  // per parameter: ranks holding the same gradient
+  std::vector<GradCopies> replication;  // per parameter: ranks holding the same gradient
   std::unique_ptr<AdamW> optimizer;
   ScheduleOptions schedule;
 
@@ -503,6 +503,12 @@ absl::Status SetUpOptimizer(Run& run) {
       opt_params.push_back({p.name, p.piece, global_dims >= 2});
       run.params.push_back(p.piece);
       int replication = run.dims->GradReplication(spec);
+      // A packed q | k | v's replicated KV rows, as rows of this piece.
+      std::vector<Range> rows;
+      if (spec != nullptr && replication > 1) {
+        for (const Range& r : spec->replicated_rows)
+          rows.push_back({r.start - p.offset, r.end - p.offset});
+      }
       if (pipelined) {
         const int stage = run.stages.StageOf(p.name);
         run.stage_params[stage].push_back(p.piece);
@@ -513,7 +519,7 @@ absl::Status SetUpOptimizer(Run& run) {
           if (run.tie_group) replication *= 2;  // the first and the last stage hold it
         }
       }
-      run.replication.push_back(replication);
+      run.replication.push_back({replication, std::move(rows)});
       run.named.emplace_back(p.name, p.piece);
     }
   }
@@ -543,7 +549,9 @@ absl::Status SetUpOptimizer(Run& run) {
         run.stage_params[run.stages.num_stages() - 1].push_back(item.value());
       }
     }
-    run.replication.push_back(replication);
+    run.replication.push_back({replication, spec != nullptr && replication > 1
+                                                ? spec->replicated_rows
+                                                : std::vector<Range>{}});
     run.named.emplace_back(name, item.value());
   }
   AdamWOptions options;

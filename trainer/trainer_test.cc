@@ -247,6 +247,53 @@ TEST(Trainer, NewArchitecturesUnderTensorPipelineAndShardedDataParallelMatchOneP
   }
 }
 
+// Phi-3's packed q | k | v with one KV head: at TP=2 each rank holds its
+// query rows and the KV head's rows (replicated), whose gradients are summed
+// over the ranks sharing them, also per dp_shard piece; the gradient norm
+// counts those rows once (clipping is on at every step here, so a wrong norm
+// changes the losses); a checkpoint saved at tp 2 (both ranks save the KV
+// rows) resumes at tp 1 and tp 4.
+TEST(Trainer, PackedAttentionWithReplicatedKvHeadsMatchesOneProcess) {
+  const std::string config = ModelConfigFile("phi3_mqa", R"({
+  "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "vocab_size": 256,
+  "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+  "num_attention_heads": 4, "num_key_value_heads": 1, "max_position_embeddings": 128,
+  "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "torch_dtype": "float32"})");
+  auto run = [&](const std::string& name) {
+    TrainConfig c = Tiny(name);
+    c.model_config = config;
+    c.steps = 6;
+    c.grad_clip = 0.05;
+    c.checkpoint_export = false;
+    return c;
+  };
+  const std::vector<double> want = RunAndGetLosses(1, run("phi3_mqa_tp1"));
+  TrainConfig tp = run("phi3_mqa_tp2");
+  tp.tp = 2;
+  tp.checkpoint_every = 3;
+  {
+    SCOPED_TRACE("tp 2");
+    ExpectSameLosses(want, RunAndGetLosses(2, tp), 6, kStepTolerance);
+  }
+  TrainConfig sharded = run("phi3_mqa_tp2_dp_shard2");
+  sharded.tp = 2;
+  sharded.dp_shard = 2;
+  {
+    SCOPED_TRACE("tp 2 x dp_shard 2");
+    ExpectSameLosses(want, RunAndGetLosses(4, sharded), 6, kStepTolerance);
+  }
+  for (int resume_tp : {1, 4}) {
+    SCOPED_TRACE(::testing::Message() << "resumed at tp " << resume_tp);
+    fs::remove_all(CheckpointDir(tp.output_dir, 6));  // from step 3
+    TrainConfig resumed = tp;
+    resumed.tp = resume_tp;
+    resumed.resume = true;
+    std::vector<double> got = RunAndGetLosses(resume_tp, resumed);
+    ASSERT_EQ(got.size(), 3u);
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i + 3], kStepTolerance);
+  }
+}
+
 TEST(Trainer, DataParallelMatchesOneProcessWithTheWholeBatch) {
   TrainConfig one = Tiny("dp1"), two = Tiny("dp2");
   two.dp = 2;  // each rank gets half of the same global batch of 8
