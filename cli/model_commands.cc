@@ -4,12 +4,14 @@
 #include <ATen/core/grad_mode.h>
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <iostream>
 #include <memory>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "base/dtype.h"
@@ -26,6 +28,9 @@
 #include "plans/engine.h"
 #include "plans/pipeline_stages.h"
 #include "plans/shipped_plans.h"
+#include "trainer/data_loader.h"
+#include "trainer/evaluate.h"
+#include "trainer/token_file.h"
 
 namespace weft {
 namespace {
@@ -267,7 +272,60 @@ absl::Status Generate(const GenerateCommand& c, std::ostream& out) {
   return absl::OkStatus();
 }
 
+absl::Status Eval(const EvalCommand& c, std::ostream& out) {
+  ASSIGN_OR_RETURN(at::ScalarType dtype, ComputeDtype(c.dtype));
+  if (c.batch < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--batch ", c.batch, " (expected >= 1)"));
+  }
+  if (c.batches < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--batches ", c.batches, " (expected >= 1, or 0 for the whole file)"));
+  }
+  // The data first: a bad file fails before the model is loaded.
+  ASSIGN_OR_RETURN(std::shared_ptr<TokenFile> tokens, TokenFile::Open(c.data));
+  ASSIGN_OR_RETURN(std::string config_json, ReadTextFile(c.model + "/config.json"));
+  ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(config_json));
+  if (tokens->vocab_size() > config.vocab_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--data ", c.data, " has vocab_size ", tokens->vocab_size(),
+                     " (expected at most the model's vocab_size ", config.vocab_size, ")"));
+  }
+  const int64_t seq_len =
+      c.seq_len > 0 ? c.seq_len : std::min<int64_t>(config.max_position_embeddings, 1024);
+  if (seq_len < 2 || seq_len > config.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("--seq-len ", seq_len,
+                                                   " (expected 2 to max_position_embeddings ",
+                                                   config.max_position_embeddings, ")"));
+  }
+  DataLoaderOptions data;
+  data.seq_len = seq_len;
+  data.global_batch = c.batch;  // every rank of a tp job reads the same rows
+  data.shuffle = false;
+  data.allow_partial = true;
+  data.packing = c.packing;
+  ASSIGN_OR_RETURN(std::unique_ptr<DataLoader> loader, DataLoader::Create(tokens, data));
+  PretrainedOptions options;
+  options.dtype = dtype;
+  options.attn_implementation = c.attn;
+  ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan));
+  EvalOptions eval;
+  eval.batches = c.batches;
+  EvalResult r = Evaluate(*loaded.model, *loader, eval);
+  if (loaded.writer) {
+    out << absl::StrFormat("eval: loss %.6f, perplexity %.4f over %d tokens (%d samples of %d%s)",
+                           r.loss, r.perplexity, r.tokens,
+                           std::min(loader->num_samples(), r.batches * c.batch), seq_len,
+                           c.packing ? ", packed" : "")
+        << std::endl;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+int RunEval(const EvalCommand& command, std::ostream& out, std::ostream& err) {
+  return RunCommand("eval", err, [&] { return Eval(command, out); });
+}
 
 int RunForward(const ForwardCommand& command, std::ostream& err) {
   return RunCommand("forward", err, [&] { return Forward(command); });
@@ -299,6 +357,25 @@ Subcommand AddForward(CLI::App& app) {
   cmd->add_option("--pp", c->pp,
                   "pipeline ranks (one stage each); default: the world without --tp-plan");
   return {cmd, [c] { return RunForward(*c, std::cerr); }};
+}
+
+Subcommand AddEval(CLI::App& app) {
+  auto c = std::make_shared<EvalCommand>();
+  CLI::App* cmd = app.add_subcommand(
+      "eval", "Mean loss and perplexity of a checkpoint over a token file's counted labels.");
+  cmd->add_option("--model", c->model, "checkpoint directory")->required();
+  cmd->add_option("--data", c->data, "token file prefix (PREFIX.bin, .idx, optional .mask)")
+      ->required();
+  cmd->add_option("--seq-len", c->seq_len,
+                  "tokens per sample; 0: min(max_position_embeddings, 1024)");
+  cmd->add_option("--batch", c->batch, "samples per forward");
+  cmd->add_option("--batches", c->batches, "batches at most; 0: the whole file");
+  cmd->add_flag("--packing", c->packing, "pack whole documents per row (as data.packing)");
+  cmd->add_option("--dtype", c->dtype, "float32 or bfloat16");
+  cmd->add_option("--attn", c->attn, "attention implementation: eager or sdpa");
+  cmd->add_option("--tp-plan", c->tp_plan,
+                  "tensor parallelism over the world: a plan file, or auto");
+  return {cmd, [c] { return RunEval(*c, std::cout, std::cerr); }};
 }
 
 Subcommand AddGenerate(CLI::App& app) {

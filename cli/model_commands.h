@@ -1,10 +1,18 @@
-// `weft forward` and `weft generate`.
+// `weft forward`, `weft generate` and `weft eval`.
 //
 //   weft forward --model DIR (--input IN.safetensors | --prompt-ids 1,2,3) --output OUT.safetensors
 //                [--hidden-states] [--dtype float32|bfloat16] [--attn eager|sdpa]
 //                [--trace TRACE.json] [--tp-plan FILE|auto]
 //   weft generate --model DIR --prompt-ids 1,2,3 --max-new-tokens N
 //                 [--greedy | --temperature T --top-k K --top-p P --seed S] [--tp-plan FILE|auto]
+//   weft eval --model DIR --data PREFIX [--seq-len N] [--batch B] [--batches K] [--packing]
+//             [--dtype float32|bfloat16] [--attn eager|sdpa] [--tp-plan FILE|auto]
+//
+// `weft eval` prints the mean cross-entropy over the counted labels of the
+// token file's samples (windows of seq_len, or packed documents; labels -100
+// where its loss mask is 0) and its perplexity, as transformers computes
+// them on the same tokens:
+//   eval: loss 2.3456, perplexity 10.44 over 12345 tokens (50 samples of 256)
 //
 // With --tp-plan the command is one rank of a tensor-parallel job (start it
 // under weftrun, mpirun or srun; the mesh is the whole world); rank 0 writes.
@@ -52,11 +60,25 @@ struct GenerateCommand {
   int pp = 0;           // pipeline ranks; 0: the world (without --tp-plan)
 };
 
+struct EvalCommand {
+  std::string model;
+  std::string data;      // a token file prefix (trainer/token_file.h)
+  int64_t seq_len = 0;   // 0: min(max_position_embeddings, 1024)
+  int64_t batch = 8;     // sequences per forward
+  int64_t batches = 0;   // batches at most; 0: the whole file
+  bool packing = false;  // whole documents packed per row (as data.packing)
+  std::string dtype = "float32";
+  std::string attn = "sdpa";
+  std::string tp_plan;
+};
+
 int RunForward(const ForwardCommand& command, std::ostream& err);
 int RunGenerate(const GenerateCommand& command, std::ostream& out, std::ostream& err);
+int RunEval(const EvalCommand& command, std::ostream& out, std::ostream& err);
 
 /// Register `forward` and `generate` on `app`.
 Subcommand AddForward(CLI::App& app);
 Subcommand AddGenerate(CLI::App& app);
+Subcommand AddEval(CLI::App& app);
 
 }  // namespace weft

@@ -5,6 +5,7 @@
 //   weft inspect PATH                     tensors of a safetensors file or checkpoint
 //   weft forward --model DIR --input IN --output OUT [...]   logits (and hidden states)
 //   weft generate --model DIR --prompt-ids 1,2,3 [...]       KV-cached generation
+//   weft eval --model DIR --data PREFIX [...]                mean loss and perplexity
 //   weft plan explain --model DIR --plan FILE|auto --tp N [--dp M]   TP dry run
 //   weft train --config FILE.yaml [--set key=value ...] [--resume]   training
 #include <CLI/CLI.hpp>
@@ -24,9 +25,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.option_defaults()->always_capture_default();  // --help shows every default
   const std::vector<weft::Subcommand> subcommands = {
-      weft::AddSmoke(app),    weft::AddInspect(app),     weft::AddForward(app),
-      weft::AddGenerate(app), weft::AddPlanExplain(app), weft::AddPlanSchedule(app),
-      weft::AddTrain(app),
+      weft::AddSmoke(app),        weft::AddInspect(app), weft::AddForward(app),
+      weft::AddGenerate(app),     weft::AddEval(app),    weft::AddPlanExplain(app),
+      weft::AddPlanSchedule(app), weft::AddTrain(app),
   };
   try {
     app.parse(argc, argv);

@@ -71,9 +71,22 @@ const AttentionFn& GetAttention(const std::string& name) {
               "' is not registered (expected one of: ", absl::StrJoin(AttentionNames(), ", "), ")");
 }
 
+at::Tensor PackedDocuments(const at::Tensor& position_ids) {
+  at::Tensor p = position_ids.to(at::kLong);
+  at::Tensor restart = at::ones_like(p, p.options().dtype(at::kBool));
+  if (p.size(-1) > 1) {
+    restart = at::cat({at::zeros_like(p.narrow(-1, 0, 1), p.options().dtype(at::kBool)),
+                       p.narrow(-1, 1, p.size(-1) - 1) != p.narrow(-1, 0, p.size(-1) - 1) + 1},
+                      -1);
+  } else {
+    restart.zero_();
+  }
+  return restart.to(at::kLong).cumsum(-1);
+}
+
 at::Tensor CausalMask(int64_t batch, int64_t queries, int64_t past,
-                      const at::Tensor& attention_mask, int64_t sliding_window,
-                      at::ScalarType dtype, at::Device device) {
+                      const at::Tensor& attention_mask, const at::Tensor& position_ids,
+                      int64_t sliding_window, at::ScalarType dtype, at::Device device) {
   const int64_t keys = past + queries;
   auto opts = at::TensorOptions().dtype(at::kLong).device(device);
   at::Tensor q_pos = at::arange(past, past + queries, opts).view({queries, 1});
@@ -88,6 +101,16 @@ at::Tensor CausalMask(int64_t batch, int64_t queries, int64_t past,
                 keys, "])");
     allowed =
         allowed.logical_and(attention_mask.to(device).to(at::kBool).view({batch, 1, 1, keys}));
+  } else if (position_ids.defined() && past == 0) {
+    TORCH_CHECK(
+        position_ids.dim() == 2 && position_ids.size(0) == batch && position_ids.size(1) == queries,
+        "position_ids has shape ", position_ids.sizes(), " (expected [", batch, ", ", queries,
+        "])");
+    at::Tensor docs = PackedDocuments(position_ids).to(device);
+    if (docs.select(1, queries - 1).max().item<int64_t>() > 0) {  // some row is packed
+      allowed =
+          allowed.logical_and(docs.view({batch, 1, queries, 1}) == docs.view({batch, 1, 1, keys}));
+    }
   }
   const double lowest = dtype == at::kBFloat16 ? -3.3895313892515355e38
                         : dtype == at::kHalf   ? -65504.0

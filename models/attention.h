@@ -31,8 +31,19 @@ std::vector<std::string> AttentionNames();
 /// [past, past + T) over S = past + T keys, with an optional padding mask
 /// (`attention_mask` [B, S], 1 keep / 0 pad) and sliding window (a query at
 /// position p sees keys in (p - window, p]).
+///
+/// Packed sequences, as transformers detects them: with `position_ids`
+/// [B, T] given and neither an attention_mask nor a cache, a row whose
+/// positions restart (position[t] != position[t - 1] + 1) holds several
+/// documents, and a query sees only keys of its own document (a
+/// block-diagonal causal mask); sliding windows apply within it.
 at::Tensor CausalMask(int64_t batch, int64_t queries, int64_t past,
-                      const at::Tensor& attention_mask, int64_t sliding_window,
-                      at::ScalarType dtype, at::Device device);
+                      const at::Tensor& attention_mask, const at::Tensor& position_ids,
+                      int64_t sliding_window, at::ScalarType dtype, at::Device device);
+
+/// The document index of every token of packed rows: 0 from the row's
+/// start, +1 wherever positions restart (transformers'
+/// find_packed_sequence_indices). [B, T] int64.
+at::Tensor PackedDocuments(const at::Tensor& position_ids);
 
 }  // namespace weft

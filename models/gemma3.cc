@@ -223,13 +223,14 @@ class Gemma3Model : public Module {
     const at::Tensor positions = DefaultPositionIds(inputs, past).to(h.device());
     auto [cos, sin] = rotary_.CosSin(positions, h.scalar_type());
     auto [local_cos, local_sin] = local_rotary_.CosSin(positions, h.scalar_type());
-    at::Tensor full = CausalMask(b, t, past, inputs.attention_mask, 0, h.scalar_type(), h.device());
+    at::Tensor full = CausalMask(b, t, past, inputs.attention_mask, inputs.position_ids, 0,
+                                 h.scalar_type(), h.device());
     at::Tensor windowed;
     for (size_t i = 0; i < layers->size(); ++i) {
       if (hidden_states) hidden_states->push_back(h);
       if (windows_[i] > 0 && !windowed.defined()) {
-        windowed =
-            CausalMask(b, t, past, inputs.attention_mask, windows_[i], h.scalar_type(), h.device());
+        windowed = CausalMask(b, t, past, inputs.attention_mask, inputs.position_ids, windows_[i],
+                              h.scalar_type(), h.device());
       }
       const bool local = sliding_[i];
       h = layers->ptr<Gemma3DecoderLayer>(i)->forward(

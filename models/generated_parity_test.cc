@@ -132,6 +132,83 @@ TEST(Architectures, BadConfigValuesAndPerExpertCheckpointsAreNamed) {
                 "[4, 32, 16])");
 }
 
+// Packing: two documents in one row, positions restarting at the second
+// and its first label -100, give each document's logits as if it were
+// alone (attention never crosses: a dropped block-diagonal mask fails this)
+// and the gradients of the two documents' summed losses; eager and sdpa,
+// sliding windows (within a document), soft-capping, sinks and MoE routers
+// included.
+class Packed : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Packed, DocumentsInOneRowEqualDocumentsAlone) {
+  const std::string dir = "tests/data/gen/" + GetParam();
+  for (const char* attention : {"eager", "sdpa"}) {
+    SCOPED_TRACE(attention);
+    PretrainedOptions pretrained;
+    pretrained.dtype = at::kFloat;
+    pretrained.attn_implementation = attention;
+    auto model = FromPretrained(dir, pretrained);
+    ASSERT_TRUE(model.ok()) << model.status();
+    auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    const at::Tensor ids = (*ref)->Get("input_ids").clone().narrow(0, 0, 1);  // [1, 12]
+    const int64_t a = 5, n = ids.size(1);
+    auto grads = [&]() {
+      std::vector<at::Tensor> out;
+      for (const auto& item : (*model)->named_parameters()) {
+        out.push_back(item.value().grad().defined() ? item.value().grad().clone()
+                                                    : at::zeros_like(item.value()));
+        item.value().mutable_grad() = at::Tensor();
+      }
+      return out;
+    };
+    // Alone: each document's loss summed over its counted tokens.
+    std::vector<at::Tensor> alone_logits;
+    at::Tensor alone_loss = at::zeros({}, at::kFloat);
+    for (auto [begin, len] : {std::pair<int64_t, int64_t>{0, a}, {a, n - a}}) {
+      CausalLMInputs doc;
+      doc.input_ids = ids.narrow(1, begin, len);
+      doc.labels = doc.input_ids;
+      CausalLMOutput out = (*model)->Forward(doc);
+      alone_logits.push_back(out.logits.detach());
+      alone_loss = alone_loss + out.loss * static_cast<double>(len - 1);
+    }
+    alone_loss.backward();
+    const std::vector<at::Tensor> want = grads();
+    // Packed: one row, positions 0..a-1, 0..n-a-1; the second document's
+    // first token is no label (it is not predicted from the first's end).
+    CausalLMInputs packed;
+    packed.input_ids = ids;
+    packed.position_ids = at::cat({at::arange(a), at::arange(n - a)}).view({1, n});
+    packed.labels = ids.clone();
+    packed.labels.index_put_({0, a}, -100);
+    CausalLMOutput out = (*model)->Forward(packed);
+    EXPECT_LT(MaxDiff(out.logits.narrow(1, 0, a), alone_logits[0]), 1e-5);
+    EXPECT_LT(MaxDiff(out.logits.narrow(1, a, n - a), alone_logits[1]), 1e-5);
+    (out.loss * static_cast<double>(n - 2)).backward();  // n - 1 targets, one of them -100
+    const std::vector<at::Tensor> got = grads();
+    size_t i = 0;
+    for (const auto& item : (*model)->named_parameters()) {
+      // fp32 sums in another order: 1e-5 plus float rounding of the largest entry.
+      const double scale = want[i].abs().max().item<double>();
+      EXPECT_LT(MaxDiff(got[i], want[i]), 1e-5 + 1e-6 * scale)
+          << item.key() << " (max " << scale << ")";
+      ++i;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, Packed,
+                         ::testing::Values("llama-tied", "mistral-window", "qwen3", "phi3",
+                                           "gemma2", "gemma3", "qwen3-moe", "gpt-oss", "olmo2",
+                                           "smollm3", "granite"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           for (char& c : name)
+                             if (c == '-') c = '_';
+                           return name;
+                         });
+
 INSTANTIATE_TEST_SUITE_P(Cases, Generated,
                          ::testing::Values("llama-padded", "llama-tied", "llama-rope-linear",
                                            "llama-rope-dynamic", "llama-rope-llama3",

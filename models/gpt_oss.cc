@@ -235,13 +235,14 @@ class GptOssModel : public Module {
     const int64_t past = inputs.cache ? inputs.cache->length : 0;
     auto [cos, sin] =
         rotary_.CosSin(DefaultPositionIds(inputs, past).to(h.device()), h.scalar_type());
-    at::Tensor full = CausalMask(b, t, past, inputs.attention_mask, 0, h.scalar_type(), h.device());
+    at::Tensor full = CausalMask(b, t, past, inputs.attention_mask, inputs.position_ids, 0,
+                                 h.scalar_type(), h.device());
     at::Tensor windowed;
     for (size_t i = 0; i < layers->size(); ++i) {
       if (hidden_states) hidden_states->push_back(h);
       if (windows_[i] > 0 && !windowed.defined()) {
-        windowed =
-            CausalMask(b, t, past, inputs.attention_mask, windows_[i], h.scalar_type(), h.device());
+        windowed = CausalMask(b, t, past, inputs.attention_mask, inputs.position_ids, windows_[i],
+                              h.scalar_type(), h.device());
       }
       h = layers->ptr<GptOssDecoderLayer>(i)->forward(
           {h, cos, sin, windows_[i] > 0 ? windowed : full}, inputs.cache);

@@ -150,8 +150,8 @@ class MistralModel : public Module {
     const int64_t past = inputs.cache ? inputs.cache->length : 0;
     auto [cos, sin] =
         rotary_.CosSin(DefaultPositionIds(inputs, past).to(h.device()), h.scalar_type());
-    at::Tensor mask =
-        CausalMask(b, t, past, inputs.attention_mask, sliding_window_, h.scalar_type(), h.device());
+    at::Tensor mask = CausalMask(b, t, past, inputs.attention_mask, inputs.position_ids,
+                                 sliding_window_, h.scalar_type(), h.device());
     for (const auto& layer : *layers) {
       if (hidden_states) hidden_states->push_back(h);
       h = layer->as<MistralDecoderLayer>()->forward({h, cos, sin, mask}, inputs.cache);

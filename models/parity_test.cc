@@ -164,7 +164,7 @@ TEST(Hooks, SeeAndReplaceInputsAndOutputs) {
 TEST(Masks, PaddingAndSlidingWindow) {
   // Query positions 0..3 over 4 keys, window 2, the first key of batch 1 padded.
   at::Tensor pad = at::tensor({1, 1, 1, 1, 0, 1, 1, 1}, at::kLong).view({2, 4});
-  at::Tensor mask = CausalMask(2, 4, 0, pad, 2, at::kFloat, at::kCPU);
+  at::Tensor mask = CausalMask(2, 4, 0, pad, at::Tensor(), 2, at::kFloat, at::kCPU);
   at::Tensor keep = (mask == 0).to(at::kLong).squeeze(1);
   at::Tensor want0 =
       at::tensor({1, 0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 1, 1}, at::kLong).view({4, 4});

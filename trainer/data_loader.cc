@@ -4,7 +4,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <limits>
+#include <map>
 #include <random>
 #include <utility>
 
@@ -47,6 +49,63 @@ absl::StatusOr<int64_t> NonNegativeMember(const JsonValue& v, absl::string_view 
                                                    " (expected a non-negative integer)"));
   }
   return static_cast<int64_t>(*n);
+}
+
+using Rows = std::vector<std::vector<std::pair<int64_t, int64_t>>>;
+
+// The documents a loader reads: `chosen`, or all of the file's.
+std::vector<int64_t> ChosenDocuments(const TokenFile& file, const DataLoaderOptions& o) {
+  if (!o.documents.empty()) return o.documents;
+  std::vector<int64_t> all(static_cast<size_t>(file.num_documents()));
+  for (int64_t d = 0; d < file.num_documents(); ++d) all[d] = d;
+  return all;
+}
+
+// Best-fit decreasing (TRL's "bfd"): documents by length, longest first
+// (ties by index), each into the row with the least room that still holds
+// it, else a new row; documents longer than seq_len are cut to it.
+Rows PackDocuments(const TokenFile& file, const std::vector<int64_t>& docs, int64_t seq_len,
+                   int64_t* truncated) {
+  std::vector<std::pair<int64_t, int64_t>> lengths;  // (length, document)
+  *truncated = 0;
+  for (int64_t d : docs) {
+    const int64_t len = file.document_start(d + 1) - file.document_start(d);
+    if (len > seq_len) *truncated += len - seq_len;
+    lengths.push_back({std::min(len, seq_len), d});
+  }
+  std::stable_sort(lengths.begin(), lengths.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  Rows rows;
+  std::multimap<int64_t, size_t> room;  // room left -> row
+  for (const auto& [len, d] : lengths) {
+    auto it = room.lower_bound(len);
+    size_t row;
+    int64_t left;
+    if (it == room.end()) {
+      row = rows.size();
+      rows.emplace_back();
+      left = seq_len;
+    } else {
+      row = it->second;
+      left = it->first;
+      room.erase(it);
+    }
+    rows[row].push_back({d, len});
+    room.emplace(left - len, row);
+  }
+  return rows;
+}
+
+int64_t CountSamples(const TokenFile& file, const DataLoaderOptions& o) {
+  if (o.packing) {
+    int64_t truncated = 0;
+    return static_cast<int64_t>(
+        PackDocuments(file, ChosenDocuments(file, o), o.seq_len, &truncated).size());
+  }
+  if (o.documents.empty()) return file.num_tokens() / o.seq_len;
+  int64_t tokens = 0;
+  for (int64_t d : o.documents) tokens += file.document_start(d + 1) - file.document_start(d);
+  return tokens / o.seq_len;
 }
 
 }  // namespace
@@ -111,7 +170,29 @@ absl::Status DataLoader::Validate(const TokenFile& file, const DataLoaderOptions
                                                    " is not divisible by dp_size ", o.dp_size,
                                                    " (expected a multiple of ", o.dp_size, ")"));
   }
-  const int64_t num_samples = file.num_tokens() / o.seq_len;
+  for (size_t i = 0; i < o.documents.size(); ++i) {
+    const int64_t d = o.documents[i];
+    if (d < 0 || d >= file.num_documents()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "document ", d, " (entry ", i, " of the loader's documents) is out of range for ",
+          file.prefix(), " (expected 0 <= document < ", file.num_documents(), ")"));
+    }
+  }
+  const int64_t num_samples = CountSamples(file, o);
+  if (o.allow_partial) {
+    if (num_samples < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token file ", file.prefix(), " has no sample of seq_len ", o.seq_len,
+          o.packing ? " (expected at least one document)" : " (expected >= seq_len tokens)"));
+    }
+    return absl::OkStatus();
+  }
+  if (o.packing && num_samples < o.global_batch) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("token file ", file.prefix(), " packs into ", num_samples, " rows of seq_len ",
+                     o.seq_len, ", fewer than one global_batch of ", o.global_batch,
+                     " (expected more documents or a smaller global_batch)"));
+  }
   if (num_samples < o.global_batch) {
     const std::string needed = o.global_batch > std::numeric_limits<int64_t>::max() / o.seq_len
                                    ? absl::StrCat("more than ", std::numeric_limits<int64_t>::max())
@@ -136,7 +217,91 @@ DataLoader::DataLoader(std::shared_ptr<TokenFile> file, DataLoaderOptions option
   if (file_ == nullptr) throw std::invalid_argument("DataLoader: token file is null");
   const absl::Status valid = Validate(*file_, options_);
   if (!valid.ok()) throw std::runtime_error(std::string(valid.message()));
+  Init();
+}
+
+void DataLoader::Init() {
+  if (options_.packing) {
+    rows_ = PackDocuments(*file_, ChosenDocuments(*file_, options_), options_.seq_len,
+                          &truncated_tokens_);
+    num_samples_ = static_cast<int64_t>(rows_.size());
+    return;
+  }
+  if (!options_.documents.empty()) {
+    int64_t offset = 0;
+    for (int64_t d : options_.documents) {
+      stream_starts_.push_back(offset);
+      offset += file_->document_start(d + 1) - file_->document_start(d);
+    }
+    stream_starts_.push_back(offset);
+    num_samples_ = offset / options_.seq_len;
+    return;
+  }
   num_samples_ = file_->num_tokens() / options_.seq_len;
+}
+
+void DataLoader::ReadStream(int64_t begin, int64_t end, int64_t* ids, uint8_t* mask) const {
+  if (stream_starts_.empty()) {  // all documents: the file's own order
+    file_->ReadTokens(begin, end, ids);
+    file_->ReadLossMask(begin, end, mask);
+    return;
+  }
+  // The chosen document holding `begin`, then on to the next ones.
+  size_t i =
+      static_cast<size_t>(std::upper_bound(stream_starts_.begin(), stream_starts_.end(), begin) -
+                          stream_starts_.begin() - 1);
+  while (begin < end) {
+    const int64_t doc = options_.documents[i];
+    const int64_t in_doc = begin - stream_starts_[i];
+    const int64_t n = std::min(end, stream_starts_[i + 1]) - begin;
+    const int64_t at = file_->document_start(doc) + in_doc;
+    file_->ReadTokens(at, at + n, ids);
+    file_->ReadLossMask(at, at + n, mask);
+    ids += n;
+    mask += n;
+    begin += n;
+    ++i;
+  }
+}
+
+void DataLoader::Fill(int64_t sample, int64_t r, Batch& batch) {
+  const int64_t len = options_.seq_len;
+  int64_t* ids = batch.input_ids.data_ptr<int64_t>() + r * len;
+  int64_t* labels = batch.labels.data_ptr<int64_t>() + r * len;
+  std::vector<uint8_t> mask(static_cast<size_t>(len), 0);
+  int64_t used = 0;
+  if (sample < 0) {
+    // Padding: nothing counted.
+  } else if (!options_.packing) {
+    ReadStream(sample * len, (sample + 1) * len, ids, mask.data());
+    used = len;
+  } else {
+    int64_t* positions = batch.position_ids.data_ptr<int64_t>() + r * len;
+    for (const auto& [doc, n] : rows_[sample]) {
+      const int64_t at = file_->document_start(doc);
+      file_->ReadTokens(at, at + n, ids + used);
+      file_->ReadLossMask(at, at + n, mask.data() + used);
+      mask[used] = 0;  // not predicted from the previous document's end
+      for (int64_t i = 0; i < n; ++i) positions[used + i] = i;
+      used += n;
+    }
+    for (int64_t i = used; i < len; ++i) positions[i] = i - used;  // the tail: its own segment
+  }
+  for (int64_t i = used; i < len; ++i) ids[i] = options_.pad_token;
+  for (int64_t i = 0; i < len; ++i) {
+    labels[i] = mask[i] != 0 ? ids[i] : -100;
+    if (i > 0 && mask[i] != 0) ++batch.label_tokens;
+  }
+}
+
+Batch DataLoader::MakeBatch(const std::vector<int64_t>& samples) {
+  Batch batch;
+  const int64_t rows = static_cast<int64_t>(samples.size()), len = options_.seq_len;
+  batch.input_ids = at::empty({rows, len}, at::kLong);
+  batch.labels = at::empty({rows, len}, at::kLong);
+  if (options_.packing) batch.position_ids = at::empty({rows, len}, at::kLong);
+  for (int64_t r = 0; r < rows; ++r) Fill(samples[r], r, batch);
+  return batch;
 }
 
 int64_t DataLoader::SampleAt(int64_t index) {
@@ -155,20 +320,23 @@ void DataLoader::Normalize() {
   }
 }
 
-at::Tensor DataLoader::Next() {
+Batch DataLoader::NextBatch() {
   Normalize();
   const int64_t local = options_.global_batch / options_.dp_size;
-  const int64_t len = options_.seq_len;
-  at::Tensor batch = at::empty({local, len}, at::kLong);
-  int64_t* out = batch.data_ptr<int64_t>();
   const int64_t first = position_.offset + options_.dp_rank * local;
-  for (int64_t r = 0; r < local; ++r) {
-    const int64_t sample = SampleAt(first + r);
-    file_->ReadTokens(sample * len, (sample + 1) * len, out + r * len);
-  }
+  std::vector<int64_t> samples;
+  for (int64_t r = 0; r < local; ++r) samples.push_back(SampleAt(first + r));
   position_.offset += options_.global_batch;
   Normalize();
-  return batch;
+  return MakeBatch(samples);
+}
+
+Batch DataLoader::EvalBatch(int64_t index) {
+  const int64_t local = options_.global_batch / options_.dp_size;
+  const int64_t first = index * options_.global_batch + options_.dp_rank * local;
+  std::vector<int64_t> samples;
+  for (int64_t r = 0; r < local; ++r) samples.push_back(first + r < num_samples_ ? first + r : -1);
+  return MakeBatch(samples);
 }
 
 absl::Status DataLoader::CheckPosition(const DataPosition& p) const {

@@ -12,6 +12,20 @@
 // global_batch / dp_size of them. An epoch ends when fewer than global_batch
 // samples remain (those are skipped); the next starts with a new permutation.
 //
+// Packing (`packing`): samples are instead rows of whole documents packed by
+// best-fit decreasing (TRL's "bfd": documents sorted by length, longest
+// first, each into the fullest row it fits; a document longer than seq_len
+// is truncated to it), so no document is split; the rows are shuffled and
+// split like windows. A packed row's positions restart at every document,
+// each document's first label is -100 (it is not predicted from the
+// previous document's end) and the tail a row leaves is padding (labels
+// -100, a segment of its own); the model's mask keeps attention inside each
+// document (models/attention.h CausalMask).
+//
+// Labels are the inputs with -100 where the token file's loss mask is 0
+// (instruction data: prompts, non-assistant turns), as TRL's
+// completion_only_loss / assistant_only_loss.
+//
 // The position (epoch, samples consumed in it) is all the state: Restore()
 // then Next() gives exactly what an uninterrupted loader would. The offset
 // counts samples, not batches, so a run may resume with another global_batch
@@ -33,6 +47,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -50,6 +65,28 @@ struct DataLoaderOptions {
   int dp_size = 1;
   uint64_t seed = 0;
   bool shuffle = true;
+  /// Whole documents packed into rows (best-fit decreasing), see above.
+  bool packing = false;
+  /// The documents to read, in order (empty: all of them): windows are cut
+  /// from their concatenation, packed rows made of them. data.eval_fraction
+  /// gives the training and the evaluation loader disjoint lists.
+  std::vector<int64_t> documents;
+  /// Evaluation: fewer samples than one global batch are enough (EvalBatch
+  /// pads the last batch).
+  bool allow_partial = false;
+  /// The token id of padding (a packed row's tail, EvalBatch's missing rows);
+  /// its labels are -100, so any id in the vocabulary does.
+  int64_t pad_token = 0;
+};
+
+/// A rank's batch, as the model takes it.
+struct Batch {
+  at::Tensor input_ids;  // int64 [rows, seq_len]
+  at::Tensor labels;     // int64 [rows, seq_len]; -100: not a counted label
+  at::Tensor
+      position_ids;  // packed: int64 [rows, seq_len], restarting per document; else undefined
+  /// The labels the loss counts: labels[:, 1:] != -100 (the model shifts).
+  int64_t label_tokens = 0;
 };
 
 struct DataPosition {
@@ -89,7 +126,21 @@ class DataLoader {
 
   /// This dp rank's share of the next global batch: int64 [global_batch /
   /// dp_size, seq_len] on the CPU.
-  at::Tensor Next();
+  at::Tensor Next() { return NextBatch().input_ids; }
+  /// The same with its labels (and positions when packed).
+  Batch NextBatch();
+  /// Evaluation: this rank's share of global batch `index` of the samples in
+  /// order (no shuffle, no epochs); rows past the last sample are padding
+  /// (no labels), so every rank runs the same batches to the end.
+  Batch EvalBatch(int64_t index);
+  /// Global batches EvalBatch covers: ceil(num_samples / global_batch).
+  int64_t eval_batches() const {
+    return (num_samples_ + options_.global_batch - 1) / options_.global_batch;
+  }
+  /// Tokens cut from documents longer than seq_len when packing.
+  int64_t truncated_tokens() const { return truncated_tokens_; }
+  /// Whether labels can differ from the inputs (a loss mask or packing).
+  bool masks_labels() const { return options_.packing || file_->has_loss_mask(); }
   /// Where the next batch comes from (after the last batch of an epoch this
   /// is already {epoch + 1, 0}).
   DataPosition position() const { return position_; }
@@ -108,10 +159,20 @@ class DataLoader {
  private:
   int64_t SampleAt(int64_t index);  // the index-th sample of this epoch's order
   void Normalize();                 // start the next epoch when this one is exhausted
+  void Init();                      // the samples: stream offsets or packed rows
+  // Sample `sample` (or padding when it is -1) into row `r` of `batch`.
+  void Fill(int64_t sample, int64_t r, Batch& batch);
+  // Stream tokens [begin, end) (the chosen documents concatenated).
+  void ReadStream(int64_t begin, int64_t end, int64_t* ids, uint8_t* mask) const;
+  Batch MakeBatch(const std::vector<int64_t>& samples);
 
   std::shared_ptr<TokenFile> file_;
   DataLoaderOptions options_;
   int64_t num_samples_ = 0;
+  std::vector<int64_t> stream_starts_;  // documents mode: stream offset of each chosen document
+  /// Packed rows: (document, tokens taken) in order.
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> rows_;
+  int64_t truncated_tokens_ = 0;
   DataPosition position_;
   int64_t permutation_epoch_ = -1;
   std::vector<int64_t> permutation_;

@@ -256,3 +256,133 @@ TEST(DataPosition, Json) {
 
 }  // namespace
 }  // namespace weft
+
+namespace weft {
+namespace {
+
+// Documents of lengths `lengths` (token values: 100 * document + index), and
+// a loss mask that is 0 on each document's first `prompt` tokens.
+std::shared_ptr<TokenFile> MakeDocuments(const std::string& name,
+                                         const std::vector<int64_t>& lengths, int64_t prompt = 0) {
+  std::vector<int64_t> tokens, starts = {0};
+  std::vector<uint8_t> mask;
+  for (size_t d = 0; d < lengths.size(); ++d) {
+    for (int64_t i = 0; i < lengths[d]; ++i) {
+      tokens.push_back(100 * static_cast<int64_t>(d) + i);
+      mask.push_back(i < prompt ? 0 : 1);
+    }
+    starts.push_back(static_cast<int64_t>(tokens.size()));
+  }
+  const std::string prefix = TmpPath(name);
+  absl::Status st = WriteTokenFile(prefix, tokens, starts, 100 * 64, prompt > 0 ? &mask : nullptr);
+  EXPECT_TRUE(st.ok()) << st;
+  auto file = TokenFile::Open(prefix);
+  EXPECT_TRUE(file.ok()) << file.status();
+  return *file;
+}
+
+std::vector<int64_t> Row(const at::Tensor& t, int64_t r) {
+  at::Tensor row = t[r].contiguous();
+  return std::vector<int64_t>(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + row.numel());
+}
+
+// Best-fit decreasing: lengths 6, 5, 4, 3, 2 into rows of 8 give
+// [6, 2], [5, 3], [4]; positions restart per document, each document's
+// first label is -100, the tail is padding without labels.
+TEST(Packing, BestFitDecreasingKeepsDocumentsApart) {
+  auto file = MakeDocuments("packing", {3, 6, 2, 5, 4});
+  DataLoaderOptions o = Options(8, 3, 0, 1, 0, /*shuffle=*/false);
+  o.packing = true;
+  o.pad_token = 7;
+  auto loader = DataLoader::Create(file, o);
+  ASSERT_TRUE(loader.ok()) << loader.status();
+  EXPECT_EQ((*loader)->num_samples(), 3);
+  EXPECT_TRUE((*loader)->masks_labels());
+  Batch b = (*loader)->NextBatch();
+  // Row 0: document 1 (6 tokens), then document 2 (2 tokens).
+  EXPECT_EQ(Row(b.input_ids, 0), (std::vector<int64_t>{100, 101, 102, 103, 104, 105, 200, 201}));
+  EXPECT_EQ(Row(b.position_ids, 0), (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 0, 1}));
+  EXPECT_EQ(Row(b.labels, 0), (std::vector<int64_t>{-100, 101, 102, 103, 104, 105, -100, 201}));
+  // Row 1: document 3 (5), then document 0 (3).
+  EXPECT_EQ(Row(b.input_ids, 1), (std::vector<int64_t>{300, 301, 302, 303, 304, 0, 1, 2}));
+  EXPECT_EQ(Row(b.position_ids, 1), (std::vector<int64_t>{0, 1, 2, 3, 4, 0, 1, 2}));
+  // Row 2: document 4 (4) and 4 tokens of padding, a segment of its own.
+  EXPECT_EQ(Row(b.input_ids, 2), (std::vector<int64_t>{400, 401, 402, 403, 7, 7, 7, 7}));
+  EXPECT_EQ(Row(b.position_ids, 2), (std::vector<int64_t>{0, 1, 2, 3, 0, 1, 2, 3}));
+  EXPECT_EQ(Row(b.labels, 2), (std::vector<int64_t>{-100, 401, 402, 403, -100, -100, -100, -100}));
+  // Counted labels: 5 + 1, 4 + 2, 3.
+  EXPECT_EQ(b.label_tokens, 15);
+}
+
+// Documents longer than seq_len are cut (TRL's bfd), and counted.
+TEST(Packing, LongDocumentsAreTruncated) {
+  auto file = MakeDocuments("packing_long", {10, 3, 2});
+  DataLoaderOptions o = Options(4, 1, 0, 1, 0, false);
+  o.packing = true;
+  auto loader = DataLoader::Create(file, o);
+  ASSERT_TRUE(loader.ok()) << loader.status();
+  EXPECT_EQ((*loader)->truncated_tokens(), 6);
+  EXPECT_EQ((*loader)->num_samples(), 3);  // [4], [3], [2]
+  EXPECT_EQ(Row((*loader)->NextBatch().input_ids, 0), (std::vector<int64_t>{0, 1, 2, 3}));
+}
+
+// The loss mask: labels -100 where it is 0, with and without packing.
+TEST(Packing, LossMaskBecomesIgnoredLabels) {
+  auto file = MakeDocuments("masked_docs", {4, 4}, /*prompt=*/2);
+  ASSERT_TRUE(file->has_loss_mask());
+  auto windows = DataLoader::Create(file, Options(4, 2, 0, 1, 0, false));
+  ASSERT_TRUE(windows.ok()) << windows.status();
+  Batch w = (*windows)->NextBatch();
+  EXPECT_FALSE(w.position_ids.defined());
+  EXPECT_EQ(Row(w.labels, 0), (std::vector<int64_t>{-100, -100, 2, 3}));
+  EXPECT_EQ(Row(w.labels, 1), (std::vector<int64_t>{-100, -100, 102, 103}));
+  EXPECT_EQ(w.label_tokens, 4);
+  DataLoaderOptions o = Options(8, 1, 0, 1, 0, false);
+  o.packing = true;
+  auto packed = DataLoader::Create(file, o);
+  ASSERT_TRUE(packed.ok()) << packed.status();
+  Batch p = (*packed)->NextBatch();
+  EXPECT_EQ(Row(p.labels, 0), (std::vector<int64_t>{-100, -100, 2, 3, -100, -100, 102, 103}));
+}
+
+// A document subset (data.eval_fraction's split) reads only those
+// documents, concatenated, in windows or packed.
+TEST(Packing, DocumentSubsets) {
+  auto file = MakeDocuments("subset", {3, 3, 3, 3});
+  DataLoaderOptions o = Options(2, 1, 0, 1, 0, false);
+  o.documents = {1, 3};
+  auto loader = DataLoader::Create(file, o);
+  ASSERT_TRUE(loader.ok()) << loader.status();
+  EXPECT_EQ((*loader)->num_samples(), 3);  // 6 tokens in windows of 2
+  EXPECT_EQ(Row((*loader)->Next(), 0), (std::vector<int64_t>{100, 101}));
+  EXPECT_EQ(Row((*loader)->Next(), 0), (std::vector<int64_t>{102, 300}));  // across the subset
+  o.documents = {1, 7};
+  EXPECT_EQ(DataLoader::Create(file, o).status().message(),
+            "document 7 (entry 1 of the loader's documents) is out of range for " +
+                TmpPath("subset") + " (expected 0 <= document < 4)");
+}
+
+// Evaluation batches: in order, the last one padded, the same count on
+// every rank (an uneven end never leaves a rank without a batch).
+TEST(Packing, EvalBatchesPadTheEnd) {
+  auto file = MakeFile("eval_uneven", 50);  // 5 samples of 10
+  for (int rank = 0; rank < 2; ++rank) {
+    DataLoaderOptions o = Options(10, 4, rank, 2, 0, false);
+    o.allow_partial = true;
+    auto loader = DataLoader::Create(file, o);
+    ASSERT_TRUE(loader.ok()) << loader.status();
+    EXPECT_EQ((*loader)->eval_batches(), 2);
+    Batch last = (*loader)->EvalBatch(1);  // sample 4 on rank 0; nothing on rank 1
+    ASSERT_EQ(last.input_ids.size(0), 2);
+    EXPECT_EQ(last.label_tokens, rank == 0 ? 9 : 0);
+    if (rank == 0) EXPECT_EQ(last.input_ids[0][0].item<int64_t>(), 40);
+    EXPECT_EQ((last.labels[1] == -100).all().item<bool>(), true);
+  }
+  DataLoaderOptions few = Options(10, 8, 0, 1);
+  EXPECT_FALSE(DataLoader::Create(file, few).ok());  // training needs a whole global batch
+  few.allow_partial = true;
+  EXPECT_TRUE(DataLoader::Create(file, few).ok());
+}
+
+}  // namespace
+}  // namespace weft

@@ -111,5 +111,17 @@ TEST(ClipGradNorm, CountsReplicatedParametersOnce) {
   EXPECT_NEAR(b.grad()[0].item<double>(), 4.0 / (5.0 + 1e-6), 1e-9);
 }
 
+// A packed q | k | v with replicated KV heads: only its KV rows are held by
+// several ranks, so only their squares are divided.
+TEST(ClipGradNorm, CountsReplicatedRowsOnce) {
+  at::Tensor w = at::zeros({4, 1}).set_requires_grad(true);
+  w.mutable_grad() = at::tensor({1.0, 2.0, 4.0, 2.0}).view({4, 1});
+  // Rows 1 and 2 held by 2 ranks: 1 + (4 + 16) / 2 + 4 = 15.
+  EXPECT_NEAR(ClipGradNorm({w}, {GradCopies(2, {{1, 3}})}, nullptr, 0), std::sqrt(15.0), 1e-9);
+  // Rows past the end are ignored; rows before 0 too (a later dp_shard piece).
+  EXPECT_NEAR(ClipGradNorm({w}, {GradCopies(2, {{-2, 1}, {3, 9}})}, nullptr, 0),
+              std::sqrt(0.5 + 4 + 16 + 2), 1e-9);
+}
+
 }  // namespace
 }  // namespace weft

@@ -207,9 +207,28 @@ std::vector<double> AppendCurves(std::string& s, const Frame& f, const Points& f
   return ema;
 }
 
+// The validation losses: an orange line with markers.
+void AppendEvalCurve(std::string& s, const Frame& f, const Points& eval) {
+  if (eval.empty()) return;
+  std::vector<std::string> coords;
+  for (const auto& p : eval) {
+    coords.push_back(absl::StrCat(Num(f.X(static_cast<double>(p.first))), ",", Num(f.Y(p.second))));
+  }
+  absl::StrAppend(&s,
+                  "<polyline class=\"eval\" fill=\"none\" stroke=\"#e8710a\" "
+                  "stroke-width=\"2\" stroke-linejoin=\"round\" points=\"",
+                  absl::StrJoin(coords, " "), "\"/>\n");
+  absl::StrAppend(&s, "<g class=\"eval-markers\" fill=\"#e8710a\">\n");
+  for (const auto& p : eval) {
+    absl::StrAppend(&s, "<circle cx=\"", Num(f.X(static_cast<double>(p.first))), "\" cy=\"",
+                    Num(f.Y(p.second)), "\" r=\"3.5\"/>\n");
+  }
+  absl::StrAppend(&s, "</g>\n");
+}
+
 // Labels in the top-right corner: final loss, legend, skipped points.
 void AppendNotes(std::string& s, const Points& finite, const std::vector<int64_t>& skipped,
-                 const std::vector<double>& ema) {
+                 const std::vector<double>& ema, const Points& eval) {
   const bool smooth = !ema.empty();
   std::vector<std::pair<std::string, std::string>> notes;  // (text, color)
   if (finite.empty()) {
@@ -227,6 +246,11 @@ void AppendNotes(std::string& s, const Points& finite, const std::vector<int64_t
                                            5, static_cast<double>(finite.size()) / 25))),
                        "#555"});
     }
+  }
+  if (!eval.empty()) {
+    notes.push_back({absl::StrFormat("orange: validation loss (last %.4f at step %d)",
+                                     eval.back().second, eval.back().first),
+                     "#e8710a"});
   }
   if (!skipped.empty()) {
     std::vector<std::string> first;
@@ -259,7 +283,8 @@ void AppendNotes(std::string& s, const Points& finite, const std::vector<int64_t
 }  // namespace
 
 std::string LossCurveSvg(const std::vector<std::pair<int64_t, double>>& points,
-                         const std::string& title) {
+                         const std::string& title,
+                         const std::vector<std::pair<int64_t, double>>& eval_points) {
   Points finite;
   std::vector<int64_t> skipped;
   for (const auto& p : points) {
@@ -271,20 +296,32 @@ std::string LossCurveSvg(const std::vector<std::pair<int64_t, double>>& points,
   }
   std::stable_sort(finite.begin(), finite.end(),
                    [](const auto& a, const auto& b) { return a.first < b.first; });
-  const Frame frame = FrameOf(finite);
+  Points eval;
+  for (const auto& p : eval_points)
+    if (std::isfinite(p.second)) eval.push_back(p);
+  std::stable_sort(eval.begin(), eval.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  // The frame holds both curves.
+  Points both = finite;
+  both.insert(both.end(), eval.begin(), eval.end());
+  std::stable_sort(both.begin(), both.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  const Frame frame = FrameOf(both);
   std::string s;
   AppendHeader(s, title);
   AppendAxes(s, frame);
   const std::vector<double> ema = AppendCurves(s, frame, finite);
-  AppendNotes(s, finite, skipped, ema);
+  AppendEvalCurve(s, frame, eval);
+  AppendNotes(s, finite, skipped, ema, eval);
   absl::StrAppend(&s, "</svg>\n");
   return s;
 }
 
 absl::Status WriteLossCurveSvg(const std::string& path,
                                const std::vector<std::pair<int64_t, double>>& points,
-                               const std::string& title) {
-  const std::string svg = LossCurveSvg(points, title);
+                               const std::string& title,
+                               const std::vector<std::pair<int64_t, double>>& eval_points) {
+  const std::string svg = LossCurveSvg(points, title, eval_points);
   ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(path));
   RETURN_IF_ERROR(out.Write(svg.data(), svg.size()));
   return out.Commit();

@@ -21,16 +21,19 @@
 
 namespace weft {
 
-/// The chart as SVG text (what WriteLossCurveSvg writes).
+/// The chart as SVG text (what WriteLossCurveSvg writes). `eval_points`
+/// (step, validation loss), when given, are a second curve (orange, with
+/// markers, class "eval") on the same axes, their last value in the notes.
 std::string LossCurveSvg(const std::vector<std::pair<int64_t, double>>& points,
-                         const std::string& title);
+                         const std::string& title,
+                         const std::vector<std::pair<int64_t, double>>& eval_points = {});
 
 /// Writes LossCurveSvg(points, title) to `path` atomically (temporary file,
 /// fsync, rename); errors name the call, the file and errno.
 absl::Status WriteLossCurveSvg(
     const std::string& path,
     const std::vector<std::pair<int64_t, double>>& points /* (step, loss) */,
-    const std::string& title);
+    const std::string& title, const std::vector<std::pair<int64_t, double>>& eval_points = {});
 
 /// The EMA line drawn for long curves: bias-corrected exponential moving
 /// average with smoothing 1 - 2 / (span + 1), span = max(5, n / 25).

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -135,8 +136,40 @@ absl::StatusOr<std::shared_ptr<TokenFile>> TokenFile::Open(const std::string& pr
                                                    ")"));
   }
 
+  // The optional loss mask: its header and size checked here, its bytes when read.
+  std::shared_ptr<MappedFile> mask;
+  const std::string mask_path = prefix + ".mask";
+  struct stat mask_stat {};
+  if (::stat(mask_path.c_str(), &mask_stat) == 0) {
+    ASSIGN_OR_RETURN(mask, MappedFile::Open(mask_path));
+    const std::string mwhere = absl::StrCat("loss mask ", mask_path);
+    if (mask->size() < static_cast<uint64_t>(kLossMaskHeaderBytes)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          mwhere, " is ", mask->size(),
+          " bytes, too short for the header (expected >= ", kLossMaskHeaderBytes, ")"));
+    }
+    if (std::memcmp(mask->data(), kLossMaskMagic, 8) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          mwhere, " has magic \"",
+          absl::CHexEscape(absl::string_view(reinterpret_cast<const char*>(mask->data()), 8)),
+          "\" (expected \"", kLossMaskMagic, "\")"));
+    }
+    const uint64_t mask_tokens = LoadLe(mask->data() + 8, 8);
+    if (mask_tokens != num_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat(mwhere, " covers ", mask_tokens,
+                                                     " tokens (expected num_tokens ", num_tokens,
+                                                     " of ", idx_path, ")"));
+    }
+    if (mask->size() != kLossMaskHeaderBytes + num_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat(mwhere, " is ", mask->size(),
+                                                     " bytes (expected ", kLossMaskHeaderBytes,
+                                                     " + num_tokens ", num_tokens, ")"));
+    }
+  }
+
   std::shared_ptr<TokenFile> file(new TokenFile());
   file->prefix_ = prefix;
+  file->mask_ = std::move(mask);
   file->index_ = std::move(index);
   file->data_ = std::move(data);
   file->num_tokens_ = static_cast<int64_t>(num_tokens);
@@ -173,6 +206,22 @@ void TokenFile::ReadTokens(int64_t begin, int64_t end, int64_t* out) const {
   }
 }
 
+void TokenFile::ReadLossMask(int64_t begin, int64_t end, uint8_t* out) const {
+  TORCH_CHECK(begin >= 0 && begin <= end && end <= num_tokens_, "token range [", begin, ", ", end,
+              ") is out of range for ", prefix_, " (expected 0 <= begin <= end <= num_tokens ",
+              num_tokens_, ")");
+  if (mask_ == nullptr) {
+    std::fill(out, out + (end - begin), uint8_t{1});
+    return;
+  }
+  const uint8_t* p = mask_->data() + kLossMaskHeaderBytes + begin;
+  for (int64_t i = 0; i < end - begin; ++i) {
+    TORCH_CHECK(p[i] <= 1, "loss mask byte ", static_cast<int>(p[i]), " at offset ", begin + i,
+                " of ", prefix_, ".mask (expected 0 or 1)");
+    out[i] = p[i];
+  }
+}
+
 at::Tensor TokenFile::Tokens(int64_t begin, int64_t end) const {
   TORCH_CHECK(begin >= 0 && begin <= end && end <= num_tokens_, "token range [", begin, ", ", end,
               ") is out of range for ", prefix_, " (expected 0 <= begin <= end <= num_tokens ",
@@ -183,7 +232,8 @@ at::Tensor TokenFile::Tokens(int64_t begin, int64_t end) const {
 }
 
 absl::Status WriteTokenFile(const std::string& prefix, const std::vector<int64_t>& tokens,
-                            const std::vector<int64_t>& document_starts, int64_t vocab_size) {
+                            const std::vector<int64_t>& document_starts, int64_t vocab_size,
+                            const std::vector<uint8_t>* loss_mask) {
   const std::string where = absl::StrCat("token file ", prefix);
   if (vocab_size <= 0 || vocab_size > (int64_t{1} << 32)) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": vocab_size ", vocab_size,
@@ -217,6 +267,26 @@ absl::Status WriteTokenFile(const std::string& prefix, const std::vector<int64_t
                                                      vocab_size, ")"));
     }
   }
+  if (loss_mask != nullptr) {
+    if (static_cast<int64_t>(loss_mask->size()) != num_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": the loss mask has ",
+                                                     loss_mask->size(),
+                                                     " entries (expected one per "
+                                                     "token, ",
+                                                     num_tokens, ")"));
+    }
+    for (size_t i = 0; i < loss_mask->size(); ++i) {
+      if ((*loss_mask)[i] > 1) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": loss mask entry ", i, " is ",
+                                                       static_cast<int>((*loss_mask)[i]),
+                                                       " (expected 0 or 1)"));
+      }
+    }
+  } else if (::unlink((prefix + ".mask").c_str()) != 0 && errno != ENOENT) {
+    const int err = errno;
+    return absl::InternalError(
+        absl::StrCat(where, ": removing the stale ", prefix, ".mask failed: ", std::strerror(err)));
+  }
   const int bytes = vocab_size <= 65536 ? 2 : 4;
 
   ASSIGN_OR_RETURN(AtomicFile bin, AtomicFile::Create(prefix + ".bin"));
@@ -230,6 +300,16 @@ absl::Status WriteTokenFile(const std::string& prefix, const std::vector<int64_t
     RETURN_IF_ERROR(bin.Write(buf.data(), buf.size()));
   }
   RETURN_IF_ERROR(bin.Commit());
+
+  if (loss_mask != nullptr) {
+    std::string header(kLossMaskMagic, 8);
+    StoreLe(static_cast<uint64_t>(num_tokens), 8, &header);
+    ASSIGN_OR_RETURN(AtomicFile mask, AtomicFile::Create(prefix + ".mask"));
+    RETURN_IF_ERROR(mask.Write(header.data(), header.size()));
+    RETURN_IF_ERROR(
+        mask.Write(reinterpret_cast<const char*>(loss_mask->data()), loss_mask->size()));
+    RETURN_IF_ERROR(mask.Commit());
+  }
 
   std::string idx(kTokenFileMagic, 8);
   StoreLe(kTokenFileVersion, 4, &idx);

@@ -9,6 +9,11 @@
 //                 num_tokens, uint64 num_documents, then uint64 document
 //                 starts [num_documents + 1]: token offsets, the first 0,
 //                 strictly increasing, the last num_tokens.
+//   <prefix>.mask (optional) the loss mask of instruction data: 8-byte magic
+//                 "WEFTMSK1", uint64 num_tokens, then one byte per token, 1
+//                 when the token is a label counted in the loss (a
+//                 completion's or an assistant turn's), 0 when not (a
+//                 prompt's). Without it every token counts.
 //
 // Open validates both files completely (header, sizes, every document start)
 // before anything reads a token. Token values are checked lazily: Tokens()
@@ -42,6 +47,9 @@ inline constexpr char kTokenFileMagic[] = "WEFTTOK1";
 inline constexpr uint32_t kTokenFileVersion = 1;
 /// Size of the fixed .idx header before the document starts.
 inline constexpr int64_t kTokenIndexHeaderBytes = 40;
+/// The loss mask's magic bytes and header size.
+inline constexpr char kLossMaskMagic[] = "WEFTMSK1";
+inline constexpr int64_t kLossMaskHeaderBytes = 16;
 
 class TokenFile {
  public:
@@ -63,12 +71,19 @@ class TokenFile {
   /// Tokens [begin, end) into out[0, end - begin), with the same checks.
   void ReadTokens(int64_t begin, int64_t end, int64_t* out) const;
 
+  /// Whether <prefix>.mask exists: some tokens are not counted in the loss.
+  bool has_loss_mask() const { return mask_ != nullptr; }
+  /// The loss mask of tokens [begin, end) into out (1: counted), all ones
+  /// without a mask file; throws (TORCH_CHECK) on a byte other than 0 or 1.
+  void ReadLossMask(int64_t begin, int64_t end, uint8_t* out) const;
+
  private:
   TokenFile() = default;
 
   std::string prefix_;
   std::shared_ptr<MappedFile> index_;
   std::shared_ptr<MappedFile> data_;
+  std::shared_ptr<MappedFile> mask_;  // or null
   int64_t num_tokens_ = 0;
   int64_t num_documents_ = 0;
   int64_t vocab_size_ = 0;
@@ -79,9 +94,12 @@ class TokenFile {
 /// fsynced and renamed; .bin first, so a crash in between leaves an index
 /// that Open rejects for its .bin size rather than a silently torn pair).
 /// `document_starts` has num_documents + 1 entries: 0, strictly increasing,
-/// ending at tokens.size(). Tokens must lie in [0, vocab_size).
+/// ending at tokens.size(). Tokens must lie in [0, vocab_size). With a
+/// `loss_mask` (one 0 or 1 per token) <prefix>.mask is written too (after
+/// .bin, before .idx); without one a stale <prefix>.mask is removed first.
 absl::Status WriteTokenFile(const std::string& prefix, const std::vector<int64_t>& tokens,
-                            const std::vector<int64_t>& document_starts, int64_t vocab_size);
+                            const std::vector<int64_t>& document_starts, int64_t vocab_size,
+                            const std::vector<uint8_t>* loss_mask = nullptr);
 
 /// One id per byte (0..255): the byte-level "tokenizer" of vocab size 256.
 std::vector<int64_t> ByteLevelTokens(absl::string_view text);

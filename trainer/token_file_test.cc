@@ -64,6 +64,56 @@ TEST(TokenFile, WritesAndReadsBack) {
   EXPECT_TRUE(ReadTextFile(prefix + ".bin.tmp." + std::to_string(::getpid())).value_or("").empty());
 }
 
+// Instruction data's loss mask: written beside the tokens, read back; a
+// later write without one removes it; a mask that does not fit the tokens
+// is refused at Open, a byte other than 0 or 1 when read.
+TEST(TokenFile, LossMask) {
+  const std::string prefix = TmpPath("masked");
+  const std::vector<int64_t> tokens = {5, 0, 255, 17};
+  const std::vector<uint8_t> mask = {0, 0, 1, 1};
+  ASSERT_TRUE(WriteTokenFile(prefix, tokens, {0, 4}, 256, &mask).ok());
+  EXPECT_EQ(ReadTextFile(prefix + ".mask").value_or("").size(), 16u + 4);
+  auto file = TokenFile::Open(prefix);
+  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_TRUE((*file)->has_loss_mask());
+  std::vector<uint8_t> got(3);
+  (*file)->ReadLossMask(1, 4, got.data());
+  EXPECT_EQ(got, (std::vector<uint8_t>{0, 1, 1}));
+
+  const std::vector<uint8_t> short_mask = {1};
+  EXPECT_EQ(WriteTokenFile(prefix, tokens, {0, 4}, 256, &short_mask).message(),
+            "token file " + prefix + ": the loss mask has 1 entries (expected one per token, 4)");
+  std::string bytes = ReadTextFile(prefix + ".mask").value_or("");
+  PutLe(&bytes, 8, 5, 8);
+  WriteAll(prefix + ".mask", bytes);
+  EXPECT_EQ(OpenError(prefix), "loss mask " + prefix +
+                                   ".mask covers 5 tokens (expected num_tokens 4 of " + prefix +
+                                   ".idx)");
+  PutLe(&bytes, 8, 4, 8);
+  bytes[16 + 2] = 2;
+  WriteAll(prefix + ".mask", bytes);
+  auto bad = TokenFile::Open(prefix);
+  ASSERT_TRUE(bad.ok()) << bad.status();
+  try {
+    (*bad)->ReadLossMask(0, 4, got.data());
+    ADD_FAILURE() << "a mask byte of 2 was read";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("loss mask byte 2 at offset 2 of " + prefix +
+                                         ".mask (expected 0 or 1)"),
+              std::string::npos)
+        << e.what();
+  }
+
+  ASSERT_TRUE(WriteTokenFile(prefix, tokens, {0, 4}, 256).ok());
+  EXPECT_FALSE(std::ifstream(prefix + ".mask").good()) << "a stale mask would still apply";
+  auto plain = TokenFile::Open(prefix);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE((*plain)->has_loss_mask());
+  got.assign(4, 0);
+  (*plain)->ReadLossMask(0, 4, got.data());
+  EXPECT_EQ(got, (std::vector<uint8_t>{1, 1, 1, 1}));
+}
+
 TEST(TokenFile, UsesFourBytesAboveUint16) {
   const std::string prefix = TmpPath("wide");
   std::vector<int64_t> tokens = {70000, 1, 65536, 99999};

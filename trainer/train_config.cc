@@ -53,6 +53,11 @@ const std::vector<Field>& Fields() {
       {"data.text", &TrainConfig::data_text},
       {"data.seq_len", &TrainConfig::seq_len},
       {"data.shuffle", &TrainConfig::shuffle},
+      {"data.packing", &TrainConfig::packing},
+      {"data.eval_path", &TrainConfig::data_eval_path},
+      {"data.eval_fraction", &TrainConfig::eval_fraction},
+      {"eval.every", &TrainConfig::eval_every},
+      {"eval.batches", &TrainConfig::eval_batches},
       {"optimizer.lr", &TrainConfig::lr},
       {"optimizer.betas", &TrainConfig::betas},
       {"optimizer.eps", &TrainConfig::eps},
@@ -265,6 +270,25 @@ absl::Status Validate(const TrainConfig& c, const std::string& s) {
   if (c.pp_timeout < 1)
     return Invalid(s, "parallel.pp_timeout", std::to_string(c.pp_timeout), ">= 1 (seconds)");
   if (c.seq_len < 2) return Invalid(s, "data.seq_len", std::to_string(c.seq_len), ">= 2");
+  if (!(c.eval_fraction >= 0 && c.eval_fraction < 1))
+    return Invalid(s, "data.eval_fraction", absl::StrCat(c.eval_fraction), "in [0, 1)");
+  if (c.eval_fraction > 0 && !c.data_eval_path.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(s,
+                     ": set at most one of data.eval_path (a token file to evaluate on) and "
+                     "data.eval_fraction (documents of data.path held out)"));
+  }
+  if (c.eval_every < 0)
+    return Invalid(s, "eval.every", std::to_string(c.eval_every), ">= 1, or 0 for only at the end");
+  if (c.eval_batches < 0)
+    return Invalid(s, "eval.batches", std::to_string(c.eval_batches),
+                   ">= 1, or 0 for the whole eval set");
+  const bool evaluating = c.eval_fraction > 0 || !c.data_eval_path.empty();
+  if (evaluating && c.pp > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(s, ": evaluation (data.eval_path / data.eval_fraction) with parallel.pp ",
+                     c.pp, " is not supported yet (expected parallel.pp 1 with an eval set)"));
+  }
   if (!(c.lr > 0)) return Invalid(s, "optimizer.lr", absl::StrCat(c.lr), "> 0");
   if (c.betas.size() != 2 || !(c.betas[0] >= 0 && c.betas[0] < 1) ||
       !(c.betas[1] >= 0 && c.betas[1] < 1)) {

@@ -7,7 +7,9 @@
 //               {config: FILE.json}        # train from scratch (transformers' init)
 //   parallel:   {tp: 2, dp: 1, plan: auto, loss_parallel: false,
 //                pp: 2, pp_plan: auto, pp_schedule: 1f1b, pp_microbatches: 8}
-//   data:       {path: PREFIX | text: FILE.txt, seq_len: 256, shuffle: true}
+//   data:       {path: PREFIX | text: FILE.txt, seq_len: 256, shuffle: true,
+//                packing: false, eval_path: PREFIX | eval_fraction: 0.05}
+//   eval:       {every: 100, batches: 0}        # with eval data: loss, perplexity
 //   optimizer:  {lr: 3e-4, betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0}
 //   schedule:   {warmup_steps: 100, decay: cosine, min_lr_ratio: 0.1}
 //   train:      {steps: 1000, global_batch: 32, micro_batch: 4, precision: bf16,
@@ -57,6 +59,12 @@ struct TrainConfig {
   std::string data_text;  // a text file, tokenised byte-level (vocab 256)
   int64_t seq_len = 256;
   bool shuffle = true;
+  bool packing = false;        // whole documents packed per row (best-fit decreasing)
+  std::string data_eval_path;  // a token file prefix to evaluate on
+  double eval_fraction = 0;    // or this fraction of data.path's documents held out
+  // eval (with data.eval_path or data.eval_fraction)
+  int64_t eval_every = 0;    // steps between evaluations (0: only at the end)
+  int64_t eval_batches = 0;  // global batches per evaluation (0: the whole eval set)
   // optimizer (AdamW)
   double lr = 3e-4;
   std::vector<double> betas = {0.9, 0.95};

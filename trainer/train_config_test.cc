@@ -92,13 +92,35 @@ TEST(TrainConfig, ResolvedYamlRoundTrips) {
   EXPECT_EQ(again->tp, 2);
 }
 
+// Instruction data: packing and an eval set, each misuse one line.
+TEST(TrainConfig, PackingAndEvaluation) {
+  auto c = ParseTrainConfig(
+      kMinimal, "run.yaml",
+      {"data.packing=true", "data.eval_fraction=0.1", "eval.every=5", "eval.batches=2"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->packing);
+  EXPECT_DOUBLE_EQ(c->eval_fraction, 0.1);
+  EXPECT_EQ(c->eval_every, 5);
+  EXPECT_EQ(c->eval_batches, 2);
+  EXPECT_EQ(Error(kMinimal, {"data.eval_fraction=1"}),
+            "run.yaml: data.eval_fraction is 1 (expected in [0, 1))");
+  EXPECT_EQ(Error(kMinimal, {"data.eval_fraction=0.1", "data.eval_path=data/val"}),
+            "run.yaml: set at most one of data.eval_path (a token file to evaluate on) and "
+            "data.eval_fraction (documents of data.path held out)");
+  EXPECT_EQ(Error(kMinimal, {"eval.every=-1"}),
+            "run.yaml: eval.every is -1 (expected >= 1, or 0 for only at the end)");
+  EXPECT_EQ(Error(kMinimal, {"data.eval_path=data/val", "parallel.pp=2"}),
+            "run.yaml: evaluation (data.eval_path / data.eval_fraction) with parallel.pp 2 is not "
+            "supported yet (expected parallel.pp 1 with an eval set)");
+}
+
 TEST(TrainConfig, UnknownKeysNameTheKey) {
   EXPECT_EQ(Error(std::string(kMinimal) + "optimizer: {lrr: 1}\n"),
             "run.yaml: unknown key 'optimizer.lrr' (known keys under optimizer: lr, betas, eps, "
             "weight_decay, grad_clip)");
   EXPECT_EQ(Error(std::string(kMinimal) + "optimiser: {lr: 1}\n"),
             "run.yaml: unknown key 'optimiser' (known sections and keys: model, parallel, data, "
-            "optimizer, schedule, train, checkpoint, logging, sample, output_dir)");
+            "eval, optimizer, schedule, train, checkpoint, logging, sample, output_dir)");
   EXPECT_EQ(Error(kMinimal, {"train.stepz=3"}),
             "--set: unknown key 'train.stepz' (known keys under train: steps, global_batch, "
             "micro_batch, precision, activation_checkpointing, seed, resume, device)");

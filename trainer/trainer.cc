@@ -49,6 +49,7 @@
 #include "trainer/activation_checkpointing.h"
 #include "trainer/checkpointing.h"
 #include "trainer/data_loader.h"
+#include "trainer/evaluate.h"
 #include "trainer/optimizer.h"
 #include "trainer/plot.h"
 #include "trainer/token_file.h"
@@ -143,6 +144,7 @@ struct Run {
   std::string data_prefix;
   std::shared_ptr<TokenFile> tokens;
   std::unique_ptr<DataLoader> loader;
+  std::unique_ptr<DataLoader> eval_loader;  // with data.eval_path or data.eval_fraction
 
   // The model, every tp rank's placements (empty at tp = 1), its parameters
   // once each (tied embeddings are one tensor) and the optimizer.
@@ -299,7 +301,42 @@ absl::Status OpenData(Run& run) {
   data_options.dp_size = run.dims->data_parallel();
   data_options.seed = static_cast<uint64_t>(c.seed);
   data_options.shuffle = c.shuffle;
+  data_options.packing = c.packing;
+  DataLoaderOptions eval_options = data_options;
+  eval_options.shuffle = false;
+  eval_options.allow_partial = true;
+  std::shared_ptr<TokenFile> eval_tokens;
+  if (c.eval_fraction > 0) {
+    // Held out: a seeded choice of ceil(fraction * documents), the same on
+    // every rank and every resume; both lists keep the file's order.
+    const int64_t docs = run.tokens->num_documents();
+    const int64_t held = static_cast<int64_t>(std::ceil(c.eval_fraction * docs));
+    if (held < 1 || held >= docs) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("data.eval_fraction ", c.eval_fraction, " of the ", docs, " documents of ",
+                       run.data_prefix, " holds out ", held,
+                       " (expected at least one document for evaluation and one for training)"));
+    }
+    std::vector<int64_t> order = EpochPermutation(docs, static_cast<uint64_t>(c.seed), -1);
+    std::vector<int64_t> eval_docs(order.begin(), order.begin() + held);
+    std::vector<int64_t> train_docs(order.begin() + held, order.end());
+    std::sort(eval_docs.begin(), eval_docs.end());
+    std::sort(train_docs.begin(), train_docs.end());
+    data_options.documents = std::move(train_docs);
+    eval_options.documents = std::move(eval_docs);
+    eval_tokens = run.tokens;
+  } else if (!c.data_eval_path.empty()) {
+    ASSIGN_OR_RETURN(eval_tokens, TokenFile::Open(c.data_eval_path));
+    if (eval_tokens->vocab_size() != run.tokens->vocab_size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "data.eval_path ", c.data_eval_path, " has vocab_size ", eval_tokens->vocab_size(),
+          " (expected data.path's ", run.tokens->vocab_size(), ")"));
+    }
+  }
   ASSIGN_OR_RETURN(run.loader, DataLoader::Create(run.tokens, data_options));
+  if (eval_tokens) {
+    ASSIGN_OR_RETURN(run.eval_loader, DataLoader::Create(eval_tokens, eval_options));
+  }
   if (run.sampling() && !byte_level) {
     return absl::InvalidArgumentError(
         absl::StrCat("sample.prompt needs byte-level data (vocab_size 256); ", run.data_prefix,
@@ -735,6 +772,7 @@ absl::Status Resume(Run& run) {
 struct MetricsRecord {
   std::string line;
   std::optional<double> loss;
+  std::optional<double> eval_loss;
 };
 
 std::map<int64_t, MetricsRecord> MetricsByStep(const std::string& path) {
@@ -747,8 +785,10 @@ std::map<int64_t, MetricsRecord> MetricsByStep(const std::string& path) {
     const JsonValue* step = record->Find("step");
     if (step == nullptr || !step->AsUint64()) continue;
     const JsonValue* loss = record->Find("loss");
+    const JsonValue* eval_loss = record->Find("eval_loss");
     records[static_cast<int64_t>(*step->AsUint64())] = {
-        line, loss == nullptr ? std::nullopt : loss->AsDouble()};
+        line, loss == nullptr ? std::nullopt : loss->AsDouble(),
+        eval_loss == nullptr ? std::nullopt : eval_loss->AsDouble()};
   }
   return records;
 }
@@ -830,6 +870,31 @@ absl::Status Start(Run& run) {
     shape.activation_checkpointing = c.activation_checkpointing;
     run.log << "[train] memory per rank (estimate, rank 0): "
             << EstimateMemory(model.config, shape).ToString() << "\n";
+    const DataLoader& data = *run.loader;
+    if (c.packing || run.tokens->has_loss_mask()) {
+      run.log << absl::StrFormat(
+          "[train] data: %s%s, %d samples of %d tokens%s\n", run.data_prefix,
+          run.tokens->has_loss_mask() ? " with a loss mask (labels -100 where it is 0)" : "",
+          data.num_samples(), c.seq_len,
+          c.packing ? absl::StrFormat(" packed by best-fit decreasing, documents apart (%d "
+                                      "tokens cut from documents longer than seq_len)",
+                                      data.truncated_tokens())
+                    : std::string());
+    }
+    if (run.eval_loader) {
+      run.log << absl::StrFormat(
+          "[train] eval: %s, %d samples = %d global batches%s, every %s\n",
+          c.eval_fraction > 0
+              ? absl::StrFormat("%d documents of %s held out (data.eval_fraction %g)",
+                                run.eval_loader->options().documents.size(), run.data_prefix,
+                                c.eval_fraction)
+              : c.data_eval_path,
+          run.eval_loader->num_samples(), run.eval_loader->eval_batches(),
+          c.eval_batches > 0 ? absl::StrFormat(" (%d per evaluation)", c.eval_batches)
+                             : std::string(),
+          c.eval_every > 0 ? absl::StrFormat("%d steps and at the end", c.eval_every)
+                           : std::string("run: at the end"));
+    }
     if (run.dims->pp_enabled()) {
       const PipelineSchedule& p = *run.pipeline;
       std::vector<std::string> cuts;
@@ -903,15 +968,32 @@ struct StepStats {
   double loss = 0;
   double grad_norm = 0;
   double lr = 0;
+  std::optional<EvalResult> eval;  // when this step evaluated
 };
+
+// Rows [first, first + rows) of a batch as the model's inputs on `device`.
+CausalLMInputs MicroBatch(const Batch& batch, int64_t first, int64_t rows, at::Device device) {
+  CausalLMInputs inputs;
+  inputs.input_ids = batch.input_ids.narrow(0, first, rows).to(device);
+  inputs.labels = batch.labels.narrow(0, first, rows).to(device);
+  if (batch.position_ids.defined()) {
+    inputs.position_ids = batch.position_ids.narrow(0, first, rows).to(device);
+  }
+  return inputs;
+}
+
+// The labels the loss counts (the model shifts: labels[:, 1:] != -100).
+double CountedLabels(const at::Tensor& labels) {
+  return (labels.narrow(1, 1, labels.size(1) - 1) != -100).sum().item<double>();
+}
 
 // One step's micro-batches through the pipeline stages of this rank (the
 // schedule's order); the last stage adds up the loss over its tokens.
-void PipelineMicroBatches(Run& run, const at::Tensor& batch, double& loss_sum, double& counted) {
+void PipelineMicroBatches(Run& run, const Batch& batch, double weight, double& loss_sum,
+                          double& counted) {
   const ParallelDims& dims = *run.dims;
   const int64_t micro = dims.micro_batch(), seq = run.c.seq_len;
   const int last = run.stages.num_stages() - 1;
-  const double step_tokens = static_cast<double>(dims.local_batch() * (seq - 1));
   CausalLM& model = *run.model;
   StageGate& gate = *run.gate;
   // Zero-bubble schedules split the backward: weight gradients wait for W.
@@ -931,10 +1013,8 @@ void PipelineMicroBatches(Run& run, const at::Tensor& batch, double& loss_sum, d
   fns.forward = [&](int stage, int mb, const at::Tensor& input) {
     std::optional<DeferWeightGrads::Recording> recording;
     if (zero_bubble) recording.emplace();
-    at::Tensor ids = batch.narrow(0, mb * micro, micro).to(run.runtime->device());
-    CausalLMInputs inputs;
-    inputs.input_ids = ids;
-    if (stage == last) inputs.labels = ids;
+    CausalLMInputs inputs = MicroBatch(batch, mb * micro, micro, run.runtime->device());
+    if (stage != last) inputs.labels = at::Tensor();
     gate.current = stage;
     gate.input = input;
     gate.output = at::Tensor();
@@ -944,11 +1024,13 @@ void PipelineMicroBatches(Run& run, const at::Tensor& batch, double& loss_sum, d
     gate.input = gate.output = at::Tensor();
     if (stage != last) return result;
     // transformers' loss, exactly as one process computes it: the mean over
-    // this micro-batch's tokens, weighted by its share of the step's tokens.
-    const double n = static_cast<double>(micro * (seq - 1));
+    // this micro-batch's counted labels, weighted by their share of the
+    // global batch's.
+    const double n = CountedLabels(inputs.labels);
+    if (n == 0) return out.logits.sum() * 0.0;  // nothing counted: zero gradients
     loss_sum += out.loss.item<double>() * n;
     counted += n;
-    return out.loss * (n / step_tokens);
+    return out.loss * (n * weight);
   };
   fns.parameters = [&run](int stage) { return run.stage_params[stage]; };
   fns.activation_shape = {micro, seq, model.config.hidden_size};
@@ -987,23 +1069,37 @@ absl::StatusOr<StepStats> RunStep(Run& run) {
   stats.lr = LearningRate(run.schedule, run.step);
   Heartbeat& heartbeat = Heartbeat::Get();
   heartbeat.Progress(run.step + 1, "forward/backward");
-  at::Tensor batch = run.loader->Next();
+  const Batch batch = run.loader->NextBatch();
   const int64_t micro = dims.micro_batch();
+  // transformers' loss over the global batch: the mean over every counted
+  // label of every rank. Each micro-batch's mean is weighted by its counted
+  // labels over the global count, times the data-parallel ranks (their
+  // gradients are averaged). Without masks or packing every row counts
+  // seq_len - 1 labels; else the ranks sum their counts first.
+  double global_labels = static_cast<double>(c.global_batch * (c.seq_len - 1));
+  if (run.loader->masks_labels()) {
+    at::Tensor total = at::tensor({static_cast<double>(batch.label_tokens)}, at::kDouble);
+    if (dims.dp_shard_enabled()) (*run.mesh)["dp_shard"].AllReduce(total);
+    if (dims.dp_enabled()) (*run.mesh)["dp"].AllReduce(total);
+    global_labels = total.item<double>();
+  }
+  const double weight =
+      global_labels > 0 ? static_cast<double>(dims.data_parallel()) / global_labels : 0.0;
   double loss_sum = 0;  // sum over this rank's counted tokens
   double counted = 0;
   if (dims.pp_enabled()) {
-    PipelineMicroBatches(run, batch, loss_sum, counted);
+    PipelineMicroBatches(run, batch, weight, loss_sum, counted);
   }
   for (int64_t m = 0; m < (dims.pp_enabled() ? 0 : dims.accumulation()); ++m) {
-    at::Tensor ids = batch.narrow(0, m * micro, micro).to(run.runtime->device());
-    CausalLMInputs inputs;
-    inputs.input_ids = ids;
-    inputs.labels = ids;
+    CausalLMInputs inputs = MicroBatch(batch, m * micro, micro, run.runtime->device());
     CausalLMOutput out = run.model->Forward(inputs);
-    const double n = static_cast<double>(micro * (c.seq_len - 1));
-    // The mean over this rank's tokens; the dp average makes it the mean
-    // over the global batch (every micro-batch counts the same tokens).
-    (out.loss * (n / static_cast<double>(dims.local_batch() * (c.seq_len - 1)))).backward();
+    const double n = CountedLabels(inputs.labels);
+    if (n == 0) {
+      // Nothing counted (all masked): zero gradients, the same collectives.
+      (out.logits.sum() * 0.0).backward();
+      continue;
+    }
+    (out.loss * (n * weight)).backward();
     loss_sum += out.loss.item<double>() * n;
     counted += n;
   }
@@ -1076,9 +1172,18 @@ struct Window {
 void LogStep(Run& run, const StepStats& stats, Window& window) {
   const TrainConfig& c = run.c;
   ++window.steps;
-  if (run.step % c.log_every != 0 && run.step != c.steps && run.step != window.first_step + 1) {
+  if (run.step % c.log_every != 0 && run.step != c.steps && run.step != window.first_step + 1 &&
+      !stats.eval) {
     return;
   }
+  const std::string eval_text =
+      stats.eval
+          ? absl::StrFormat(" | eval loss %.4f ppl %.2f", stats.eval->loss, stats.eval->perplexity)
+          : std::string();
+  const std::string eval_json =
+      stats.eval ? absl::StrFormat(", \"eval_loss\": %.6f, \"eval_ppl\": %.4f, \"eval_tokens\": %d",
+                                   stats.eval->loss, stats.eval->perplexity, stats.eval->tokens)
+                 : std::string();
   const double elapsed = Seconds(window.run_start);
   const double window_s = std::max(1e-9, Seconds(window.start));
   const double rate = static_cast<double>(c.global_batch * c.seq_len) * window.steps / window_s;
@@ -1088,10 +1193,10 @@ void LogStep(Run& run, const StepStats& stats, Window& window) {
                      static_cast<double>(c.steps - run.step);
   if (run.lead) {
     run.log << absl::StrFormat(
-                   "[train] step %*d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %s tok/s%s | "
+                   "[train] step %*d/%d | loss %.4f%s | lr %.3e | grad_norm %.3f | %s tok/s%s | "
                    "elapsed %s | eta %s",
                    static_cast<int>(std::to_string(c.steps).size()), run.step, c.steps, stats.loss,
-                   stats.lr, stats.grad_norm, Rate(rate),
+                   eval_text, stats.lr, stats.grad_norm, Rate(rate),
                    run.runtime->world_size() > 1 ? absl::StrFormat(" (comm %.0f%%)", 100 * comm)
                                                  : std::string(),
                    Duration(elapsed), Duration(eta))
@@ -1100,9 +1205,9 @@ void LogStep(Run& run, const StepStats& stats, Window& window) {
     run.metrics << absl::StrFormat(
                        "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, "
                        "\"tokens_per_s\": %.1f, \"comm_share\": %.4f, \"elapsed_s\": %.3f, "
-                       "\"peak_rss_mb\": %.1f}",
+                       "\"peak_rss_mb\": %.1f%s}",
                        run.step, stats.loss, stats.lr, stats.grad_norm, rate, comm, elapsed,
-                       PeakRssMb())
+                       PeakRssMb(), eval_json)
                 << "\n";
     run.metrics.flush();
   }
@@ -1119,6 +1224,32 @@ std::vector<std::pair<int64_t, double>> LossCurve(const Run& run) {
   }
   for (const auto& [at_step, at_loss] : run.result.losses) curve[at_step] = at_loss;
   return {curve.begin(), curve.end()};
+}
+
+// The validation losses of the whole run, earlier attempts included.
+std::vector<std::pair<int64_t, double>> EvalCurve(const Run& run) {
+  std::map<int64_t, double> curve;
+  for (const auto& [at_step, record] : MetricsByStep(run.metrics_path)) {
+    if (at_step <= run.step && record.eval_loss) curve[at_step] = *record.eval_loss;
+  }
+  for (const auto& [at_step, at_loss] : run.result.eval_losses) curve[at_step] = at_loss;
+  return {curve.begin(), curve.end()};
+}
+
+// The validation loss now, over the eval set (every rank takes part).
+EvalResult RunEval(Run& run) {
+  const ParallelDims& dims = *run.dims;
+  EvalOptions options;
+  options.batches = run.c.eval_batches;
+  options.micro_batch = dims.micro_batch();
+  if (dims.dp_shard_enabled()) options.data_groups.push_back(&(*run.mesh)["dp_shard"]);
+  if (dims.dp_enabled()) options.data_groups.push_back(&(*run.mesh)["dp"]);
+  options.device = run.runtime->device();
+  Heartbeat::Get().Progress(run.step, "evaluation");
+  EvalResult result = Evaluate(*run.model, *run.eval_loader, options);
+  if (run.fsdp) run.fsdp->Reshard();
+  run.result.eval_losses.emplace_back(run.step, result.loss);
+  return result;
 }
 
 // The export's config.json: the model's, with the dtype the export holds
@@ -1167,7 +1298,8 @@ absl::Status WriteCurve(Run& run) {
   return WriteLossCurveSvg(
       run.c.output_dir + "/loss.svg", LossCurve(run),
       absl::StrFormat("%s, dp %d x tp %d, %d steps", run.model->config.architecture, run.dims->dp(),
-                      run.dims->tp(), run.c.steps));
+                      run.dims->tp(), run.c.steps),
+      EvalCurve(run));
 }
 
 // 11. After the last step: the final checkpoint, the Hugging Face export,
@@ -1262,7 +1394,13 @@ absl::StatusOr<TrainResult> Train(const TrainConfig& c, std::ostream& log) {
   Window window;
   window.first_step = run.step;
   while (run.step < c.steps) {
-    ASSIGN_OR_RETURN(const StepStats stats, RunStep(run));
+    ASSIGN_OR_RETURN(StepStats stats, RunStep(run));
+    if (run.eval_loader &&
+        ((c.eval_every > 0 && run.step % c.eval_every == 0) || run.step == c.steps)) {
+      const Clock::time_point eval_start = Clock::now();
+      stats.eval = RunEval(run);
+      window.start += Clock::now() - eval_start;  // tokens/s counts training only
+    }
     LogStep(run, stats, window);
     if (c.checkpoint_every > 0 && run.step % c.checkpoint_every == 0 && run.step < c.steps) {
       RETURN_IF_ERROR(Save(run, run.step));

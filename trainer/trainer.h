@@ -36,6 +36,8 @@ struct TrainResult {
   /// (step, loss) of every step this process ran (1-based steps).
   std::vector<std::pair<int64_t, double>> losses;
   std::vector<double> grad_norms;
+  /// (step, validation loss) of every evaluation this process ran.
+  std::vector<std::pair<int64_t, double>> eval_losses;
   int64_t first_step = 1;     // > 1 after a resume
   std::string export_dir;     // the Hugging Face export, if written
   std::string sample_before;  // greedy samples (byte-level data with a prompt)
