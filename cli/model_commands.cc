@@ -30,6 +30,7 @@
 #include "plans/shipped_plans.h"
 #include "trainer/data_loader.h"
 #include "trainer/evaluate.h"
+#include "trainer/lora.h"
 #include "trainer/token_file.h"
 
 namespace weft {
@@ -55,7 +56,7 @@ struct Loaded {
 // `pp` ranks hold one stage each, tp = WORLD_SIZE / pp.
 absl::StatusOr<Loaded> LoadPipelined(const std::string& dir, PretrainedOptions options,
                                      const std::string& tp_plan, const std::string& pp_plan, int pp,
-                                     Loaded loaded) {
+                                     const std::string& adapter, Loaded loaded) {
   const int world = loaded.runtime->world_size();
   if (pp <= 0) {
     if (!tp_plan.empty()) {
@@ -100,32 +101,46 @@ absl::StatusOr<Loaded> LoadPipelined(const std::string& dir, PretrainedOptions o
     hooks.keep = keep;
     ASSIGN_OR_RETURN(model, FromPretrained(dir, options, hooks));
   }
+  if (!adapter.empty()) {
+    RETURN_IF_ERROR(
+        LoadPeftAdapter(*model, adapter, tp > 1 ? loaded.mesh->group("tp") : nullptr).status());
+  }
   loaded.model = PipelinedCausalLM(std::move(model), stages, loaded.mesh->group("pp"));
   loaded.writer = loaded.runtime->rank() == 0;
   return loaded;
 }
 
+// A PEFT LoRA adapter (--adapter DIR) on top of the base model.
+absl::Status AddAdapter(Loaded& loaded, const std::string& adapter,
+                        std::shared_ptr<const ProcessGroup> tp) {
+  if (adapter.empty()) return absl::OkStatus();
+  return LoadPeftAdapter(*loaded.model, adapter, std::move(tp)).status();
+}
+
 absl::StatusOr<Loaded> Load(const std::string& dir, PretrainedOptions options,
-                            const std::string& tp_plan, const std::string& pp_plan = "",
-                            int pp = 0) {
+                            const std::string& tp_plan, const std::string& pp_plan = "", int pp = 0,
+                            const std::string& adapter = "") {
   Loaded loaded;
   if (options.device.is_cuda()) options.device_memory = CudaDeviceMemory();
   if (pp > 0 && pp_plan.empty()) {
     return absl::InvalidArgumentError("--pp needs --pp-plan (a plan file with a pp_plan, or auto)");
   }
+  if (!adapter.empty()) RETURN_IF_ERROR(ReadPeftAdapterConfig(adapter).status());  // fail early
   if (tp_plan.empty() && pp_plan.empty()) {
     ASSIGN_OR_RETURN(loaded.model, FromPretrained(dir, options));
+    RETURN_IF_ERROR(AddAdapter(loaded, adapter, nullptr));
     return loaded;
   }
   RuntimeOptions runtime_options;
   runtime_options.device = options.device.is_cuda() ? "cuda" : "cpu";
   ASSIGN_OR_RETURN(loaded.runtime, Runtime::Init(runtime_options));
   if (!pp_plan.empty()) {
-    return LoadPipelined(dir, options, tp_plan, pp_plan, pp, std::move(loaded));
+    return LoadPipelined(dir, options, tp_plan, pp_plan, pp, adapter, std::move(loaded));
   }
   ASSIGN_OR_RETURN(Plan plan, ResolvePlanArgument(tp_plan, dir));
   ASSIGN_OR_RETURN(loaded.model,
                    FromPretrainedTensorParallel(dir, options, plan, loaded.runtime->world_group()));
+  RETURN_IF_ERROR(AddAdapter(loaded, adapter, loaded.runtime->world_group()));
   loaded.writer = loaded.runtime->rank() == 0;
   return loaded;
 }
@@ -216,7 +231,7 @@ absl::Status Forward(const ForwardCommand& c) {
     return absl::InvalidArgumentError(
         "--hidden-states and --trace are not available with --pp-plan (each rank runs one stage)");
   }
-  ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan, c.pp_plan, c.pp));
+  ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan, c.pp_plan, c.pp, c.adapter));
   CausalLM& model = *loaded.model;
 
   RETURN_IF_ERROR(CheckIds(inputs.input_ids, model.config,
@@ -243,7 +258,7 @@ absl::Status Generate(const GenerateCommand& c, std::ostream& out) {
   PretrainedOptions options;
   options.dtype = dtype;
   options.attn_implementation = c.attn;
-  ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan, c.pp_plan, c.pp));
+  ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan, c.pp_plan, c.pp, c.adapter));
   CausalLM& model = *loaded.model;
   const int64_t length = static_cast<int64_t>(prompt.size()) + c.max_new_tokens;
   if (length > model.config.max_position_embeddings) {
@@ -307,7 +322,7 @@ absl::Status Eval(const EvalCommand& c, std::ostream& out) {
   PretrainedOptions options;
   options.dtype = dtype;
   options.attn_implementation = c.attn;
-  ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan));
+  ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan, "", 0, c.adapter));
   EvalOptions eval;
   eval.batches = c.batches;
   EvalResult r = Evaluate(*loaded.model, *loader, eval);
@@ -352,6 +367,8 @@ Subcommand AddForward(CLI::App& app) {
   cmd->add_option("--trace", c->trace, "write every module call as JSON here");
   cmd->add_option("--tp-plan", c->tp_plan,
                   "tensor parallelism over the world: a plan file, or auto");
+  cmd->add_option("--adapter", c->adapter,
+                  "a PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors)");
   cmd->add_option("--pp-plan", c->pp_plan,
                   "pipeline stages over the world: a plan file with a pp_plan, or auto");
   cmd->add_option("--pp", c->pp,
@@ -375,6 +392,8 @@ Subcommand AddEval(CLI::App& app) {
   cmd->add_option("--attn", c->attn, "attention implementation: eager or sdpa");
   cmd->add_option("--tp-plan", c->tp_plan,
                   "tensor parallelism over the world: a plan file, or auto");
+  cmd->add_option("--adapter", c->adapter,
+                  "a PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors)");
   return {cmd, [c] { return RunEval(*c, std::cout, std::cerr); }};
 }
 
@@ -396,6 +415,8 @@ Subcommand AddGenerate(CLI::App& app) {
   cmd->add_option("--attn", c->attn, "attention implementation: eager or sdpa");
   cmd->add_option("--tp-plan", c->tp_plan,
                   "tensor parallelism over the world: a plan file, or auto");
+  cmd->add_option("--adapter", c->adapter,
+                  "a PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors)");
   cmd->add_option("--pp-plan", c->pp_plan,
                   "pipeline stages over the world: a plan file with a pp_plan, or auto");
   cmd->add_option("--pp", c->pp,

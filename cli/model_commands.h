@@ -14,6 +14,9 @@
 // them on the same tokens:
 //   eval: loss 2.3456, perplexity 10.44 over 12345 tokens (50 samples of 256)
 //
+// Each takes --adapter DIR: a PEFT LoRA adapter (weft's <output_dir>/adapter
+// or one PEFT saved) applied on top of the checkpoint.
+//
 // With --tp-plan the command is one rank of a tensor-parallel job (start it
 // under weftrun, mpirun or srun; the mesh is the whole world); rank 0 writes.
 //
@@ -40,6 +43,7 @@ struct ForwardCommand {
   std::string attn = "sdpa";
   std::string trace;
   std::string tp_plan;
+  std::string adapter;  // a PEFT LoRA adapter directory, or empty
   std::string pp_plan;  // pipeline stages over the world (or --pp ranks of it)
   int pp = 0;           // pipeline ranks; 0: the world (without --tp-plan)
 };
@@ -56,6 +60,7 @@ struct GenerateCommand {
   std::string dtype = "float32";
   std::string attn = "sdpa";
   std::string tp_plan;
+  std::string adapter;  // a PEFT LoRA adapter directory, or empty
   std::string pp_plan;  // pipeline stages over the world (or --pp ranks of it)
   int pp = 0;           // pipeline ranks; 0: the world (without --tp-plan)
 };
@@ -70,6 +75,7 @@ struct EvalCommand {
   std::string dtype = "float32";
   std::string attn = "sdpa";
   std::string tp_plan;
+  std::string adapter;  // a PEFT LoRA adapter directory, or empty
 };
 
 int RunForward(const ForwardCommand& command, std::ostream& err);

@@ -32,10 +32,18 @@ void Linear::OnParametersReplaced() {
 at::Tensor Linear::forward(const at::Tensor& x) {
   return Hooked({x}, [this](const Tensors& in) {
     // Zero-bubble pipeline schedules defer the weight gradient (W).
+    at::Tensor y;
     if (DeferWeightGrads::recording() && at::GradMode::is_enabled() && weight.requires_grad()) {
-      return DeferrableLinear(in[0], weight, bias);
+      y = DeferrableLinear(in[0], weight, bias);
+    } else {
+      y = at::linear(in[0], weight, bias);
     }
-    return at::linear(in[0], weight, bias);
+    if (lora_A) {
+      at::Tensor h = in[0];
+      if (lora_dropout > 0 && is_training()) h = at::dropout(h, lora_dropout, /*train=*/true);
+      y = y + lora_B->forward(lora_A->forward(h)) * lora_scale;
+    }
+    return y;
   });
 }
 

@@ -35,12 +35,21 @@ struct LinearOptions {
 };
 
 /// y = x W^T + b; W is [out_features, in_features].
+///
+/// With a LoRA adapter (trainer/lora.h attaches one; PEFT's LoraLayer):
+/// y = x W^T + b + scale * lora_B(lora_A(dropout(x))), inside the module's
+/// hooks, so a tensor-parallel layer's collectives cover both terms.
 class Linear : public Module {
  public:
   explicit Linear(const LinearOptions& options);
   at::Tensor forward(const at::Tensor& x);
   at::Tensor weight;
   at::Tensor bias;  // undefined when the layer has none
+  /// The adapter's factors (submodules "lora_A" [r, in], "lora_B" [out, r]),
+  /// or null.
+  std::shared_ptr<Linear> lora_A, lora_B;
+  double lora_scale = 0;
+  double lora_dropout = 0;
 
  protected:
   void OnParametersReplaced() override;

@@ -219,7 +219,7 @@ MemoryEstimate EstimateMemory(const ModelConfig& config, const MemoryShape& shap
   MemoryEstimate m;
   const double element = static_cast<double>(c10::elementSize(shape.dtype));
   const double n = static_cast<double>(shape.local_parameters);
-  m.parameters = n * element;
+  m.parameters = (n + static_cast<double>(shape.frozen_parameters)) * element;
   m.gradients = n * element;
   m.optimizer = n * (8.0 + (shape.dtype == at::kFloat ? 0.0 : 4.0));  // moments (+ master)
   m.gathered = static_cast<double>(shape.gathered_parameters) * element;

@@ -71,6 +71,7 @@ struct MemoryShape {
   at::ScalarType dtype = at::kFloat;
   int64_t local_parameters = 0;     // elements this rank updates (after tp, pp, dp_shard)
   int64_t gathered_parameters = 0;  // elements gathered whole for compute (dp_shard > 1)
+  int64_t frozen_parameters = 0;    // elements held but not trained (LoRA's base): weights only
   int64_t layers = 0;               // decoder layers on this rank
   int tp = 1;
   int64_t micro_batch = 1, seq_len = 1;

@@ -30,7 +30,7 @@ fi
 
 # 2. The venv with the pinned wheels. A stamp records what was installed, so a
 #    warm run skips pip entirely.
-want="torch==$TORCH_VERSION transformers==$TRANSFORMERS_VERSION safetensors==$SAFETENSORS_VERSION numpy==$NUMPY_VERSION"
+want="torch==$TORCH_VERSION transformers==$TRANSFORMERS_VERSION safetensors==$SAFETENSORS_VERSION numpy==$NUMPY_VERSION peft==$PEFT_VERSION"
 stamp="$venv/.weft-installed"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   log "creating venv $venv with: $want"

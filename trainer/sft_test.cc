@@ -8,10 +8,14 @@
 #include <tuple>
 #include <vector>
 
+#include <ATen/ATen.h>
 #include "base/json.h"
 #include "base/text_file.h"
+#include "checkpoint/safetensors.h"
 #include "gtest/gtest.h"
+#include "models/pretrained.h"
 #include "trainer/data_loader.h"
+#include "trainer/lora.h"
 #include "trainer/token_file.h"
 #include "trainer/train_testing.h"
 
@@ -155,6 +159,139 @@ TEST(Sft, PackingArrangementDoesNotChangeTheLoss) {
   EXPECT_EQ(EvalLosses(held).size(), 1u);
   const std::string log = ReadTextFile(held.output_dir + "/log.txt").value_or("");
   EXPECT_NE(log.find("[train] eval: 20 documents of "), std::string::npos) << log;
+}
+
+// A base model on disk: the Hugging Face export of a short full run.
+std::string LoraBase() {
+  TrainConfig c = Tiny("lora_base");
+  c.steps = 3;
+  c.checkpoint_export = true;
+  if (!fs::exists(c.output_dir + "/hf/model.safetensors")) RunAndGetLosses(1, c);
+  return c.output_dir + "/hf";
+}
+
+at::Tensor LogitsOf(CausalLM& model) {
+  at::NoGradGuard no_grad;
+  CausalLMInputs inputs;
+  inputs.input_ids = at::arange(40, 72, at::kLong).view({1, 32});
+  return model.Forward(inputs).logits;
+}
+
+// LoRA on every Linear (colwise q/k/v/gate/up, rowwise o/down) trains only
+// the adapters and equals one process step by step at TP=2, DP=2 and PP=2,
+// and after resuming a TP=2 checkpoint at tp 1; checkpoints hold the
+// adapters and their AdamW moments only; the export is PEFT's adapter and,
+// with merge_lora, the merged model, whose logits are base + adapter's.
+TEST(Lora, AdaptersTrainAndMatchOneProcessUnderTpDpPp) {
+  const std::string base = LoraBase();
+  auto config = [&](const std::string& name) {
+    TrainConfig c = Tiny(name);
+    c.model_config.clear();
+    c.model_pretrained = base;
+    c.lora_r = 4;
+    c.lora_alpha = 16;
+    c.lora_target_modules = {"all-linear"};
+    c.lr = 1e-2;
+    c.steps = 6;
+    c.checkpoint_export = false;
+    return c;
+  };
+  TrainConfig one = config("lora_one");
+  one.checkpoint_export = true;
+  one.merge_lora = true;
+  const std::vector<double> want = RunAndGetLosses(1, one);
+  ASSERT_EQ(want.size(), 6u);
+  EXPECT_LT(want.back(), want.front());
+  TrainConfig tp = config("lora_tp2");
+  tp.tp = 2;
+  tp.checkpoint_every = 3;
+  {
+    SCOPED_TRACE("tp 2");
+    ExpectSameLosses(want, RunAndGetLosses(2, tp), 6, kStepTolerance);
+  }
+  TrainConfig dp = config("lora_dp2");
+  dp.dp = 2;
+  {
+    SCOPED_TRACE("dp 2");
+    ExpectSameLosses(want, RunAndGetLosses(2, dp), 6, kStepTolerance);
+  }
+  TrainConfig pp = config("lora_pp2");
+  pp.pp = 2;
+  pp.micro_batch = 2;
+  pp.pp_microbatches = 4;
+  {
+    SCOPED_TRACE("pp 2");
+    ExpectSameLosses(want, RunAndGetLosses(2, pp), 6, kStepTolerance);
+  }
+  {
+    SCOPED_TRACE("tp 2 resumed at tp 1");
+    fs::remove_all(tp.output_dir + "/checkpoints/step_00000006");
+    TrainConfig resumed = tp;
+    resumed.tp = 1;
+    resumed.resume = true;
+    std::vector<double> got = RunAndGetLosses(1, resumed);
+    ASSERT_EQ(got.size(), 3u);
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i + 3], kStepTolerance);
+  }
+  // Checkpoints: the adapters (2 per Linear: 7 per layer) and their moments only.
+  int model_tensors = 0, optimizer_tensors = 0;
+  for (const auto& entry : fs::directory_iterator(one.output_dir + "/checkpoints/step_00000006")) {
+    const std::string file = entry.path().filename().string();
+    if (entry.path().extension() != ".safetensors") continue;
+    auto f = SafetensorsFile::Open(entry.path().string());
+    ASSERT_TRUE(f.ok()) << f.status();
+    for (const TensorEntry& e : (*f)->tensors()) {
+      EXPECT_NE(e.name.find(".lora_"), std::string::npos) << file << ": " << e.name;
+      (file.rfind("model", 0) == 0 ? model_tensors : optimizer_tensors) += 1;
+    }
+  }
+  EXPECT_EQ(model_tensors, 2 * 7 * 2);
+  EXPECT_EQ(optimizer_tensors, 2 * model_tensors);
+  const std::string log = ReadTextFile(one.output_dir + "/log.txt").value_or("");
+  EXPECT_NE(log.find("[train] lora: r 4, alpha 16 (scale 4), dropout 0 on 14 modules"),
+            std::string::npos)
+      << log;
+  // The exports: PEFT's adapter, and the merged model = base + adapter.
+  ASSERT_TRUE(fs::exists(one.output_dir + "/adapter/adapter_config.json"));
+  ASSERT_FALSE(fs::exists(one.output_dir + "/adapter/.gathered"));
+  PretrainedOptions options;
+  options.dtype = at::kFloat;
+  options.attn_implementation = "eager";
+  auto merged = FromPretrained(one.output_dir + "/hf", options);
+  ASSERT_TRUE(merged.ok()) << merged.status();
+  auto adapted = FromPretrained(base, options);
+  ASSERT_TRUE(adapted.ok()) << adapted.status();
+  const at::Tensor base_logits = LogitsOf(**adapted);
+  auto loaded = LoadPeftAdapter(**adapted, one.output_dir + "/adapter", nullptr);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const at::Tensor with_adapter = LogitsOf(**adapted);
+  EXPECT_GT((with_adapter - base_logits).abs().max().item<double>(), 1e-3);  // it learned
+  EXPECT_LT((LogitsOf(**merged) - with_adapter).abs().max().item<double>(), 1e-4);
+}
+
+// Phi-3's packed q | k | v with one KV head and packed gate | up: B is cut
+// per packed part (the KV rows replicated) at TP=2, equal to one process.
+TEST(Lora, PackedProjectionsUnderTensorParallel) {
+  const std::string config = train_testing::ModelConfigFile("lora_phi3", R"({
+  "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "vocab_size": 256,
+  "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+  "num_attention_heads": 4, "num_key_value_heads": 1, "max_position_embeddings": 128,
+  "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "torch_dtype": "float32"})");
+  auto run = [&](const std::string& name) {
+    TrainConfig c = Tiny(name);
+    c.model_config = config;
+    c.lora_r = 4;
+    c.lora_alpha = 8;
+    c.lora_target_modules = {"all-linear"};
+    c.lr = 1e-2;
+    c.steps = 5;
+    c.checkpoint_export = false;
+    return c;
+  };
+  const std::vector<double> want = RunAndGetLosses(1, run("lora_phi3_one"));
+  TrainConfig tp = run("lora_phi3_tp2");
+  tp.tp = 2;
+  ExpectSameLosses(want, RunAndGetLosses(2, tp), 5, kStepTolerance);
 }
 
 }  // namespace

@@ -22,7 +22,8 @@ namespace {
 
 using Member =
     std::variant<std::string TrainConfig::*, int TrainConfig::*, int64_t TrainConfig::*,
-                 double TrainConfig::*, bool TrainConfig::*, std::vector<double> TrainConfig::*>;
+                 double TrainConfig::*, bool TrainConfig::*, std::vector<double> TrainConfig::*,
+                 std::vector<std::string> TrainConfig::*>;
 
 struct Field {
   const char* key;
@@ -77,6 +78,12 @@ const std::vector<Field>& Fields() {
       {"checkpoint.every", &TrainConfig::checkpoint_every},
       {"checkpoint.keep", &TrainConfig::checkpoint_keep},
       {"checkpoint.export", &TrainConfig::checkpoint_export},
+      {"checkpoint.merge_lora", &TrainConfig::merge_lora},
+      {"lora.r", &TrainConfig::lora_r},
+      {"lora.alpha", &TrainConfig::lora_alpha},
+      {"lora.dropout", &TrainConfig::lora_dropout},
+      {"lora.target_modules", &TrainConfig::lora_target_modules},
+      {"lora.use_rslora", &TrainConfig::lora_use_rslora},
       {"logging.every", &TrainConfig::log_every},
       {"sample.prompt", &TrainConfig::sample_prompt},
       {"sample.max_new_tokens", &TrainConfig::sample_max_new_tokens},
@@ -159,6 +166,22 @@ absl::Status Set(TrainConfig& config, const Field& field, const YAML::Node& node
     config.*(*m) = values;
     return absl::OkStatus();
   }
+  if (auto* m = std::get_if<std::vector<std::string> TrainConfig::*>(&field.member)) {
+    // A list of strings, or one string (PEFT's target_modules may be either).
+    std::vector<std::string> values;
+    if (node.IsScalar()) {
+      values.push_back(node.Scalar());
+    } else if (node.IsSequence()) {
+      for (const YAML::Node& item : node) {
+        if (!item.IsScalar()) return wrong("a list of strings");
+        values.push_back(item.Scalar());
+      }
+    } else {
+      return wrong("a list of strings");
+    }
+    config.*(*m) = values;
+    return absl::OkStatus();
+  }
   if (!node.IsScalar()) {
     if (node.IsNull() && std::holds_alternative<std::string TrainConfig::*>(field.member)) {
       config.*(std::get<std::string TrainConfig::*>(field.member)) = "";
@@ -177,7 +200,8 @@ absl::Status Set(TrainConfig& config, const Field& field, const YAML::Node& node
   return std::visit(
       [&](auto m) -> absl::Status {
         using T = std::remove_reference_t<decltype(config.*m)>;
-        if constexpr (std::is_same_v<T, std::vector<double>>) {
+        if constexpr (std::is_same_v<T, std::vector<double>> ||
+                      std::is_same_v<T, std::vector<std::string>>) {
           return absl::OkStatus();  // handled above
         } else if constexpr (std::is_same_v<T, std::string>) {
           config.*m = node.Scalar();
@@ -278,6 +302,23 @@ absl::Status Validate(const TrainConfig& c, const std::string& s) {
                      ": set at most one of data.eval_path (a token file to evaluate on) and "
                      "data.eval_fraction (documents of data.path held out)"));
   }
+  if (c.lora_r < 0) return Invalid(s, "lora.r", std::to_string(c.lora_r), ">= 1, or 0 for no LoRA");
+  if (c.lora_r > 0) {
+    if (!(c.lora_alpha > 0)) return Invalid(s, "lora.alpha", absl::StrCat(c.lora_alpha), "> 0");
+    if (!(c.lora_dropout >= 0 && c.lora_dropout < 1))
+      return Invalid(s, "lora.dropout", absl::StrCat(c.lora_dropout), "in [0, 1)");
+    if (c.lora_target_modules.empty())
+      return Invalid(s, "lora.target_modules", "empty",
+                     "PEFT names like [q_proj, v_proj], weft patterns, or all-linear");
+    if (c.dp_shard > 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          s, ": lora with parallel.dp_shard ", c.dp_shard,
+          " is not supported yet (expected parallel.dp for data parallelism with LoRA)"));
+    }
+  } else if (c.merge_lora) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(s, ": checkpoint.merge_lora needs lora.r >= 1 (a LoRA run)"));
+  }
   if (c.eval_every < 0)
     return Invalid(s, "eval.every", std::to_string(c.eval_every), ">= 1, or 0 for only at the end");
   if (c.eval_batches < 0)
@@ -354,6 +395,10 @@ std::string TrainConfig::ToYaml() const {
           if constexpr (std::is_same_v<T, std::vector<double>>) {
             out << YAML::Flow << YAML::BeginSeq;
             for (double v : this->*m) out << v;
+            out << YAML::EndSeq;
+          } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+            out << YAML::Flow << YAML::BeginSeq;
+            for (const std::string& v : this->*m) out << YAML::DoubleQuoted << v;
             out << YAML::EndSeq;
           } else if constexpr (std::is_same_v<T, std::string>) {
             out << YAML::DoubleQuoted << this->*m;

@@ -14,7 +14,9 @@
 //   schedule:   {warmup_steps: 100, decay: cosine, min_lr_ratio: 0.1}
 //   train:      {steps: 1000, global_batch: 32, micro_batch: 4, precision: bf16,
 //                activation_checkpointing: false, seed: 0}
-//   checkpoint: {every: 500, keep: 2, export: true}
+//   checkpoint: {every: 500, keep: 2, export: true, merge_lora: false}
+//   lora:       {r: 16, alpha: 32, dropout: 0.0, target_modules: [q_proj, v_proj],
+//                use_rslora: false}         # r 0 (default): full fine-tuning
 //   logging:    {every: 10}
 //   sample:     {prompt: "ROMEO.", max_new_tokens: 200}
 //   output_dir: runs/my-run
@@ -88,6 +90,13 @@ struct TrainConfig {
   int64_t checkpoint_every = 0;  // 0: only at the end
   int64_t checkpoint_keep = 2;
   bool checkpoint_export = true;  // a consolidated HF checkpoint at the end
+  bool merge_lora = false;        // with LoRA: also export base + adapter merged (<output_dir>/hf)
+  // lora (PEFT's LoraConfig; trainer/lora.h)
+  int64_t lora_r = 0;  // 0: no LoRA (full fine-tuning)
+  double lora_alpha = 8;
+  double lora_dropout = 0;
+  std::vector<std::string> lora_target_modules = {"q_proj", "v_proj"};  // PEFT's default for Llama
+  bool lora_use_rslora = false;
   // logging
   int64_t log_every = 10;
   // sample (greedy, before and after training; byte-level data only)

@@ -33,6 +33,8 @@
 #include "models/deferred_weight_grads.h"
 #include "models/generate.h"
 #include "models/init.h"
+#include "models/layers.h"
+#include "models/module.h"
 #include "models/pretrained.h"
 #include "parallel/cuda_plugin.h"
 #include "parallel/data_parallel.h"
@@ -50,6 +52,7 @@
 #include "trainer/checkpointing.h"
 #include "trainer/data_loader.h"
 #include "trainer/evaluate.h"
+#include "trainer/lora.h"
 #include "trainer/optimizer.h"
 #include "trainer/plot.h"
 #include "trainer/token_file.h"
@@ -145,6 +148,9 @@ struct Run {
   std::shared_ptr<TokenFile> tokens;
   std::unique_ptr<DataLoader> loader;
   std::unique_ptr<DataLoader> eval_loader;  // with data.eval_path or data.eval_fraction
+  // LoRA (lora.r > 0): the adapters attached and their options.
+  std::optional<LoraSummary> lora;
+  LoraOptions lora_options;
 
   // The model, every tp rank's placements (empty at tp = 1), its parameters
   // once each (tied embeddings are one tensor) and the optimizer.
@@ -424,6 +430,23 @@ absl::Status GatePipeline(Run& run, const PieceSource& source) {
 
 // 5. The model: a Hugging Face checkpoint (each rank loads only its shards)
 // or transformers' initialisation from a config (the same values at any tp).
+// LoRA: adapters on the targeted Linear modules (after tensor parallelism,
+// so they follow each base weight's placement), every other weight frozen.
+absl::Status AttachLora(Run& run) {
+  const TrainConfig& c = run.c;
+  if (c.lora_r == 0) return absl::OkStatus();
+  LoraOptions& o = run.lora_options;
+  o.r = c.lora_r;
+  o.alpha = c.lora_alpha;
+  o.dropout = c.lora_dropout;
+  o.target_modules = c.lora_target_modules;
+  o.use_rslora = c.lora_use_rslora;
+  o.seed = static_cast<uint64_t>(c.seed);
+  std::shared_ptr<const ProcessGroup> tp = run.dims->tp_enabled() ? run.mesh->group("tp") : nullptr;
+  ASSIGN_OR_RETURN(run.lora, ApplyLora(*run.model, o, tp));
+  return absl::OkStatus();
+}
+
 absl::Status BuildModel(Run& run) {
   Heartbeat::Get().Progress(0, "loading the model");
   const TrainConfig& c = run.c;
@@ -483,6 +506,7 @@ absl::Status BuildModel(Run& run) {
       init.keep = keep;
       RETURN_IF_ERROR(InitializeWeights(*run.model, init));
     }
+    RETURN_IF_ERROR(AttachLora(run));
     return GatePipeline(run, pieces);
   }
   ASSIGN_OR_RETURN(Plan plan, ResolvePlanForConfig(c.plan, run.config_json));
@@ -505,6 +529,7 @@ absl::Status BuildModel(Run& run) {
         pieces.tp_shards,
         PlanShards(*meta, plan, run.dims->tp(), run.mesh->group("tp")->rank(), tp_options.resolve));
   }
+  RETURN_IF_ERROR(AttachLora(run));
   return GatePipeline(run, pieces);
 }
 
@@ -563,6 +588,8 @@ absl::Status SetUpOptimizer(Run& run) {
   for (const auto& item :
        run.fsdp ? torch::OrderedDict<std::string, at::Tensor>() : model.named_parameters()) {
     if (!seen.insert(item.value().unsafeGetTensorImpl()).second) continue;
+    // Frozen (LoRA's base): no gradient, no optimizer state, not checkpointed.
+    if (!item.value().requires_grad()) continue;
     const std::string& name = item.key();
     if (pipelined) {
       // Only this rank's stages (the others' parameters stay on meta).
@@ -868,8 +895,30 @@ absl::Status Start(Run& run) {
     shape.micro_batch = run.dims->micro_batch();
     shape.seq_len = c.seq_len;
     shape.activation_checkpointing = c.activation_checkpointing;
+    if (run.lora) shape.frozen_parameters = run.lora->frozen;
     run.log << "[train] memory per rank (estimate, rank 0): "
             << EstimateMemory(model.config, shape).ToString() << "\n";
+    if (run.lora) {
+      // A frozen weight needs no gradient, no AdamW moments (2 x fp32) and,
+      // in bf16, no fp32 master copy.
+      const double per_frozen = static_cast<double>(c10::elementSize(shape.dtype)) + 8.0 +
+                                (shape.dtype == at::kFloat ? 0.0 : 4.0);
+      const LoraSummary& l = *run.lora;
+      std::vector<std::string> kinds;
+      for (const std::string& m : l.modules) {
+        const std::string last = m.substr(m.rfind('.') + 1);
+        if (std::find(kinds.begin(), kinds.end(), last) == kinds.end()) kinds.push_back(last);
+      }
+      run.log << absl::StrFormat(
+          "[train] lora: r %d, alpha %g (scale %g%s), dropout %g on %d modules (%s): %.3fM "
+          "trainable of %.2fM parameters on this rank (%.2f%%); the frozen ones keep no "
+          "gradient, optimizer state or fp32 master: %.1f MB less per rank\n",
+          run.lora_options.r, run.lora_options.alpha, run.lora_options.scale(),
+          run.lora_options.use_rslora ? ", rsLoRA" : "", run.lora_options.dropout, l.modules.size(),
+          absl::StrJoin(kinds, ", "), l.trainable / 1e6, (l.trainable + l.frozen) / 1e6,
+          100.0 * static_cast<double>(l.trainable) / static_cast<double>(l.trainable + l.frozen),
+          per_frozen * static_cast<double>(l.frozen) / 1e6);
+    }
     const DataLoader& data = *run.loader;
     if (c.packing || run.tokens->has_loss_mask()) {
       run.log << absl::StrFormat(
@@ -1302,6 +1351,116 @@ absl::Status WriteCurve(Run& run) {
       EvalCurve(run));
 }
 
+// The export of `model`'s parameters that `take` selects (each once, in
+// named_parameters order, the tied head left out), each rank's tp-local
+// value given by `local`, into a Hugging Face directory.
+absl::Status ExportSelected(
+    Run& run, const std::string& dir, const std::function<bool(const std::string&)>& take,
+    const std::function<at::Tensor(const std::string&, const at::Tensor&)>& local) {
+  CausalLM& model = *run.model;
+  std::vector<std::pair<std::string, at::Tensor>> exported;
+  PipelineExport pipeline;
+  pipeline.group = run.pp_group();
+  pipeline.tensors.resize(run.dims->pp());
+  std::set<std::string> listed;
+  for (const auto& item : model.named_parameters()) {
+    const std::string& name = item.key();
+    if (run.tied_head(name) || !take(name) || !listed.insert(name).second) continue;
+    const int rank = run.dims->pp_enabled() ? run.pipeline->RankOf(run.stages.StageOf(name)) : 0;
+    const DTensorSpec* spec = ParameterPlacement(model, name);
+    pipeline.tensors[rank].emplace_back(
+        name, spec != nullptr ? spec->global_shape : item.value().sizes().vec());
+    if (item.value().is_meta()) continue;  // another stage's
+    exported.emplace_back(name, local(name, item.value()));
+  }
+  // The placements of every tp rank: the adapters' are the ranks' own, so
+  // they are gathered here (the plan's list has the base weights only).
+  std::vector<Placements> placements = run.all_placements;
+  if (run.dims->tp_enabled()) {
+    std::vector<std::string> names;
+    for (const auto& [name, t] : exported) names.push_back(name);
+    for (const std::string& name : names) {
+      const DTensorSpec* spec = ParameterPlacement(model, name);
+      if (spec == nullptr || !IsLoraParameter(name)) continue;
+      // Each rank's spec differs only in its ranges: rebuild them for rank r.
+      for (int r = 0; r < run.dims->tp(); ++r) {
+        DTensorSpec theirs = *spec;
+        const std::string base = name.substr(0, name.rfind(".lora_")) + ".weight";
+        auto it = placements[r].find(base);
+        if (it != placements[r].end()) {
+          const DTensorSpec& b = it->second;
+          if (!theirs.ranges.empty() && !theirs.ranges[0].empty()) theirs.ranges[0] = b.ranges[0];
+          if (theirs.ranges.size() > 1 && !theirs.ranges[1].empty()) theirs.ranges[1] = b.ranges[1];
+          for (size_t d = 0; d < theirs.local_shape.size(); ++d) {
+            if (d < theirs.ranges.size() && !theirs.ranges[d].empty()) {
+              int64_t n = 0;
+              for (const Range& x : theirs.ranges[d]) n += x.end - x.start;
+              theirs.local_shape[d] = n;
+            }
+          }
+        }
+        placements[r][name] = theirs;
+      }
+    }
+  }
+  const at::ScalarType dtype = exported.empty() ? at::kFloat : exported[0].second.scalar_type();
+  ASSIGN_OR_RETURN(std::string config_json, ExportedConfig(run.config_json, dtype));
+  return ExportHuggingFace(dir, config_json, exported, placements, *run.mesh, run.runtime->rank(),
+                           &pipeline, nullptr, model.checkpoint_layouts);
+}
+
+// LoRA's exports: the adapter in PEFT's format (<output_dir>/adapter), and
+// with checkpoint.merge_lora the merged model (<output_dir>/hf): each
+// adapted weight W + scale * B A, computed on each rank's slices (B's rows
+// of a column-parallel W, A's columns of a row-parallel one).
+absl::Status ExportLora(Run& run) {
+  const TrainConfig& c = run.c;
+  Heartbeat::Get().Progress(run.step, "exporting the LoRA adapter");
+  const std::string adapter = c.output_dir + "/adapter";
+  const std::string gathered = adapter + "/.gathered";
+  auto same = [](const std::string&, const at::Tensor& t) { return t.detach(); };
+  RETURN_IF_ERROR(ExportSelected(run, gathered, IsLoraParameter, same));
+  if (run.lead) {
+    ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(gathered + "/model.safetensors"));
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (const TensorEntry& e : file->tensors()) tensors.emplace_back(e.name, file->Get(e).clone());
+    const std::string base = c.model_pretrained.empty() ? c.model_config : c.model_pretrained;
+    RETURN_IF_ERROR(WritePeftAdapter(adapter, run.lora_options, base, *run.lora, tensors));
+    std::error_code ec;
+    fs::remove_all(gathered, ec);
+    run.log << "[train] exported the LoRA adapter (PEFT's format) to " << adapter << "\n";
+  }
+  run.runtime->world().Barrier();
+  if (!c.merge_lora) return absl::OkStatus();
+  Heartbeat::Get().Progress(run.step, "exporting the merged model");
+  std::map<std::string, Linear*> adapted;
+  for (const auto& [name, module] : NamedWeftModules(*run.model)) {
+    auto* linear = dynamic_cast<Linear*>(module);
+    if (linear != nullptr && linear->lora_A) adapted[name + ".weight"] = linear;
+  }
+  auto merged = [&adapted](const std::string& name, const at::Tensor& t) {
+    at::NoGradGuard no_grad;
+    auto it = adapted.find(name);
+    if (it == adapted.end()) return t.detach();
+    const Linear& l = *it->second;
+    at::Tensor delta = at::matmul(l.lora_B->weight.to(at::kFloat), l.lora_A->weight.to(at::kFloat));
+    return (t.to(at::kFloat) + delta * l.lora_scale).to(t.scalar_type());
+  };
+  run.result.export_dir = c.output_dir + "/hf";
+  RETURN_IF_ERROR(ExportSelected(
+      run, run.result.export_dir, [](const std::string& n) { return !IsLoraParameter(n); },
+      merged));
+  if (run.lead && !c.model_pretrained.empty()) {
+    RETURN_IF_ERROR(CopyCompanionFiles(c.model_pretrained, run.result.export_dir));
+  }
+  run.runtime->world().Barrier();
+  if (run.lead) {
+    run.log << "[train] exported the merged model (base + adapter) to " << run.result.export_dir
+            << "\n";
+  }
+  return absl::OkStatus();
+}
+
 // 11. After the last step: the final checkpoint, the Hugging Face export,
 // the loss curve and a sample.
 absl::Status Finish(Run& run, int64_t first_step) {
@@ -1313,7 +1472,9 @@ absl::Status Finish(Run& run, int64_t first_step) {
     run.pp_trace.close();
   }
   if (run.step > first_step) RETURN_IF_ERROR(Save(run, run.step));
-  if (c.checkpoint_export) {
+  if (c.checkpoint_export && run.lora) {
+    RETURN_IF_ERROR(ExportLora(run));
+  } else if (c.checkpoint_export) {
     Heartbeat::Get().Progress(run.step, "exporting the Hugging Face checkpoint");
     run.result.export_dir = c.output_dir + "/hf";
     std::vector<std::pair<std::string, at::Tensor>> exported;
