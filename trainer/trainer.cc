@@ -846,6 +846,7 @@ absl::Status Start(Run& run) {
   if (run.lead) {
     int64_t local = 0, total = 0;  // parameters on this rank, and in the whole model
     for (const auto& [name, p] : run.named) local += p.numel();
+    if (run.lora) local += run.lora->frozen;  // held, though not trained
     for (const auto& item : model.named_parameters()) {
       if (run.tied_head(item.key())) continue;  // one tensor with the embedding
       const DTensorSpec* spec = ParameterPlacement(model, item.key());
