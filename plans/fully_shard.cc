@@ -82,6 +82,12 @@ class GatherFunction : public torch::autograd::Function<GatherFunction> {
       aliases.push_back(alias);
     }
     ctx->saved_data["aliases"] = aliases;
+    // Frozen parameters (LoRA's base) get no gradient: nothing to reduce.
+    torch::autograd::variable_list frozen;
+    for (size_t k = 0; k < unit->params.size(); ++k) {
+      if (!(*unit->all)[unit->params[k]].piece.requires_grad()) frozen.push_back(whole[k]);
+    }
+    if (!frozen.empty()) ctx->mark_non_differentiable(frozen);
     return whole;
   }
 
@@ -97,6 +103,7 @@ class GatherFunction : public torch::autograd::Function<GatherFunction> {
     std::vector<int64_t> length(n, 0);
     for (size_t k = 0; k < unit->params.size(); ++k) {
       const FullyShardedModel::Param& p = (*unit->all)[unit->params[k]];
+      if (!p.piece.requires_grad()) continue;  // frozen
       at::Tensor grad = grads[k].defined() ? grads[k] : at::zeros(p.full_shape, p.piece.options());
       whole.push_back(grad.to(unit->reduce_dtype).contiguous());
       for (int r = 0; r < n; ++r) {
@@ -146,6 +153,7 @@ void ReduceQueue::FinishAll() {
     int64_t offset = 0;
     for (size_t k = 0; k < unit->params.size(); ++k) {
       const FullyShardedModel::Param& p = (*unit->all)[unit->params[k]];
+      if (!p.piece.requires_grad()) continue;  // frozen: not in the reduce-scatter
       at::Tensor piece = mine.narrow(0, offset, p.piece.numel()).view(p.piece.sizes());
       offset += p.piece.numel();
       piece = (piece / n).to(p.piece.scalar_type());
@@ -333,6 +341,7 @@ absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
       made[u]->all = &out->params_;
     }
     const at::Tensor whole = item.value().detach();
+    const bool whole_grad = item.value().requires_grad();  // false: frozen (LoRA's base)
     FullyShardedModel::Param p;
     p.name = name;
     p.full_shape = whole.sizes().vec();
@@ -352,10 +361,10 @@ absl::StatusOr<std::shared_ptr<FullyShardedModel>> FullyShard(
                          absl::StrJoin(piece.sizes(), ", "), "] (expected ", p.rows, " rows of [",
                          absl::StrJoin(p.full_shape, ", "), "] for rank ", rank, " of ", n, ")"));
       }
-      p.piece = piece.detach().requires_grad_(true);
+      p.piece = piece.detach().requires_grad_(item.value().requires_grad());
       placeholder = placeholder.dtype(piece.scalar_type());
     } else {
-      p.piece = whole.narrow(0, span.offset, span.length).clone().requires_grad_(true);
+      p.piece = whole.narrow(0, span.offset, span.length).clone().requires_grad_(whole_grad);
     }
     out->params_.push_back(std::move(p));
     Unit& unit = *made[u];

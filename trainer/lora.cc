@@ -164,7 +164,8 @@ absl::StatusOr<LoraSummary> ApplyLora(CausalLM& model, const LoraOptions& o,
     }
     at::Tensor a = InitialA(name, o.r, in, o.seed);
     at::Tensor b = at::zeros({out, o.r}, at::kFloat);
-    const at::TensorOptions like = w.options().requires_grad(false);
+    at::TensorOptions like = w.options().requires_grad(false);
+    if (w.is_meta() && o.device && (!o.keep || o.keep(weight))) like = like.device(*o.device);
     if (shard_dim == 0) b = Take(b, 0, spec->ranges[0]);
     if (shard_dim == 1) a = Take(a, 1, spec->ranges[1]);
     a = a.to(like);
@@ -174,7 +175,7 @@ absl::StatusOr<LoraSummary> ApplyLora(CausalLM& model, const LoraOptions& o,
     linear->lora_scale = o.scale();
     linear->lora_dropout = o.dropout;
     summary.modules.push_back(name);
-    if (!w.is_meta()) summary.trainable += a.numel() + b.numel();  // another stage's: not here
+    if (!a.is_meta()) summary.trainable += a.numel() + b.numel();  // another stage's: not here
     if (!sharded || shard_dim < 0) continue;
     // Placements (checkpoints, export) and the replicated factor's sum over tp.
     DTensorSpec replicated;

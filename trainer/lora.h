@@ -30,8 +30,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -56,6 +58,12 @@ struct LoraOptions {
   bool use_rslora = false;
   /// Seeds A's initialisation (the same on every rank).
   uint64_t seed = 0;
+  /// Where to make the adapters of a base weight that is on meta (dp_shard
+  /// builds the model on meta and shards it afterwards); `keep` says which
+  /// bases are this rank's (a pipeline stage's; unset: all). Unset: the
+  /// adapters take the base weight's device.
+  std::optional<at::Device> device;
+  std::function<bool(const std::string& weight)> keep;
   double scale() const;
 };
 

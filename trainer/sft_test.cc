@@ -225,6 +225,21 @@ TEST(Lora, AdaptersTrainAndMatchOneProcessUnderTpDpPp) {
     SCOPED_TRACE("dp 2");
     ExpectSameLosses(want, RunAndGetLosses(2, dp), 6, kStepTolerance);
   }
+  TrainConfig sharded = config("lora_dp_shard2");
+  sharded.dp_shard = 2;
+  sharded.checkpoint_export = true;
+  sharded.merge_lora = true;
+  {
+    SCOPED_TRACE("dp_shard 2");
+    ExpectSameLosses(want, RunAndGetLosses(2, sharded), 6, kStepTolerance);
+  }
+  TrainConfig tp_sharded = config("lora_tp2_dp_shard2");
+  tp_sharded.tp = 2;
+  tp_sharded.dp_shard = 2;
+  {
+    SCOPED_TRACE("tp 2 x dp_shard 2");
+    ExpectSameLosses(want, RunAndGetLosses(4, tp_sharded), 6, kStepTolerance);
+  }
   TrainConfig pp = config("lora_pp2");
   pp.pp = 2;
   pp.micro_batch = 2;
@@ -277,6 +292,14 @@ TEST(Lora, AdaptersTrainAndMatchOneProcessUnderTpDpPp) {
   const at::Tensor with_adapter = LogitsOf(**adapted);
   EXPECT_GT((with_adapter - base_logits).abs().max().item<double>(), 1e-3);  // it learned
   EXPECT_LT((LogitsOf(**merged) - with_adapter).abs().max().item<double>(), 1e-4);
+  // dp_shard's exports (gathered from the pieces) are the same model.
+  auto sharded_merged = FromPretrained(sharded.output_dir + "/hf", options);
+  ASSERT_TRUE(sharded_merged.ok()) << sharded_merged.status();
+  EXPECT_LT((LogitsOf(**sharded_merged) - with_adapter).abs().max().item<double>(), 1e-4);
+  auto sharded_adapter = FromPretrained(base, options);
+  ASSERT_TRUE(sharded_adapter.ok()) << sharded_adapter.status();
+  ASSERT_TRUE(LoadPeftAdapter(**sharded_adapter, sharded.output_dir + "/adapter", nullptr).ok());
+  EXPECT_LT((LogitsOf(**sharded_adapter) - with_adapter).abs().max().item<double>(), 1e-4);
 }
 
 // Phi-3's packed q | k | v with one KV head and packed gate | up: B is cut

@@ -310,11 +310,6 @@ absl::Status Validate(const TrainConfig& c, const std::string& s) {
     if (c.lora_target_modules.empty())
       return Invalid(s, "lora.target_modules", "empty",
                      "PEFT names like [q_proj, v_proj], weft patterns, or all-linear");
-    if (c.dp_shard > 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          s, ": lora with parallel.dp_shard ", c.dp_shard,
-          " is not supported yet (expected parallel.dp for data parallelism with LoRA)"));
-    }
   } else if (c.merge_lora) {
     return absl::InvalidArgumentError(
         absl::StrCat(s, ": checkpoint.merge_lora needs lora.r >= 1 (a LoRA run)"));

@@ -114,13 +114,37 @@ TEST(TrainConfig, PackingAndEvaluation) {
             "supported yet (expected parallel.pp 1 with an eval set)");
 }
 
+// LoRA's section: PEFT's keys; target_modules a list or one string.
+TEST(TrainConfig, Lora) {
+  auto c = ParseTrainConfig(
+      std::string(kMinimal) + "lora: {r: 16, alpha: 32, target_modules: [q_proj, v_proj]}\n",
+      "run.yaml", {"checkpoint.merge_lora=true"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->lora_r, 16);
+  EXPECT_DOUBLE_EQ(c->lora_alpha, 32);
+  EXPECT_EQ(c->lora_target_modules, (std::vector<std::string>{"q_proj", "v_proj"}));
+  EXPECT_TRUE(c->merge_lora);
+  auto again = ParseTrainConfig(c->ToYaml(), "resolved");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->lora_target_modules, c->lora_target_modules);
+  auto one = ParseTrainConfig(kMinimal, "run.yaml", {"lora.r=4", "lora.target_modules=all-linear"});
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(one->lora_target_modules, (std::vector<std::string>{"all-linear"}));
+  EXPECT_EQ(Error(kMinimal, {"checkpoint.merge_lora=true"}),
+            "run.yaml: checkpoint.merge_lora needs lora.r >= 1 (a LoRA run)");
+  EXPECT_EQ(Error(kMinimal, {"lora.r=4", "lora.dropout=1.5"}),
+            "run.yaml: lora.dropout is 1.5 (expected in [0, 1))");
+  EXPECT_EQ(Error(kMinimal, {"lora.r=4", "lora.target_modules={a: 1}"}),
+            "--set: lora.target_modules is a mapping (expected a list of strings)");
+}
+
 TEST(TrainConfig, UnknownKeysNameTheKey) {
   EXPECT_EQ(Error(std::string(kMinimal) + "optimizer: {lrr: 1}\n"),
             "run.yaml: unknown key 'optimizer.lrr' (known keys under optimizer: lr, betas, eps, "
             "weight_decay, grad_clip)");
   EXPECT_EQ(Error(std::string(kMinimal) + "optimiser: {lr: 1}\n"),
             "run.yaml: unknown key 'optimiser' (known sections and keys: model, parallel, data, "
-            "eval, optimizer, schedule, train, checkpoint, logging, sample, output_dir)");
+            "eval, optimizer, schedule, train, checkpoint, lora, logging, sample, output_dir)");
   EXPECT_EQ(Error(kMinimal, {"train.stepz=3"}),
             "--set: unknown key 'train.stepz' (known keys under train: steps, global_batch, "
             "micro_batch, precision, activation_checkpointing, seed, resume, device)");

@@ -160,6 +160,7 @@ struct Run {
   std::vector<std::pair<std::string, at::Tensor>> named;
   std::vector<at::Tensor> params;
   std::vector<GradCopies> replication;  // per parameter: ranks holding the same gradient
+  std::vector<size_t> fsdp_index;       // dp_shard: named[i] is fsdp->parameters()[fsdp_index[i]]
   std::unique_ptr<AdamW> optimizer;
   ScheduleOptions schedule;
 
@@ -418,6 +419,13 @@ absl::Status GatePipeline(Run& run, const PieceSource& source) {
                                : at::kFloat;
     options.reshard_after_forward = run.c.reshard_after_forward;
     ASSIGN_OR_RETURN(run.fsdp, FullyShard(*run.model, run.mesh->group("dp_shard"), options));
+    if (run.lora) {  // what this rank holds of the frozen weights: its pieces
+      run.lora->frozen = 0;
+      run.lora->trainable = 0;
+      for (const FullyShardedModel::Param& p : run.fsdp->parameters()) {
+        (p.piece.requires_grad() ? run.lora->trainable : run.lora->frozen) += p.piece.numel();
+      }
+    }
   }
   if (!run.dims->pp_enabled()) return absl::OkStatus();
   run.gate = GatePipelineStages(*run.model, run.stages);
@@ -432,9 +440,15 @@ absl::Status GatePipeline(Run& run, const PieceSource& source) {
 // or transformers' initialisation from a config (the same values at any tp).
 // LoRA: adapters on the targeted Linear modules (after tensor parallelism,
 // so they follow each base weight's placement), every other weight frozen.
-absl::Status AttachLora(Run& run) {
+absl::Status AttachLora(Run& run, const std::function<bool(const std::string&)>& keep) {
   const TrainConfig& c = run.c;
   if (c.lora_r == 0) return absl::OkStatus();
+  if (run.dims->dp_shard_enabled()) {
+    // The model is on meta until fully_shard cuts it: the adapters are made
+    // whole on the device (this stage's), then cut like every parameter.
+    run.lora_options.device = run.runtime->device();
+    run.lora_options.keep = keep;
+  }
   LoraOptions& o = run.lora_options;
   o.r = c.lora_r;
   o.alpha = c.lora_alpha;
@@ -506,7 +520,7 @@ absl::Status BuildModel(Run& run) {
       init.keep = keep;
       RETURN_IF_ERROR(InitializeWeights(*run.model, init));
     }
-    RETURN_IF_ERROR(AttachLora(run));
+    RETURN_IF_ERROR(AttachLora(run, pieces.keep));
     return GatePipeline(run, pieces);
   }
   ASSIGN_OR_RETURN(Plan plan, ResolvePlanForConfig(c.plan, run.config_json));
@@ -529,7 +543,7 @@ absl::Status BuildModel(Run& run) {
         pieces.tp_shards,
         PlanShards(*meta, plan, run.dims->tp(), run.mesh->group("tp")->rank(), tp_options.resolve));
   }
-  RETURN_IF_ERROR(AttachLora(run));
+  RETURN_IF_ERROR(AttachLora(run, pieces.keep));
   return GatePipeline(run, pieces);
 }
 
@@ -559,7 +573,10 @@ absl::Status SetUpOptimizer(Run& run) {
   const bool pipelined = run.dims->pp_enabled();
   if (run.fsdp) {
     // The pieces: each rank updates 1/dp_shard of every parameter.
-    for (const FullyShardedModel::Param& p : run.fsdp->parameters()) {
+    for (size_t index = 0; index < run.fsdp->parameters().size(); ++index) {
+      const FullyShardedModel::Param& p = run.fsdp->parameters()[index];
+      if (!p.piece.requires_grad()) continue;  // frozen (LoRA's base)
+      run.fsdp_index.push_back(index);
       const DTensorSpec* spec = ParameterPlacement(model, p.name);
       const size_t global_dims = spec == nullptr ? p.full_shape.size() : spec->global_shape.size();
       opt_params.push_back({p.name, p.piece, global_dims >= 2});
@@ -679,7 +696,7 @@ std::map<std::string, TensorSlice> HeldSlices(const Run& run) {
     t.global_shape = spec != nullptr ? spec->global_shape : run.named[i].second.sizes().vec();
     if (spec != nullptr) t.slice = spec->ranges;
     if (run.fsdp) {
-      const FullyShardedModel::Param& p = run.fsdp->parameters()[i];
+      const FullyShardedModel::Param& p = run.fsdp->parameters()[run.fsdp_index[i]];
       if (spec == nullptr) t.global_shape = p.full_shape;
       // The tp-local dim-0 rows, as global indices, then this piece's run of them.
       std::vector<int64_t> rows;
@@ -1352,6 +1369,18 @@ absl::Status WriteCurve(Run& run) {
       EvalCurve(run));
 }
 
+// A parameter's tp-local value: the module's tensor, or with dp_shard its
+// pieces gathered (a collective over dp_shard: every rank calls it alike);
+// a meta tensor for another pipeline stage's.
+at::Tensor HeldValue(const Run& run, const std::string& name, const at::Tensor& t) {
+  if (!run.fsdp) return t.detach();
+  const auto& params = run.fsdp->parameters();
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (params[i].name == name) return run.fsdp->Gather(i, params[i].piece);
+  }
+  return t.detach();  // not this rank's
+}
+
 // The export of `model`'s parameters that `take` selects (each once, in
 // named_parameters order, the tied head left out), each rank's tp-local
 // value given by `local`, into a Hugging Face directory.
@@ -1369,10 +1398,11 @@ absl::Status ExportSelected(
     if (run.tied_head(name) || !take(name) || !listed.insert(name).second) continue;
     const int rank = run.dims->pp_enabled() ? run.pipeline->RankOf(run.stages.StageOf(name)) : 0;
     const DTensorSpec* spec = ParameterPlacement(model, name);
-    pipeline.tensors[rank].emplace_back(
-        name, spec != nullptr ? spec->global_shape : item.value().sizes().vec());
-    if (item.value().is_meta()) continue;  // another stage's
-    exported.emplace_back(name, local(name, item.value()));
+    at::Tensor value = HeldValue(run, name, item.value());  // dp_shard: gathered (collective)
+    pipeline.tensors[rank].emplace_back(name,
+                                        spec != nullptr ? spec->global_shape : value.sizes().vec());
+    if (value.is_meta()) continue;  // another stage's
+    exported.emplace_back(name, local(name, value));
   }
   // The placements of every tp rank: the adapters' are the ranks' own, so
   // they are gathered here (the plan's list has the base weights only).
@@ -1434,17 +1464,20 @@ absl::Status ExportLora(Run& run) {
   run.runtime->world().Barrier();
   if (!c.merge_lora) return absl::OkStatus();
   Heartbeat::Get().Progress(run.step, "exporting the merged model");
-  std::map<std::string, Linear*> adapted;
+  std::map<std::string, Linear*> adapted;  // base weight -> its module
   for (const auto& [name, module] : NamedWeftModules(*run.model)) {
     auto* linear = dynamic_cast<Linear*>(module);
     if (linear != nullptr && linear->lora_A) adapted[name + ".weight"] = linear;
   }
-  auto merged = [&adapted](const std::string& name, const at::Tensor& t) {
+  auto merged = [&run, &adapted](const std::string& name, const at::Tensor& t) {
     at::NoGradGuard no_grad;
     auto it = adapted.find(name);
     if (it == adapted.end()) return t.detach();
     const Linear& l = *it->second;
-    at::Tensor delta = at::matmul(l.lora_B->weight.to(at::kFloat), l.lora_A->weight.to(at::kFloat));
+    const std::string module = name.substr(0, name.size() - std::string(".weight").size());
+    const at::Tensor a = HeldValue(run, module + ".lora_A.weight", l.lora_A->weight);
+    const at::Tensor b = HeldValue(run, module + ".lora_B.weight", l.lora_B->weight);
+    at::Tensor delta = at::matmul(b.to(at::kFloat), a.to(at::kFloat));
     return (t.to(at::kFloat) + delta * l.lora_scale).to(t.scalar_type());
   };
   run.result.export_dir = c.output_dir + "/hf";
@@ -1489,7 +1522,7 @@ absl::Status Finish(Run& run, int64_t first_step) {
     std::function<at::Tensor(size_t)> whole_local;
     if (run.fsdp) {
       whole_local = [&run, &named_index, &exported](size_t k) {
-        return run.fsdp->Gather(named_index[k], exported[k].second);
+        return run.fsdp->Gather(run.fsdp_index[named_index[k]], exported[k].second);
       };
     }
     const at::ScalarType dtype = run.params.empty() ? at::kFloat : run.params[0].scalar_type();
