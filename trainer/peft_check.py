@@ -8,6 +8,7 @@
                                                 A and B (saved), and its logits
     peft_check.py adapter-logits BASE ADAPTER IDS LOGITS
                                                 PEFT's logits with ADAPTER on BASE
+    peft_check.py generate BASE ADAPTER IDS N   PEFT's greedy ids (comma-separated)
     peft_check.py model-logits DIR IDS LOGITS   transformers' logits of DIR
     peft_check.py compare A B [TOL]             two logits files agree (max |diff|)
 """
@@ -53,6 +54,15 @@ def main():
         import peft
         model = peft.PeftModel.from_pretrained(load(sys.argv[2]), sys.argv[3]).eval()
         save_file({"logits": logits(model, sys.argv[4])}, sys.argv[5])
+    elif cmd == "generate":
+        import peft
+        model = peft.PeftModel.from_pretrained(load(sys.argv[2]), sys.argv[3]).eval()
+        ids = torch.tensor([[int(x) for x in sys.argv[4].split(",")]])
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 max_new_tokens=int(sys.argv[5]), do_sample=False,
+                                 eos_token_id=None, pad_token_id=0)
+        print(",".join(str(int(x)) for x in out[0]))
     elif cmd == "model-logits":
         save_file({"logits": logits(load(sys.argv[2]), sys.argv[3])}, sys.argv[4])
     elif cmd == "compare":

@@ -50,4 +50,9 @@ fi
   --input "$work/ids.safetensors" --output "$work/weft_peft_tp2.safetensors" --tp-plan auto >"$work/tp.log" 2>&1 ||
   { cat "$work/tp.log"; exit 1; }
 "$python" "$check" compare "$work/weft_peft_tp2.safetensors" "$work/peft_logits.safetensors"
+# Generation with an adapter: greedy ids equal PEFT's generate().
+got="$("$weft" generate --model "$work/base" --adapter "$work/peft" --prompt-ids 84,111,32,98,101 \
+  --max-new-tokens 8)"
+want="$("$python" "$check" generate "$work/base" "$work/peft" 84,111,32,98,101 8)"
+[[ "$got" == "$want" ]] || { echo "FAIL: generate --adapter: weft $got, PEFT $want"; exit 1; }
 echo PASS
