@@ -35,7 +35,11 @@ struct Planned {
   std::vector<std::vector<Range>> ranges;  // one list per dim, full dims filled in
   std::vector<int64_t> out_shape;
   uint64_t out_bytes;
+  const uint8_t* view = nullptr;  // zero_copy: the bytes in the mapping, else null
 };
+
+bool ContiguousBlock(const std::vector<Range>& block, const std::vector<int64_t>& shape);
+uint64_t FlatOffset(const std::vector<Range>& block, const std::vector<int64_t>& shape);
 
 std::string ShapeText(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
@@ -73,6 +77,21 @@ absl::StatusOr<Planned> Plan(const Checkpoint& ckpt, const LoadRequest& r,
   uint64_t numel = 1;
   for (int64_t s : p.out_shape) numel *= static_cast<uint64_t>(s);
   p.out_bytes = numel * c10::elementSize(p.dtype);
+  // Zero-copy: one contiguous, aligned run of the file in the requested dtype.
+  if (r.zero_copy && r.device.is_cpu() && p.dtype == e.dtype && numel > 0) {
+    bool one_run = !e.shape.empty();
+    std::vector<Range> block;
+    for (const auto& ranges : p.ranges) {
+      one_run = one_run && ranges.size() == 1;
+      if (one_run) block.push_back(ranges[0]);
+    }
+    if (one_run && ContiguousBlock(block, e.shape)) {
+      const uint64_t element = c10::elementSize(e.dtype);
+      const uint8_t* bytes = at->file->mapping()->data() + at->file->header().data_offset +
+                             e.begin + FlatOffset(block, e.shape) * element;
+      if (reinterpret_cast<uintptr_t>(bytes) % element == 0) p.view = bytes;
+    }
+  }
   if (!r.device.is_cpu() && !r.device.is_cuda()) {
     return absl::InvalidArgumentError(
         absl::StrCat("'", r.name, "' requested on ", r.device.str(), " (expected cpu or cuda)"));
@@ -305,6 +324,7 @@ void Allocate(const std::vector<Planned>& plan, const DeviceMemory& device_memor
               LoadResult& result) {
   std::map<DeviceKey, std::pair<c10::Device, uint64_t>> totals;
   for (const Planned& p : plan) {
+    if (p.view != nullptr) continue;  // a view of the file: no memory of its own
     auto it = totals.try_emplace(Key(p.request->device), p.request->device, 0).first;
     it->second.second += RoundUp(p.out_bytes);
   }
@@ -326,7 +346,14 @@ void Allocate(const std::vector<Planned>& plan, const DeviceMemory& device_memor
   for (const Planned& p : plan) {
     const c10::Device device = p.request->device;
     at::Tensor t;
-    if (device.is_cpu()) {
+    if (p.view != nullptr) {
+      // The deleter keeps the file mapped as long as the tensor lives.
+      std::shared_ptr<MappedFile> mapping = p.file->mapping();
+      t = at::from_blob(
+          const_cast<uint8_t*>(p.view), p.out_shape, [mapping](void*) {},
+          at::TensorOptions().dtype(p.dtype));
+      result.stats.bytes_mapped += p.out_bytes;
+    } else if (device.is_cpu()) {
       uint64_t& off = cursor[Key(device)];
       t = arenas[Key(device)]
               .narrow(0, static_cast<int64_t>(off), static_cast<int64_t>(p.out_bytes))
@@ -350,6 +377,13 @@ void Copy(const std::vector<Planned>& plan, int threads, LoadResult& result) {
     const Planned& p = plan[i];
     const TensorEntry& e = *p.entry;
     const MappedFile& mapping = *p.file->mapping();
+    if (p.view != nullptr) {  // zero-copy: nothing to read now (the pages come on first use)
+      if (i + 1 == plan.size() || plan[i + 1].file_index != p.file_index) {
+        RunReadJobs(jobs, threads);
+        jobs.clear();
+      }
+      continue;
+    }
     at::Tensor dst = result.tensors.at(p.request->name);
     const uint64_t src_element = c10::elementSize(e.dtype);
     const uint64_t file_base = p.file->header().data_offset + e.begin;

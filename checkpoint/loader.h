@@ -21,6 +21,13 @@
 // pages when done. Peak RSS therefore stays near this rank's share, not the
 // checkpoint.
 //
+// Zero-copy (LoadRequest::zero_copy): a tensor nothing will write is a view
+// of the file's mapping when its bytes are one aligned run in the requested
+// dtype: no memory of its own, no copy, and the page cache's pages shared by
+// every process of the node that maps the file. Trained parameters are
+// copied: they are written every step, and a private mapping would copy each
+// page on its first write anyway (in the first step, page by page).
+//
 // Memory: the total bytes per device are reserved at once before copying.
 // On CPU that is one arena the parameters are views of; on CUDA one block
 // through LibTorch's caching allocator (LoadOptions::device_memory), released at once so every
@@ -49,11 +56,21 @@ struct LoadRequest {
   c10::optional<at::ScalarType> dtype;
   c10::Device device = c10::Device(c10::kCPU);
   Slice slice;
+  /// Nothing will write the tensor (inference, a frozen LoRA base): it may
+  /// be a view of the file's mapping instead of a copy. Taken on the CPU
+  /// when the slice is one contiguous run of the file's bytes (whole
+  /// tensors, dim-0 rows of a TP shard) already in the requested dtype and
+  /// aligned to its element size; anything else is copied as usual. The
+  /// view keeps the file mapped; ranks on one node share its page-cache
+  /// pages. The mapping is private: a write would copy the page it touches
+  /// (never the file), so a mistake costs memory, not data.
+  bool zero_copy = false;
 };
 
 struct LoadStats {
   uint64_t bytes_read = 0;      // source bytes copied out of the files
   uint64_t bytes_pread = 0;     // of those, read with pread straight into place
+  uint64_t bytes_mapped = 0;    // views of the files' mappings (zero_copy): not copied
   uint64_t bytes_loaded = 0;    // bytes of the resulting tensors
   uint64_t bytes_reserved = 0;  // reserved up front, all devices
   double seconds = 0;           // the whole call: validation, reservation, copying

@@ -136,6 +136,49 @@ TEST(Loader, PackedTwoRangeRowsOfAFusedWeight) {
   }
 }
 
+// Zero-copy: whole tensors and dim-0 rows already in the requested dtype are
+// views of the file's mapping (no memory of their own, nothing read now);
+// packed ranges, inner-dim slices and dtype conversions are copied. A write
+// to a view copies the page privately: the file never changes.
+TEST(Loader, ZeroCopyViewsTheFileWhereItsBytesFit) {
+  std::string dir = TmpDir("zero_copy");
+  at::Tensor w = at::arange(8 * 6, at::kFloat).reshape({8, 6});
+  ASSERT_TRUE(WriteCheckpoint(dir, {{"w", w}, {"v", w + 100}, {"u", w * 2}, {"t", w - 1}}).ok());
+  auto ckpt = Checkpoint::Open(dir);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  std::vector<LoadRequest> requests = {
+      {"w", c10::nullopt, at::kCPU, {}, /*zero_copy=*/true},        // whole
+      {"v", c10::nullopt, at::kCPU, {{{2, 5}}, {}}, true},          // rows: a view
+      {"u", c10::nullopt, at::kCPU, {{{0, 2}, {4, 6}}, {}}, true},  // packed: copied
+      {"t", at::kBFloat16, at::kCPU, {}, true}};                    // converted: copied
+  auto result = LoadCheckpoint(**ckpt, requests);
+  ASSERT_TRUE(result.ok()) << result.status();
+  const auto& mapping = *(*ckpt)->Find("w")->file->mapping();
+  auto in_file = [&](const at::Tensor& t) {
+    const auto* p = static_cast<const uint8_t*>(t.data_ptr());
+    return p >= mapping.data() && p < mapping.data() + mapping.size();
+  };
+  const auto& got = result->tensors;
+  EXPECT_TRUE(in_file(got.at("w")));
+  EXPECT_TRUE(in_file(got.at("v")));
+  EXPECT_FALSE(in_file(got.at("u")));
+  EXPECT_FALSE(in_file(got.at("t")));
+  EXPECT_TRUE(at::equal(got.at("w"), w));
+  EXPECT_TRUE(at::equal(got.at("v"), (w + 100).narrow(0, 2, 3)));
+  EXPECT_TRUE(at::equal(got.at("u"), at::cat({w.narrow(0, 0, 2), w.narrow(0, 4, 2)}) * 2));
+  EXPECT_TRUE(at::equal(got.at("t"), (w - 1).to(at::kBFloat16)));
+  EXPECT_EQ(result->stats.bytes_mapped, (48u + 18u) * 4);
+  EXPECT_EQ(result->stats.bytes_reserved, 128u + 128u);  // u (48 B) and t (96 B), 64-aligned
+  // The views outlive the checkpoint object; a write stays in this process.
+  at::Tensor view = got.at("w");
+  ckpt->reset();
+  view.add_(1);
+  auto again = Checkpoint::Open(dir);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(at::equal((*again)->Find("w")->file->Get(*(*again)->Find("w")->entry), w));
+  EXPECT_TRUE(at::equal(view, w + 1));
+}
+
 // Current resident set (VmRSS) in bytes.
 int64_t RssBytes() {
   std::ifstream status("/proc/self/status");

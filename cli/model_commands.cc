@@ -227,6 +227,7 @@ absl::Status Forward(const ForwardCommand& c) {
   PretrainedOptions options;
   options.dtype = dtype;
   options.attn_implementation = c.attn;
+  options.zero_copy = true;  // inference: nothing writes the weights
   if (!c.pp_plan.empty() && (c.hidden_states || !c.trace.empty())) {
     return absl::InvalidArgumentError(
         "--hidden-states and --trace are not available with --pp-plan (each rank runs one stage)");
@@ -258,6 +259,7 @@ absl::Status Generate(const GenerateCommand& c, std::ostream& out) {
   PretrainedOptions options;
   options.dtype = dtype;
   options.attn_implementation = c.attn;
+  options.zero_copy = true;  // inference: nothing writes the weights
   ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan, c.pp_plan, c.pp, c.adapter));
   CausalLM& model = *loaded.model;
   const int64_t length = static_cast<int64_t>(prompt.size()) + c.max_new_tokens;
@@ -322,6 +324,7 @@ absl::Status Eval(const EvalCommand& c, std::ostream& out) {
   PretrainedOptions options;
   options.dtype = dtype;
   options.attn_implementation = c.attn;
+  options.zero_copy = true;  // inference: nothing writes the weights
   ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan, "", 0, c.adapter));
   EvalOptions eval;
   eval.batches = c.batches;

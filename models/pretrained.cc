@@ -249,7 +249,7 @@ absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
       if (!kept(name)) continue;
       slots.push_back({name, {module, item.key()}});
       requests.push_back({name, model_options.dtype, options.device,
-                          hooks.slice_of ? hooks.slice_of(name) : Slice{}});
+                          hooks.slice_of ? hooks.slice_of(name) : Slice{}, options.zero_copy});
     }
   }
   // A tied head on a stage without the embedding reads the embedding's tensor.
@@ -261,7 +261,8 @@ absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,
                                               ", tied to lm_head.weight)"));
     }
     requests.push_back({kEmbed, model_options.dtype, options.device,
-                        hooks.slice_of ? hooks.slice_of("lm_head.weight") : Slice{}});
+                        hooks.slice_of ? hooks.slice_of("lm_head.weight") : Slice{},
+                        options.zero_copy});
   }
   LoadOptions load_options;
   load_options.device_memory = options.device_memory;

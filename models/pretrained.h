@@ -34,6 +34,11 @@ struct PretrainedOptions {
   DeviceMemory device_memory;
   /// "eager", "sdpa" or any registered name (attention.h).
   std::string attn_implementation = "sdpa";
+  /// Nothing will write the weights (forward, generate, eval, a frozen LoRA
+  /// base): on the CPU those whose bytes in the file already fit (dtype,
+  /// alignment, a contiguous slice) are views of the mapped file, not copies
+  /// (checkpoint/loader.h LoadRequest::zero_copy).
+  bool zero_copy = false;
 };
 
 absl::StatusOr<std::shared_ptr<CausalLM>> FromPretrained(const std::string& dir,

@@ -487,6 +487,9 @@ absl::Status BuildModel(Run& run) {
   pretrained.device = device;
   if (device.is_cuda()) pretrained.device_memory = CudaDeviceMemory();
   pretrained.attn_implementation = c.attn_implementation;
+  // LoRA freezes every base weight: nothing writes them, so on the CPU they
+  // may be views of the checkpoint's mapped files (shared by the node's ranks).
+  pretrained.zero_copy = c.lora_r > 0;
   InitOptions init(static_cast<uint64_t>(c.seed));
   init.device = device;
   at::manual_seed(static_cast<uint64_t>(c.seed));
