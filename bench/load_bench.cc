@@ -4,6 +4,15 @@
 // to the last parameter in memory, and the loader's own figures.
 //
 //   bazel-bin/bench/load_bench --model DIR --tp 2 --rank 1 [--dtype bf16|keep]
+//                              [--zero-copy 1] [--hold SECONDS]
+//
+// --zero-copy 1 loads as weft forward does (views of the mapped files where
+// the bytes fit); --hold touches every parameter (as a forward would read
+// it), prints the JSON line and sleeps, so several processes can be measured
+// holding the model at once (bench/run_zero_copy_bench.sh).
+#include <ATen/ATen.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -15,8 +24,8 @@
 
 int main(int argc, char** argv) {
   std::string model;
-  int tp = 1, rank = 0;
-  bool keep = true;
+  int tp = 1, rank = 0, hold = 0;
+  bool keep = true, zero_copy = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     if (flag == "--model")
@@ -25,6 +34,10 @@ int main(int argc, char** argv) {
       tp = std::atoi(argv[i + 1]);
     else if (flag == "--rank")
       rank = std::atoi(argv[i + 1]);
+    else if (flag == "--zero-copy")
+      zero_copy = std::atoi(argv[i + 1]) != 0;
+    else if (flag == "--hold")
+      hold = std::atoi(argv[i + 1]);
     else if (flag == "--dtype")
       keep = std::strcmp(argv[i + 1], "keep") == 0 || std::strcmp(argv[i + 1], "bf16") == 0;
     else {
@@ -45,7 +58,8 @@ int main(int argc, char** argv) {
     weft::LoadRequest r{name,
                         keep ? c10::nullopt : c10::optional<at::ScalarType>(at::kFloat),
                         c10::Device(c10::kCPU),
-                        {}};
+                        {},
+                        zero_copy};
     if (at.entry->shape.size() == 2 && tp > 1) {
       weft::ChunkSpan s = weft::ChunkOf(at.entry->shape[0], tp, rank);
       r.slice = {{{s.offset, s.offset + s.length}}, {}};
@@ -59,14 +73,21 @@ int main(int argc, char** argv) {
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  double checksum = 0;
+  if (hold > 0) {  // every byte read once, as a forward pass reads the weights
+    for (const auto& [name, t] : result->tensors) checksum += t.sum().item<double>();
+  }
   const weft::LoadStats& s = result->stats;
   std::printf(
       "{\"tp\": %d, \"rank\": %d, \"bytes_read\": %llu, \"bytes_pread\": %llu, \"bytes_loaded\": "
       "%llu, \"seconds\": %.4f, \"loader_seconds\": %.4f, "
-      "\"gb_per_s\": %.3f, \"peak_rss_bytes\": %lld}\n",
+      "\"gb_per_s\": %.3f, \"peak_rss_bytes\": %lld, \"bytes_mapped\": %llu, \"checksum\": %g}\n",
       tp, rank, static_cast<unsigned long long>(s.bytes_read),
       static_cast<unsigned long long>(s.bytes_pread),
       static_cast<unsigned long long>(s.bytes_loaded), seconds, s.seconds,
-      s.bytes_read / seconds / 1e9, static_cast<long long>(s.peak_rss_bytes));
+      s.bytes_read / seconds / 1e9, static_cast<long long>(s.peak_rss_bytes),
+      static_cast<unsigned long long>(s.bytes_mapped), checksum);
+  std::fflush(stdout);
+  if (hold > 0) ::sleep(static_cast<unsigned>(hold));
   return 0;
 }

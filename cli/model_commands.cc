@@ -227,7 +227,7 @@ absl::Status Forward(const ForwardCommand& c) {
   PretrainedOptions options;
   options.dtype = dtype;
   options.attn_implementation = c.attn;
-  options.zero_copy = true;  // inference: nothing writes the weights
+  options.zero_copy = c.zero_copy;  // inference: nothing writes the weights
   if (!c.pp_plan.empty() && (c.hidden_states || !c.trace.empty())) {
     return absl::InvalidArgumentError(
         "--hidden-states and --trace are not available with --pp-plan (each rank runs one stage)");
@@ -259,7 +259,7 @@ absl::Status Generate(const GenerateCommand& c, std::ostream& out) {
   PretrainedOptions options;
   options.dtype = dtype;
   options.attn_implementation = c.attn;
-  options.zero_copy = true;  // inference: nothing writes the weights
+  options.zero_copy = c.zero_copy;  // inference: nothing writes the weights
   ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan, c.pp_plan, c.pp, c.adapter));
   CausalLM& model = *loaded.model;
   const int64_t length = static_cast<int64_t>(prompt.size()) + c.max_new_tokens;
@@ -324,7 +324,7 @@ absl::Status Eval(const EvalCommand& c, std::ostream& out) {
   PretrainedOptions options;
   options.dtype = dtype;
   options.attn_implementation = c.attn;
-  options.zero_copy = true;  // inference: nothing writes the weights
+  options.zero_copy = c.zero_copy;  // inference: nothing writes the weights
   ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan, "", 0, c.adapter));
   EvalOptions eval;
   eval.batches = c.batches;
@@ -372,6 +372,9 @@ Subcommand AddForward(CLI::App& app) {
                   "tensor parallelism over the world: a plan file, or auto");
   cmd->add_option("--adapter", c->adapter,
                   "a PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors)");
+  cmd->add_flag("--zero-copy,!--no-zero-copy", c->zero_copy,
+                "weights whose bytes fit are views of the mapped files (default; --no-zero-copy "
+                "copies them)");
   cmd->add_option("--pp-plan", c->pp_plan,
                   "pipeline stages over the world: a plan file with a pp_plan, or auto");
   cmd->add_option("--pp", c->pp,
@@ -397,6 +400,9 @@ Subcommand AddEval(CLI::App& app) {
                   "tensor parallelism over the world: a plan file, or auto");
   cmd->add_option("--adapter", c->adapter,
                   "a PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors)");
+  cmd->add_flag("--zero-copy,!--no-zero-copy", c->zero_copy,
+                "weights whose bytes fit are views of the mapped files (default; --no-zero-copy "
+                "copies them)");
   return {cmd, [c] { return RunEval(*c, std::cout, std::cerr); }};
 }
 
@@ -420,6 +426,9 @@ Subcommand AddGenerate(CLI::App& app) {
                   "tensor parallelism over the world: a plan file, or auto");
   cmd->add_option("--adapter", c->adapter,
                   "a PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors)");
+  cmd->add_flag("--zero-copy,!--no-zero-copy", c->zero_copy,
+                "weights whose bytes fit are views of the mapped files (default; --no-zero-copy "
+                "copies them)");
   cmd->add_option("--pp-plan", c->pp_plan,
                   "pipeline stages over the world: a plan file with a pp_plan, or auto");
   cmd->add_option("--pp", c->pp,

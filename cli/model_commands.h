@@ -43,9 +43,10 @@ struct ForwardCommand {
   std::string attn = "sdpa";
   std::string trace;
   std::string tp_plan;
-  std::string adapter;  // a PEFT LoRA adapter directory, or empty
-  std::string pp_plan;  // pipeline stages over the world (or --pp ranks of it)
-  int pp = 0;           // pipeline ranks; 0: the world (without --tp-plan)
+  std::string adapter;    // a PEFT LoRA adapter directory, or empty
+  bool zero_copy = true;  // CPU weights as views of the mapped files where they fit
+  std::string pp_plan;    // pipeline stages over the world (or --pp ranks of it)
+  int pp = 0;             // pipeline ranks; 0: the world (without --tp-plan)
 };
 
 struct GenerateCommand {
@@ -60,9 +61,10 @@ struct GenerateCommand {
   std::string dtype = "float32";
   std::string attn = "sdpa";
   std::string tp_plan;
-  std::string adapter;  // a PEFT LoRA adapter directory, or empty
-  std::string pp_plan;  // pipeline stages over the world (or --pp ranks of it)
-  int pp = 0;           // pipeline ranks; 0: the world (without --tp-plan)
+  std::string adapter;    // a PEFT LoRA adapter directory, or empty
+  bool zero_copy = true;  // CPU weights as views of the mapped files where they fit
+  std::string pp_plan;    // pipeline stages over the world (or --pp ranks of it)
+  int pp = 0;             // pipeline ranks; 0: the world (without --tp-plan)
 };
 
 struct EvalCommand {
@@ -75,7 +77,8 @@ struct EvalCommand {
   std::string dtype = "float32";
   std::string attn = "sdpa";
   std::string tp_plan;
-  std::string adapter;  // a PEFT LoRA adapter directory, or empty
+  std::string adapter;    // a PEFT LoRA adapter directory, or empty
+  bool zero_copy = true;  // CPU weights as views of the mapped files where they fit
 };
 
 int RunForward(const ForwardCommand& command, std::ostream& err);
