@@ -39,7 +39,12 @@ def main():
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--grad-clip", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--bf16", action="store_true",
+                    help="bf16 autocast over fp32 weights (PyTorch's usual mixed precision)")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -52,14 +57,14 @@ def main():
 
     config = transformers.LlamaConfig(**json.load(open(args.config)))
     config._attn_implementation = "sdpa"
-    model = transformers.LlamaForCausalLM(config).to(torch.float32)
+    model = transformers.LlamaForCausalLM(config).to(torch.float32).to(device)
     model.train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=tuple(args.betas), eps=args.eps)
+        lr=args.lr, betas=tuple(args.betas), eps=args.eps, fused=device.type == "cuda")
 
     per_step = args.batch * args.seq_len
     phases = {"forward": 0.0, "backward": 0.0, "clip": 0.0, "optimizer": 0.0}
@@ -69,8 +74,9 @@ def main():
         t0 = time.perf_counter()
         begin = (step - 1) * per_step
         window = np.asarray(tokens[begin:begin + per_step], dtype=np.int64)
-        ids = torch.from_numpy(window).view(args.batch, args.seq_len)
-        loss = model(input_ids=ids, labels=ids).loss
+        ids = torch.from_numpy(window).view(args.batch, args.seq_len).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            loss = model(input_ids=ids, labels=ids).loss
         t1 = time.perf_counter()
         loss.backward()
         loss_value = loss.item()
@@ -79,6 +85,7 @@ def main():
         t3 = time.perf_counter()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        sync()
         t4 = time.perf_counter()
         step_times.append(t4 - t0)
         if step == 1:
@@ -97,6 +104,8 @@ def main():
         "s_per_step": seconds / measured,
         "first_step_s": step_times[0],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device": args.device, "bf16": args.bf16,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0,
         "phases_s": {k: v / measured for k, v in phases.items()},
         "last_loss": loss_value,
         "last_grad_norm": grad_norm,

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <memory>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -35,6 +36,20 @@
 
 namespace weft {
 namespace {
+
+// --device: cpu, cuda or cuda:N.
+absl::StatusOr<c10::Device> ParseDevice(const std::string& name) {
+  if (name == "cpu") return c10::Device(c10::kCPU);
+  if (name == "cuda") return c10::Device(c10::kCUDA, 0);
+  if (absl::StartsWith(name, "cuda:")) {
+    int index = 0;
+    if (absl::SimpleAtoi(name.substr(5), &index) && index >= 0) {
+      return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+    }
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--device '", name, "' (expected cpu, cuda or cuda:N)"));
+}
 
 absl::StatusOr<at::ScalarType> ComputeDtype(const std::string& name) {
   auto type = ScalarTypeFromTorchName(name, {at::kFloat, at::kBFloat16});
@@ -228,6 +243,7 @@ absl::Status Forward(const ForwardCommand& c) {
   options.dtype = dtype;
   options.attn_implementation = c.attn;
   options.zero_copy = c.zero_copy;  // inference: nothing writes the weights
+  ASSIGN_OR_RETURN(options.device, ParseDevice(c.device));
   if (!c.pp_plan.empty() && (c.hidden_states || !c.trace.empty())) {
     return absl::InvalidArgumentError(
         "--hidden-states and --trace are not available with --pp-plan (each rank runs one stage)");
@@ -241,10 +257,15 @@ absl::Status Forward(const ForwardCommand& c) {
   std::unique_ptr<Tracer> tracer;
   if (!c.trace.empty()) tracer = std::make_unique<Tracer>(model);
   at::NoGradGuard no_grad;
+  inputs.input_ids = inputs.input_ids.to(options.device);
+  if (inputs.attention_mask.defined())
+    inputs.attention_mask = inputs.attention_mask.to(options.device);
   CausalLMOutput out = model.Forward(inputs);
-  std::vector<std::pair<std::string, at::Tensor>> tensors = {{"logits", out.logits.to(at::kFloat)}};
+  std::vector<std::pair<std::string, at::Tensor>> tensors = {
+      {"logits", out.logits.to(at::kFloat).cpu()}};
   for (size_t i = 0; c.hidden_states && i < out.hidden_states.size(); ++i) {
-    tensors.emplace_back(absl::StrCat("hidden_states_", i), out.hidden_states[i].to(at::kFloat));
+    tensors.emplace_back(absl::StrCat("hidden_states_", i),
+                         out.hidden_states[i].to(at::kFloat).cpu());
   }
   if (!loaded.writer) return absl::OkStatus();
   RETURN_IF_ERROR(WriteSafetensors(c.output, tensors));
@@ -260,6 +281,7 @@ absl::Status Generate(const GenerateCommand& c, std::ostream& out) {
   options.dtype = dtype;
   options.attn_implementation = c.attn;
   options.zero_copy = c.zero_copy;  // inference: nothing writes the weights
+  ASSIGN_OR_RETURN(options.device, ParseDevice(c.device));
   ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan, c.pp_plan, c.pp, c.adapter));
   CausalLM& model = *loaded.model;
   const int64_t length = static_cast<int64_t>(prompt.size()) + c.max_new_tokens;
@@ -282,8 +304,8 @@ absl::Status Generate(const GenerateCommand& c, std::ostream& out) {
   g.top_k = c.top_k;
   g.top_p = c.top_p;
   g.seed = c.seed;
-  at::Tensor ids = at::tensor(prompt, at::kLong).view({1, -1});
-  at::Tensor result = weft::Generate(model, ids, g);
+  at::Tensor ids = at::tensor(prompt, at::kLong).view({1, -1}).to(options.device);
+  at::Tensor result = weft::Generate(model, ids, g).cpu();
   std::vector<int64_t> all(result.data_ptr<int64_t>(), result.data_ptr<int64_t>() + result.numel());
   if (loaded.writer) out << absl::StrJoin(all, ",") << std::endl;
   return absl::OkStatus();
@@ -325,9 +347,11 @@ absl::Status Eval(const EvalCommand& c, std::ostream& out) {
   options.dtype = dtype;
   options.attn_implementation = c.attn;
   options.zero_copy = c.zero_copy;  // inference: nothing writes the weights
+  ASSIGN_OR_RETURN(options.device, ParseDevice(c.device));
   ASSIGN_OR_RETURN(Loaded loaded, Load(c.model, options, c.tp_plan, "", 0, c.adapter));
   EvalOptions eval;
   eval.batches = c.batches;
+  eval.device = options.device;
   EvalResult r = Evaluate(*loaded.model, *loader, eval);
   if (loaded.writer) {
     out << absl::StrFormat("eval: loss %.6f, perplexity %.4f over %d tokens (%d samples of %d%s)",
@@ -366,6 +390,7 @@ Subcommand AddForward(CLI::App& app) {
   cmd->add_flag("--hidden-states", c->hidden_states,
                 "also write hidden_states_0..N (transformers' order)");
   cmd->add_option("--dtype", c->dtype, "float32 or bfloat16");
+  cmd->add_option("--device", c->device, "cpu, cuda or cuda:N");
   cmd->add_option("--attn", c->attn, "attention implementation: eager or sdpa");
   cmd->add_option("--trace", c->trace, "write every module call as JSON here");
   cmd->add_option("--tp-plan", c->tp_plan,
@@ -395,6 +420,7 @@ Subcommand AddEval(CLI::App& app) {
   cmd->add_option("--batches", c->batches, "batches at most; 0: the whole file");
   cmd->add_flag("--packing", c->packing, "pack whole documents per row (as data.packing)");
   cmd->add_option("--dtype", c->dtype, "float32 or bfloat16");
+  cmd->add_option("--device", c->device, "cpu, cuda or cuda:N");
   cmd->add_option("--attn", c->attn, "attention implementation: eager or sdpa");
   cmd->add_option("--tp-plan", c->tp_plan,
                   "tensor parallelism over the world: a plan file, or auto");
@@ -421,6 +447,7 @@ Subcommand AddGenerate(CLI::App& app) {
       cmd->add_option("--seed", c->seed, "sampling seed"),
   };
   cmd->add_option("--dtype", c->dtype, "float32 or bfloat16");
+  cmd->add_option("--device", c->device, "cpu, cuda or cuda:N");
   cmd->add_option("--attn", c->attn, "attention implementation: eager or sdpa");
   cmd->add_option("--tp-plan", c->tp_plan,
                   "tensor parallelism over the world: a plan file, or auto");

@@ -43,10 +43,11 @@ struct ForwardCommand {
   std::string attn = "sdpa";
   std::string trace;
   std::string tp_plan;
-  std::string adapter;    // a PEFT LoRA adapter directory, or empty
-  bool zero_copy = true;  // CPU weights as views of the mapped files where they fit
-  std::string pp_plan;    // pipeline stages over the world (or --pp ranks of it)
-  int pp = 0;             // pipeline ranks; 0: the world (without --tp-plan)
+  std::string adapter;         // a PEFT LoRA adapter directory, or empty
+  bool zero_copy = true;       // CPU weights as views of the mapped files where they fit
+  std::string device = "cpu";  // cpu, cuda or cuda:N
+  std::string pp_plan;         // pipeline stages over the world (or --pp ranks of it)
+  int pp = 0;                  // pipeline ranks; 0: the world (without --tp-plan)
 };
 
 struct GenerateCommand {
@@ -61,10 +62,11 @@ struct GenerateCommand {
   std::string dtype = "float32";
   std::string attn = "sdpa";
   std::string tp_plan;
-  std::string adapter;    // a PEFT LoRA adapter directory, or empty
-  bool zero_copy = true;  // CPU weights as views of the mapped files where they fit
-  std::string pp_plan;    // pipeline stages over the world (or --pp ranks of it)
-  int pp = 0;             // pipeline ranks; 0: the world (without --tp-plan)
+  std::string adapter;         // a PEFT LoRA adapter directory, or empty
+  bool zero_copy = true;       // CPU weights as views of the mapped files where they fit
+  std::string device = "cpu";  // cpu, cuda or cuda:N
+  std::string pp_plan;         // pipeline stages over the world (or --pp ranks of it)
+  int pp = 0;                  // pipeline ranks; 0: the world (without --tp-plan)
 };
 
 struct EvalCommand {
@@ -77,8 +79,9 @@ struct EvalCommand {
   std::string dtype = "float32";
   std::string attn = "sdpa";
   std::string tp_plan;
-  std::string adapter;    // a PEFT LoRA adapter directory, or empty
-  bool zero_copy = true;  // CPU weights as views of the mapped files where they fit
+  std::string adapter;         // a PEFT LoRA adapter directory, or empty
+  bool zero_copy = true;       // CPU weights as views of the mapped files where they fit
+  std::string device = "cpu";  // cpu, cuda or cuda:N
 };
 
 int RunForward(const ForwardCommand& command, std::ostream& err);
