@@ -365,6 +365,25 @@ absl::Status Eval(const EvalCommand& c, std::ostream& out) {
 
 }  // namespace
 
+namespace {
+
+// --model, --dtype, --device, --attn, --tp-plan, --adapter, --zero-copy.
+void AddModelFlags(CLI::App* cmd, ModelFlags& c) {
+  cmd->add_option("--model", c.model, "checkpoint directory")->required();
+  cmd->add_option("--dtype", c.dtype, "float32 or bfloat16");
+  cmd->add_option("--device", c.device, "cpu, cuda or cuda:N");
+  cmd->add_option("--attn", c.attn, "attention implementation: eager or sdpa");
+  cmd->add_option("--tp-plan", c.tp_plan,
+                  "tensor parallelism over the world: a plan file, or auto");
+  cmd->add_option("--adapter", c.adapter,
+                  "a PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors)");
+  cmd->add_flag("--zero-copy,!--no-zero-copy", c.zero_copy,
+                "weights whose bytes fit are views of the mapped files (default; --no-zero-copy "
+                "copies them)");
+}
+
+}  // namespace
+
 int RunEval(const EvalCommand& command, std::ostream& out, std::ostream& err) {
   return RunCommand("eval", err, [&] { return Eval(command, out); });
 }
@@ -381,7 +400,7 @@ Subcommand AddForward(CLI::App& app) {
   auto c = std::make_shared<ForwardCommand>();
   CLI::App* cmd = app.add_subcommand(
       "forward", "Run a Hugging Face checkpoint on input_ids; write logits (and hidden states).");
-  cmd->add_option("--model", c->model, "checkpoint directory")->required();
+  AddModelFlags(cmd, *c);
   cmd->add_option("--input", c->input,
                   "safetensors with input_ids [B, T] (int64) and optionally attention_mask");
   cmd->add_option("--prompt-ids", c->prompt_ids,
@@ -389,17 +408,7 @@ Subcommand AddForward(CLI::App& app) {
   cmd->add_option("--output", c->output, "safetensors to write logits to")->required();
   cmd->add_flag("--hidden-states", c->hidden_states,
                 "also write hidden_states_0..N (transformers' order)");
-  cmd->add_option("--dtype", c->dtype, "float32 or bfloat16");
-  cmd->add_option("--device", c->device, "cpu, cuda or cuda:N");
-  cmd->add_option("--attn", c->attn, "attention implementation: eager or sdpa");
   cmd->add_option("--trace", c->trace, "write every module call as JSON here");
-  cmd->add_option("--tp-plan", c->tp_plan,
-                  "tensor parallelism over the world: a plan file, or auto");
-  cmd->add_option("--adapter", c->adapter,
-                  "a PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors)");
-  cmd->add_flag("--zero-copy,!--no-zero-copy", c->zero_copy,
-                "weights whose bytes fit are views of the mapped files (default; --no-zero-copy "
-                "copies them)");
   cmd->add_option("--pp-plan", c->pp_plan,
                   "pipeline stages over the world: a plan file with a pp_plan, or auto");
   cmd->add_option("--pp", c->pp,
@@ -411,7 +420,7 @@ Subcommand AddEval(CLI::App& app) {
   auto c = std::make_shared<EvalCommand>();
   CLI::App* cmd = app.add_subcommand(
       "eval", "Mean loss and perplexity of a checkpoint over a token file's counted labels.");
-  cmd->add_option("--model", c->model, "checkpoint directory")->required();
+  AddModelFlags(cmd, *c);
   cmd->add_option("--data", c->data, "token file prefix (PREFIX.bin, .idx, optional .mask)")
       ->required();
   cmd->add_option("--seq-len", c->seq_len,
@@ -419,16 +428,6 @@ Subcommand AddEval(CLI::App& app) {
   cmd->add_option("--batch", c->batch, "samples per forward");
   cmd->add_option("--batches", c->batches, "batches at most; 0: the whole file");
   cmd->add_flag("--packing", c->packing, "pack whole documents per row (as data.packing)");
-  cmd->add_option("--dtype", c->dtype, "float32 or bfloat16");
-  cmd->add_option("--device", c->device, "cpu, cuda or cuda:N");
-  cmd->add_option("--attn", c->attn, "attention implementation: eager or sdpa");
-  cmd->add_option("--tp-plan", c->tp_plan,
-                  "tensor parallelism over the world: a plan file, or auto");
-  cmd->add_option("--adapter", c->adapter,
-                  "a PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors)");
-  cmd->add_flag("--zero-copy,!--no-zero-copy", c->zero_copy,
-                "weights whose bytes fit are views of the mapped files (default; --no-zero-copy "
-                "copies them)");
   return {cmd, [c] { return RunEval(*c, std::cout, std::cerr); }};
 }
 
@@ -436,7 +435,7 @@ Subcommand AddGenerate(CLI::App& app) {
   auto c = std::make_shared<GenerateCommand>();
   auto greedy_flag = std::make_shared<bool>(false);
   CLI::App* cmd = app.add_subcommand("generate", "Generate token ids from a prompt of token ids.");
-  cmd->add_option("--model", c->model, "checkpoint directory")->required();
+  AddModelFlags(cmd, *c);
   cmd->add_option("--prompt-ids", c->prompt_ids, "comma-separated ids")->required();
   cmd->add_option("--max-new-tokens", c->max_new_tokens, "new tokens at most");
   cmd->add_flag("--greedy", *greedy_flag, "argmax decoding (the default)");
@@ -446,16 +445,6 @@ Subcommand AddGenerate(CLI::App& app) {
       cmd->add_option("--top-p", c->top_p, "nucleus sampling mass"),
       cmd->add_option("--seed", c->seed, "sampling seed"),
   };
-  cmd->add_option("--dtype", c->dtype, "float32 or bfloat16");
-  cmd->add_option("--device", c->device, "cpu, cuda or cuda:N");
-  cmd->add_option("--attn", c->attn, "attention implementation: eager or sdpa");
-  cmd->add_option("--tp-plan", c->tp_plan,
-                  "tensor parallelism over the world: a plan file, or auto");
-  cmd->add_option("--adapter", c->adapter,
-                  "a PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors)");
-  cmd->add_flag("--zero-copy,!--no-zero-copy", c->zero_copy,
-                "weights whose bytes fit are views of the mapped files (default; --no-zero-copy "
-                "copies them)");
   cmd->add_option("--pp-plan", c->pp_plan,
                   "pipeline stages over the world: a plan file with a pp_plan, or auto");
   cmd->add_option("--pp", c->pp,

@@ -31,27 +31,30 @@
 
 namespace weft {
 
-struct ForwardCommand {
+/// The flags every model command takes (AddModelFlags registers them).
+struct ModelFlags {
   std::string model;
+  std::string dtype = "float32";
+  std::string device = "cpu";  // cpu, cuda or cuda:N
+  std::string attn = "sdpa";
+  std::string tp_plan;
+  std::string adapter;    // a PEFT LoRA adapter directory, or empty
+  bool zero_copy = true;  // CPU weights as views of the mapped files where they fit
+};
+
+struct ForwardCommand : ModelFlags {
   /// The input: a safetensors file with input_ids [B, T] (and optionally
   /// attention_mask), or comma-separated ids (one sequence); exactly one.
   std::string input;
   std::string prompt_ids;
   std::string output;
   bool hidden_states = false;
-  std::string dtype = "float32";
-  std::string attn = "sdpa";
   std::string trace;
-  std::string tp_plan;
-  std::string adapter;         // a PEFT LoRA adapter directory, or empty
-  bool zero_copy = true;       // CPU weights as views of the mapped files where they fit
-  std::string device = "cpu";  // cpu, cuda or cuda:N
-  std::string pp_plan;         // pipeline stages over the world (or --pp ranks of it)
-  int pp = 0;                  // pipeline ranks; 0: the world (without --tp-plan)
+  std::string pp_plan;  // pipeline stages over the world (or --pp ranks of it)
+  int pp = 0;           // pipeline ranks; 0: the world (without --tp-plan)
 };
 
-struct GenerateCommand {
-  std::string model;
+struct GenerateCommand : ModelFlags {
   std::string prompt_ids;
   int64_t max_new_tokens = 16;
   bool greedy = true;
@@ -59,29 +62,16 @@ struct GenerateCommand {
   int64_t top_k = 0;
   double top_p = 1.0;
   uint64_t seed = 0;
-  std::string dtype = "float32";
-  std::string attn = "sdpa";
-  std::string tp_plan;
-  std::string adapter;         // a PEFT LoRA adapter directory, or empty
-  bool zero_copy = true;       // CPU weights as views of the mapped files where they fit
-  std::string device = "cpu";  // cpu, cuda or cuda:N
-  std::string pp_plan;         // pipeline stages over the world (or --pp ranks of it)
-  int pp = 0;                  // pipeline ranks; 0: the world (without --tp-plan)
+  std::string pp_plan;  // pipeline stages over the world (or --pp ranks of it)
+  int pp = 0;           // pipeline ranks; 0: the world (without --tp-plan)
 };
 
-struct EvalCommand {
-  std::string model;
+struct EvalCommand : ModelFlags {
   std::string data;      // a token file prefix (trainer/token_file.h)
   int64_t seq_len = 0;   // 0: min(max_position_embeddings, 1024)
   int64_t batch = 8;     // sequences per forward
   int64_t batches = 0;   // batches at most; 0: the whole file
   bool packing = false;  // whole documents packed per row (as data.packing)
-  std::string dtype = "float32";
-  std::string attn = "sdpa";
-  std::string tp_plan;
-  std::string adapter;         // a PEFT LoRA adapter directory, or empty
-  bool zero_copy = true;       // CPU weights as views of the mapped files where they fit
-  std::string device = "cpu";  // cpu, cuda or cuda:N
 };
 
 int RunForward(const ForwardCommand& command, std::ostream& err);

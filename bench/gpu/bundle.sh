@@ -43,7 +43,8 @@ for t in "${tests[@]}"; do
 done
 mkdir -p "$out/tests/data"
 cp -r tests/data/hf tests/data/gen tests/data/plans "$out/tests/data/"
-cp -r plans "$out/plans"
+mkdir -p "$out/plans"
+cp plans/*.yaml "$out/plans/"  # the shipped plans only: no BUILD files or sources
 cp bench/gpu/*.py bench/make_checkpoint.py bench/train_loop.py "$out/bench/"
 cp bench/gpu/run.sh "$out/run.sh"
 # The Debian libraries: everything ldd resolves outside the venv, minus the
