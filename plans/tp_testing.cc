@@ -49,6 +49,8 @@ void CompareWithSingleProcess(CausalLM& sharded, CausalLM& full, const at::Tenso
     const at::Tensor& local = item.value();
     const at::Tensor& whole = full_params[item.key()];
     if (local.sizes() != whole.sizes()) ++sharded_count;
+    EXPECT_EQ(local.requires_grad(), whole.requires_grad()) << what << " " << item.key();
+    if (!whole.requires_grad()) continue;  // frozen (a LoRA base): no gradient
     ASSERT_TRUE(local.grad().defined()) << what << " " << item.key();
     at::Tensor want = MatchingSlice(whole.detach(), local.detach(), whole.grad());
     EXPECT_TRUE(local.grad().sizes() == want.sizes() &&

@@ -28,7 +28,8 @@ at::Tensor MatchingSlice(const at::Tensor& full_value, const at::Tensor& local_v
 
 /// Forward + backward of both models on `ids` (labels = ids): logits and loss
 /// within 1e-5, every rank's gradient equal to its slice of the full
-/// gradient (1e-4 rel, 1e-5 abs), at least one parameter sharded.
+/// gradient (1e-4 rel, 1e-5 abs; frozen parameters must be frozen in both),
+/// at least one parameter sharded.
 void CompareWithSingleProcess(CausalLM& sharded, CausalLM& full, const at::Tensor& ids,
                               const std::string& what);
 

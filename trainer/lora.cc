@@ -215,6 +215,7 @@ absl::StatusOr<LoraSummary> ApplyLora(CausalLM& model, const LoraOptions& o,
       model.placements[a_name] = split;
     }
     model.placements[replicated_name] = replicated;
+    if (!o.sum_over_tp) continue;
     std::shared_ptr<const ProcessGroup> group = tp;
     auto sum = [group](const at::Tensor& g, int64_t) {
       at::Tensor total = g.clone();

@@ -64,6 +64,10 @@ struct LoraOptions {
   /// adapters take the base weight's device.
   std::optional<at::Device> device;
   std::function<bool(const std::string& weight)> keep;
+  /// Sum the replicated factor's partial gradients over tp (always, in
+  /// training); false leaves each rank its partial sum, the dropped
+  /// collective a test shows the comparison with one process catches.
+  bool sum_over_tp = true;
   double scale() const;
 };
 
