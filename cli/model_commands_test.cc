@@ -127,6 +127,20 @@ TEST(ModelCommands, IdsAndFlagsAreValidated) {
   EXPECT_EQ(ferr.str(), "weft forward: " + f.input +
                             ": input_ids: token id 300 is outside the vocabulary (expected 0 <= id "
                             "< vocab_size 256)\n");
+  ForwardCommand d;
+  d.model = "tests/data/hf/llama";
+  d.prompt_ids = "1,2";
+  d.output = Tmp("device_out.safetensors");
+  d.device = "tpu";
+  std::ostringstream derr;
+  EXPECT_EQ(RunForward(d, derr), 2);
+  EXPECT_EQ(derr.str(), "weft forward: --device 'tpu' (expected cpu, cuda or cuda:N)\n");
+  d.device = "cpu";
+  d.adapter = Tmp("no_such_adapter");
+  std::ostringstream aerr;
+  EXPECT_EQ(RunForward(d, aerr), 2);
+  EXPECT_EQ(aerr.str(), "weft forward: " + d.adapter +
+                            "/adapter_config.json: cannot be opened (No such file or directory)\n");
   struct Case {
     std::function<void(GenerateCommand&)> set;
     std::string error;
