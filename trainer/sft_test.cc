@@ -115,14 +115,17 @@ TEST(Sft, MaskedPackedTrainingAndEvalEqualOneProcess) {
     for (const auto& [step, loss] : want_eval) EXPECT_NEAR(got.at(step), loss, kStepTolerance);
   }
   {
-    // Pipeline stages rebuild the packed mask from the positions they get.
+    // Pipeline stages rebuild the packed mask from the positions they get;
+    // evaluation runs through the stages.
     SCOPED_TRACE("pp2");
     TrainConfig c = config("sft_pp2");
-    c.data_eval_path.clear();  // evaluation with pp is refused (not supported yet)
     c.pp = 2;
     c.micro_batch = 1;
     c.pp_microbatches = 4;
     ExpectSameLosses(want, RunAndGetLosses(2, c), 5, kStepTolerance);
+    const std::map<int64_t, double> got = EvalLosses(c);
+    ASSERT_EQ(got.size(), want_eval.size());
+    for (const auto& [step, loss] : want_eval) EXPECT_NEAR(got.at(step), loss, kStepTolerance);
   }
   const std::string log = ReadTextFile(one.output_dir + "/log.txt").value_or("");
   EXPECT_NE(log.find("with a loss mask (labels -100 where it is 0)"), std::string::npos) << log;

@@ -319,12 +319,6 @@ absl::Status Validate(const TrainConfig& c, const std::string& s) {
   if (c.eval_batches < 0)
     return Invalid(s, "eval.batches", std::to_string(c.eval_batches),
                    ">= 1, or 0 for the whole eval set");
-  const bool evaluating = c.eval_fraction > 0 || !c.data_eval_path.empty();
-  if (evaluating && c.pp > 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(s, ": evaluation (data.eval_path / data.eval_fraction) with parallel.pp ",
-                     c.pp, " is not supported yet (expected parallel.pp 1 with an eval set)"));
-  }
   if (!(c.lr > 0)) return Invalid(s, "optimizer.lr", absl::StrCat(c.lr), "> 0");
   if (c.betas.size() != 2 || !(c.betas[0] >= 0 && c.betas[0] < 1) ||
       !(c.betas[1] >= 0 && c.betas[1] < 1)) {

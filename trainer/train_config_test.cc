@@ -109,9 +109,6 @@ TEST(TrainConfig, PackingAndEvaluation) {
             "data.eval_fraction (documents of data.path held out)");
   EXPECT_EQ(Error(kMinimal, {"eval.every=-1"}),
             "run.yaml: eval.every is -1 (expected >= 1, or 0 for only at the end)");
-  EXPECT_EQ(Error(kMinimal, {"data.eval_path=data/val", "parallel.pp=2"}),
-            "run.yaml: evaluation (data.eval_path / data.eval_fraction) with parallel.pp 2 is not "
-            "supported yet (expected parallel.pp 1 with an eval set)");
 }
 
 // LoRA's section: PEFT's keys; target_modules a list or one string.

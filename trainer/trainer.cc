@@ -1316,7 +1316,10 @@ EvalResult RunEval(Run& run) {
   if (dims.dp_enabled()) options.data_groups.push_back(&(*run.mesh)["dp"]);
   options.device = run.runtime->device();
   Heartbeat::Get().Progress(run.step, "evaluation");
-  EvalResult result = Evaluate(*run.model, *run.eval_loader, options);
+  // Through the pipeline stages when there are several (every pp rank gets
+  // the last stage's loss, so all take part and report the same figure).
+  EvalResult result =
+      Evaluate(run.pipelined ? *run.pipelined : *run.model, *run.eval_loader, options);
   if (run.fsdp) run.fsdp->Reshard();
   run.result.eval_losses.emplace_back(run.step, result.loss);
   return result;
