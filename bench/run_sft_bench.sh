@@ -11,6 +11,10 @@
 #                (pads masked out of the loss: TRL's default collation)
 #   lora-packed  the same documents packed by best-fit decreasing
 #                (data.packing)
+#   peers        the same model, batch and steps in a plain PyTorch/
+#                transformers loop (bench/train_loop.py, 1 thread): full
+#                fine-tuning, and PEFT's LoRA (r 16, alpha 32, the same seven
+#                projections) on the same random tokens
 # tokens/s counts every position of a row (metrics.jsonl); "useful" counts
 # document tokens only (the rows' fill); "train peak" is the VmHWM at the
 # last step, "run peak" GNU time's %M over the whole run.
@@ -91,11 +95,32 @@ PY
   tail -1 "$results" >&2
 }
 
+peer() {  # name, then train_loop.py's extra flags
+  local name="$1"; shift
+  wait_quiet
+  /usr/bin/time -f "%M" -o "$work/sft-$name.time" "$py" bench/train_loop.py \
+    --config "$work/llama100m/config.json" --data "$work/tokens" --seq-len "$seq" --batch "$batch" \
+    --steps "$steps" --threads 1 "$@" >"$work/sft-$name.json" 2>"$work/sft-$name.err" || {
+    echo "$name failed:" >&2; tail -5 "$work/sft-$name.err" >&2; exit 1; }
+  "$py" - "$name" "$work/sft-$name.json" "$work/sft-$name.time" >>"$results" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[2]))
+print(json.dumps({"name": sys.argv[1], "tokens_per_s": r["tokens_per_s"],
+    "useful_tokens_per_s": r["tokens_per_s"], "fill": 1.0,
+    "peak_rss_mb": int(open(sys.argv[3]).read().split()[0]) / 1024,
+    "train_peak_rss_mb": r["peak_rss_mb"], "trainable_m": r["trainable"] / 1e6,
+    "last_loss": r["last_loss"]}))
+PY
+  tail -1 "$results" >&2
+}
+
 echo "uptime: $(uptime)" >&2
 run_one full
 run_one lora "${lora[@]}"
 run_one lora-padded "${lora[@]}" --set "data.path=$work/docs_padded"
 run_one lora-packed "${lora[@]}" --set "data.path=$work/docs" --set data.packing=true
+peer pytorch-full
+peer peft-lora --lora 16
 
 "$py" - "$results" "$steps" <<'PY'
 import json, sys
@@ -110,4 +135,9 @@ print(f"lora / full: tokens/s x{l['tokens_per_s'] / f['tokens_per_s']:.2f}, "
       f"train peak x{l['train_peak_rss_mb'] / f['train_peak_rss_mb']:.2f}")
 p, d = rows["lora-packed"], rows["lora-padded"]
 print(f"packed / padded: useful tokens/s x{p['useful_tokens_per_s'] / d['useful_tokens_per_s']:.2f}")
+pf, pl = rows["pytorch-full"], rows["peft-lora"]
+print(f"weft / PyTorch loop, full: tokens/s x{f['tokens_per_s'] / pf['tokens_per_s']:.2f}, "
+      f"train peak x{f['train_peak_rss_mb'] / pf['train_peak_rss_mb']:.2f}")
+print(f"weft LoRA / PEFT LoRA: tokens/s x{l['tokens_per_s'] / pl['tokens_per_s']:.2f}, "
+      f"train peak x{l['train_peak_rss_mb'] / pl['train_peak_rss_mb']:.2f}")
 PY

@@ -40,6 +40,8 @@ def main():
     ap.add_argument("--grad-clip", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--lora", type=int, default=0,
+                    help="PEFT LoRA of this rank (alpha 2r) on q, k, v, o, gate, up, down; 0: full")
     ap.add_argument("--bf16", action="store_true",
                     help="bf16 autocast over fp32 weights (PyTorch's usual mixed precision)")
     args = ap.parse_args()
@@ -58,9 +60,16 @@ def main():
     config = transformers.LlamaConfig(**json.load(open(args.config)))
     config._attn_implementation = "sdpa"
     model = transformers.LlamaForCausalLM(config).to(torch.float32).to(device)
+    if args.lora:
+        import peft
+        model = peft.get_peft_model(model, peft.LoraConfig(
+            r=args.lora, lora_alpha=2 * args.lora, lora_dropout=0.0, task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                            "down_proj"]))
     model.train()
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
@@ -81,7 +90,7 @@ def main():
         loss.backward()
         loss_value = loss.item()
         t2 = time.perf_counter()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip).item()
         t3 = time.perf_counter()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -99,6 +108,7 @@ def main():
         "impl": "pytorch",
         "threads": torch.get_num_threads(),
         "params": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in trainable),
         "steps_measured": measured,
         "tokens_per_s": per_step * measured / seconds,
         "s_per_step": seconds / measured,

@@ -271,7 +271,11 @@ void DataLoader::Fill(int64_t sample, int64_t r, Batch& batch) {
   std::vector<uint8_t> mask(static_cast<size_t>(len), 0);
   int64_t used = 0;
   if (sample < 0) {
-    // Padding: nothing counted.
+    // Padding: nothing counted; positions of one segment when packing.
+    if (options_.packing) {
+      int64_t* positions = batch.position_ids.data_ptr<int64_t>() + r * len;
+      for (int64_t i = 0; i < len; ++i) positions[i] = i;
+    }
   } else if (!options_.packing) {
     ReadStream(sample * len, (sample + 1) * len, ids, mask.data());
     used = len;

@@ -378,6 +378,16 @@ TEST(Packing, EvalBatchesPadTheEnd) {
     if (rank == 0) EXPECT_EQ(last.input_ids[0][0].item<int64_t>(), 40);
     EXPECT_EQ((last.labels[1] == -100).all().item<bool>(), true);
   }
+  // Packed: a padding row has positions of its own (0..seq_len-1), no labels.
+  DataLoaderOptions packed = Options(10, 4, 1, 2, 0, false);
+  packed.packing = true;
+  packed.allow_partial = true;
+  auto docs = DataLoader::Create(file, packed);
+  ASSERT_TRUE(docs.ok()) << docs.status();
+  Batch pad = (*docs)->EvalBatch((*docs)->eval_batches() - 1);
+  const int64_t last = pad.input_ids.size(0) - 1;
+  EXPECT_TRUE(at::equal(pad.position_ids[last], at::arange(10, at::kLong)));
+  EXPECT_EQ((pad.labels[last] == -100).all().item<bool>(), true);
   DataLoaderOptions few = Options(10, 8, 0, 1);
   EXPECT_FALSE(DataLoader::Create(file, few).ok());  // training needs a whole global batch
   few.allow_partial = true;
