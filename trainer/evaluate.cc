@@ -30,8 +30,8 @@ EvalResult Evaluate(CausalLM& model, DataLoader& loader, const EvalOptions& opti
       }
       // Padding rows run too: a sharded model's collectives need every rank.
       CausalLMOutput out = model.Forward(inputs);
-      const double n =
-          (inputs.labels.narrow(1, 1, inputs.labels.size(1) - 1) != -100).sum().item<double>();
+      const at::Tensor labels = batch.labels.narrow(0, first, n_rows);  // the CPU copy
+      const double n = (labels.narrow(1, 1, labels.size(1) - 1) != -100).sum().item<double>();
       if (n > 0) {
         loss_sum += out.loss.item<double>() * n;
         counted += n;

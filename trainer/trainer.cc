@@ -1052,8 +1052,11 @@ CausalLMInputs MicroBatch(const Batch& batch, int64_t first, int64_t rows, at::D
   return inputs;
 }
 
-// The labels the loss counts (the model shifts: labels[:, 1:] != -100).
-double CountedLabels(const at::Tensor& labels) {
+// The labels rows [first, first + rows) of the batch count (the model
+// shifts: labels[:, 1:] != -100), from the CPU copy: no device sync between
+// forward and backward.
+double CountedLabels(const Batch& batch, int64_t first, int64_t rows) {
+  const at::Tensor labels = batch.labels.narrow(0, first, rows);
   return (labels.narrow(1, 1, labels.size(1) - 1) != -100).sum().item<double>();
 }
 
@@ -1096,7 +1099,7 @@ void PipelineMicroBatches(Run& run, const Batch& batch, double weight, double& l
     // transformers' loss, exactly as one process computes it: the mean over
     // this micro-batch's counted labels, weighted by their share of the
     // global batch's.
-    const double n = CountedLabels(inputs.labels);
+    const double n = CountedLabels(batch, mb * micro, micro);
     if (n == 0) return out.logits.sum() * 0.0;  // nothing counted: zero gradients
     loss_sum += out.loss.item<double>() * n;
     counted += n;
@@ -1163,7 +1166,7 @@ absl::StatusOr<StepStats> RunStep(Run& run) {
   for (int64_t m = 0; m < (dims.pp_enabled() ? 0 : dims.accumulation()); ++m) {
     CausalLMInputs inputs = MicroBatch(batch, m * micro, micro, run.runtime->device());
     CausalLMOutput out = run.model->Forward(inputs);
-    const double n = CountedLabels(inputs.labels);
+    const double n = CountedLabels(batch, m * micro, micro);
     if (n == 0) {
       // Nothing counted (all masked): zero gradients, the same collectives.
       (out.logits.sum() * 0.0).backward();
